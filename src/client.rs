@@ -1,0 +1,422 @@
+//! The client handle: [`ClientInfo`], what a handler sees of its connection.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bitflags::bitflags;
+use atomic_waker::AtomicWaker;
+
+use crate::options::Options;
+use crate::tls::TlsInfo;
+
+/// A process-wide unique client id. Ids start at 1 and are never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientId(u64);
+
+impl ClientId {
+    fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ClientId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The id as a number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+bitflags! {
+    /// Which sides of the connection are closed (amphp's `ClientStatus`).
+    ///
+    /// An empty set means the connection is open both ways.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Status: u8 {
+        /// The read side is closed: the peer sent EOF or a read failed.
+        const CLOSED_RD = 1;
+        /// The write side is closed: we shut it down or a write failed.
+        const CLOSED_WR = 2;
+        /// Both sides are closed.
+        const CLOSED_RDWR = Self::CLOSED_RD.bits() | Self::CLOSED_WR.bits();
+    }
+}
+
+/// One end of a connection: an IP socket address, or a unix socket path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Address {
+    /// An IPv4 or IPv6 address with its port.
+    Inet(SocketAddr),
+    /// A unix domain socket; `None` when the socket is unnamed (the usual case for a client).
+    Unix(Option<PathBuf>),
+}
+
+impl Address {
+    /// The IP address, for an IP socket.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Address::Inet(addr) => Some(addr.ip()),
+            Address::Unix(_) => None,
+        }
+    }
+
+    /// The port, for an IP socket.
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Address::Inet(addr) => Some(addr.port()),
+            Address::Unix(_) => None,
+        }
+    }
+
+    /// The socket path, for a named unix socket.
+    pub fn unix_path(&self) -> Option<&Path> {
+        match self {
+            Address::Unix(path) => path.as_deref(),
+            Address::Inet(_) => None,
+        }
+    }
+
+    /// Whether this is a unix domain socket address.
+    pub fn is_unix(&self) -> bool {
+        matches!(self, Address::Unix(_))
+    }
+}
+
+impl From<SocketAddr> for Address {
+    fn from(addr: SocketAddr) -> Self {
+        Address::Inet(addr)
+    }
+}
+
+impl fmt::Display for Address {
+    /// `ip:port` (`[ip]:port` for IPv6), or the unix path (empty when unnamed).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Inet(addr) => addr.fmt(f),
+            Address::Unix(Some(path)) => path.display().fmt(f),
+            Address::Unix(None) => Ok(()),
+        }
+    }
+}
+
+type Callback = Box<dyn FnOnce(&ClientInfo) + Send>;
+
+#[derive(Default)]
+struct Callbacks {
+    fired: bool,
+    list: Vec<Callback>,
+}
+
+pub(crate) struct Inner {
+    id: ClientId,
+    remote: Address,
+    local: Address,
+    tls: Option<TlsInfo>,
+    options: Arc<Options>,
+    pub(crate) pending_requests: AtomicUsize,
+    pub(crate) pending_responses: AtomicUsize,
+    status: AtomicU8,
+    /// `close()` was called: refuse all I/O from now on.
+    pub(crate) closed: AtomicBool,
+    /// `shutdown()` was called: finish in-flight requests, take no new ones.
+    pub(crate) shutdown: AtomicBool,
+    exported: AtomicBool,
+    /// Written only by the one `ClientIo` that owns the stream.
+    pub(crate) bytes_read: AtomicU64,
+    pub(crate) bytes_written: AtomicU64,
+    /// The last write returned `Pending`: the peer is not reading.
+    pub(crate) write_blocked: AtomicBool,
+    /// Wakes the task that runs the connection on `close()` and `shutdown()`.
+    pub(crate) waker: AtomicWaker,
+    callbacks: Mutex<Callbacks>,
+}
+
+/// The handle of one connection: who is connected, over what, how busy the connection is, and
+/// whether it is closed; with [`on_close`](Self::on_close) to be told when it closes and
+/// [`close`](Self::close) to close it.
+///
+/// [`ClientLayer`](crate::ClientLayer) puts a `ClientInfo` into the extensions of every request,
+/// so a handler gets it with `req.extensions().get::<ClientInfo>()`. Cloning is cheap (one
+/// `Arc`), and every clone is the same client.
+///
+/// Mirrors amphp's `Amp\Http\Server\Driver\Client`.
+///
+/// # Testing handlers
+///
+/// A handler that reads a `ClientInfo` can be tested without a socket: build one with
+/// [`ClientInfo::builder`] and insert it into the request yourself.
+///
+/// ```
+/// use hyper_remote_client::ClientInfo;
+///
+/// let client = ClientInfo::builder("203.0.113.7:50000".parse::<std::net::SocketAddr>().unwrap(),
+///                                  "127.0.0.1:8080".parse::<std::net::SocketAddr>().unwrap())
+///     .build();
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(client);
+/// let seen = req.extensions().get::<ClientInfo>().unwrap();
+/// assert_eq!(seen.remote_port(), Some(50000));
+/// ```
+#[derive(Clone)]
+pub struct ClientInfo {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// Builds a [`ClientInfo`]: the addresses are required, the rest is optional.
+#[derive(Debug)]
+pub struct ClientInfoBuilder {
+    remote: Address,
+    local: Address,
+    tls: Option<TlsInfo>,
+    options: Option<Arc<Options>>,
+}
+
+impl ClientInfoBuilder {
+    /// The options the connection runs under (default: [`Options::default`]).
+    pub fn options(mut self, options: Arc<Options>) -> Self {
+        self.options = Some(options);
+        self
+    }
+
+    /// The TLS session of the connection.
+    pub fn tls(mut self, tls: TlsInfo) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Builds the handle, with a new [`ClientId`].
+    pub fn build(self) -> ClientInfo {
+        ClientInfo {
+            inner: Arc::new(Inner {
+                id: ClientId::next(),
+                remote: self.remote,
+                local: self.local,
+                tls: self.tls,
+                options: self.options.unwrap_or_default(),
+                pending_requests: AtomicUsize::new(0),
+                pending_responses: AtomicUsize::new(0),
+                status: AtomicU8::new(0),
+                closed: AtomicBool::new(false),
+                shutdown: AtomicBool::new(false),
+                exported: AtomicBool::new(false),
+                bytes_read: AtomicU64::new(0),
+                bytes_written: AtomicU64::new(0),
+                write_blocked: AtomicBool::new(false),
+                waker: AtomicWaker::new(),
+                callbacks: Mutex::new(Callbacks::default()),
+            }),
+        }
+    }
+}
+
+impl ClientInfo {
+    /// Starts building a handle for a connection between `remote` (the peer) and `local` (us).
+    ///
+    /// Servers get their handles from [`RemoteClient`](crate::RemoteClient); build one yourself
+    /// for your own accept loop or to test a handler.
+    pub fn builder(remote: impl Into<Address>, local: impl Into<Address>) -> ClientInfoBuilder {
+        ClientInfoBuilder {
+            remote: remote.into(),
+            local: local.into(),
+            tls: None,
+            options: None,
+        }
+    }
+
+    /// The unique id of this client: unique in this process, never reused.
+    pub fn id(&self) -> ClientId {
+        self.inner.id
+    }
+
+    /// The options this connection runs under.
+    pub fn options(&self) -> &Options {
+        &self.inner.options
+    }
+
+    /// The peer's address: an IP socket address, or a unix socket path.
+    pub fn remote_address(&self) -> &Address {
+        &self.inner.remote
+    }
+
+    /// The peer's port; `None` for unix sockets.
+    pub fn remote_port(&self) -> Option<u16> {
+        self.inner.remote.port()
+    }
+
+    /// Our side's address.
+    pub fn local_address(&self) -> &Address {
+        &self.inner.local
+    }
+
+    /// Our side's port; `None` for unix sockets.
+    pub fn local_port(&self) -> Option<u16> {
+        self.inner.local.port()
+    }
+
+    /// Whether the client is connected over a unix domain socket.
+    pub fn is_unix(&self) -> bool {
+        self.inner.local.is_unix()
+    }
+
+    /// Whether the connection is encrypted (TLS).
+    pub fn is_encrypted(&self) -> bool {
+        self.inner.tls.is_some()
+    }
+
+    /// The TLS session: protocol, cipher, ALPN, SNI, peer certificates. `None` without TLS.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.inner.tls.as_ref()
+    }
+
+    /// Requests whose body is still being read: counted from the moment the service gets the
+    /// request until its body has been read to the end or dropped. A request without a body is
+    /// never pending.
+    pub fn pending_requests(&self) -> usize {
+        self.inner.pending_requests.load(Ordering::Acquire)
+    }
+
+    /// Requests handed to the service whose response has not been fully written: counted until
+    /// the response body has ended or is dropped (also when the service fails).
+    pub fn pending_responses(&self) -> usize {
+        self.inner.pending_responses.load(Ordering::Acquire)
+    }
+
+    /// `pending_responses() > pending_requests()`: a handler is producing or writing a response.
+    pub fn is_waiting_on_response(&self) -> bool {
+        let requests = self.pending_requests();
+        self.pending_responses() > requests
+    }
+
+    /// Whether the connection has been handed over to user code after an HTTP upgrade.
+    pub fn is_exported(&self) -> bool {
+        self.inner.exported.load(Ordering::Acquire)
+    }
+
+    /// Which sides of the connection are closed.
+    pub fn status(&self) -> Status {
+        Status::from_bits_truncate(self.inner.status.load(Ordering::Acquire))
+    }
+
+    /// Whether the connection is closed both ways (`status() == CLOSED_RDWR`).
+    pub fn is_closed(&self) -> bool {
+        self.status() == Status::CLOSED_RDWR
+    }
+
+    /// Bytes read from the peer so far (after TLS decryption, where there is TLS).
+    pub fn bytes_read(&self) -> u64 {
+        self.inner.bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written to the peer so far (before TLS encryption, where there is TLS).
+    pub fn bytes_written(&self) -> u64 {
+        self.inner.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// Runs `callback` once, when the connection closes, whoever closes it. If the connection
+    /// is already closed, runs it at once, on this thread.
+    ///
+    /// Callbacks run on the thread that closes the connection: keep them short and do not block.
+    pub fn on_close<F>(&self, callback: F)
+    where
+        F: FnOnce(&ClientInfo) + Send + 'static,
+    {
+        let mut callbacks = self.lock_callbacks();
+        if callbacks.fired {
+            drop(callbacks);
+            callback(self);
+        } else {
+            callbacks.list.push(Box::new(callback));
+        }
+    }
+
+    /// Closes the connection at once: no more bytes are read or written, the task serving it
+    /// drops it (the peer sees the connection end; a request in progress gets no response), and
+    /// the [`on_close`](Self::on_close) callbacks run before this returns. Idempotent.
+    ///
+    /// Works from any thread and from inside a handler of this very connection.
+    pub fn close(&self) {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.set_status(Status::CLOSED_RDWR);
+        self.inner.waker.wake();
+        self.fire_callbacks();
+    }
+
+    /// Starts a graceful shutdown of the connection: requests in flight are finished, no new
+    /// ones are taken (HTTP/1 closes after the current response, HTTP/2 sends GOAWAY), and the
+    /// connection then closes. An idle connection closes at once. Use [`close`](Self::close) to
+    /// cut it off.
+    pub fn shutdown(&self) {
+        if !self.inner.shutdown.swap(true, Ordering::AcqRel) {
+            self.inner.waker.wake();
+        }
+    }
+
+    pub(crate) fn set_status(&self, status: Status) {
+        self.inner.status.fetch_or(status.bits(), Ordering::AcqRel);
+    }
+
+    pub(crate) fn set_exported(&self) {
+        self.inner.exported.store(true, Ordering::Release);
+    }
+
+    /// The last owner of the connection is gone: the connection is closed for good.
+    pub(crate) fn finish(&self) {
+        self.set_status(Status::CLOSED_RDWR);
+        self.fire_callbacks();
+    }
+
+    fn lock_callbacks(&self) -> std::sync::MutexGuard<'_, Callbacks> {
+        // A panicking callback runs outside the lock, so poisoning cannot leave the list in a
+        // broken state.
+        self.inner.callbacks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fire_callbacks(&self) {
+        let list = {
+            let mut callbacks = self.lock_callbacks();
+            if callbacks.fired {
+                return;
+            }
+            callbacks.fired = true;
+            std::mem::take(&mut callbacks.list)
+        };
+        for callback in list {
+            callback(self);
+        }
+    }
+}
+
+impl fmt::Debug for ClientInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientInfo")
+            .field("id", &self.id())
+            .field("remote_address", self.remote_address())
+            .field("local_address", self.local_address())
+            .field("tls", &self.tls())
+            .field("pending_requests", &self.pending_requests())
+            .field("pending_responses", &self.pending_responses())
+            .field("is_exported", &self.is_exported())
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+/// Held by every owner of the connection (the I/O, and the task serving it); when the last one
+/// is dropped the client is closed and its callbacks run.
+#[derive(Debug)]
+pub(crate) struct CloseGuard(pub(crate) ClientInfo);
+
+impl Drop for CloseGuard {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}

@@ -1,0 +1,207 @@
+//! [`HttpDriver`] and [`HttpDriverFactory`]: which HTTP version serves a connection, and how.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::rt::bounds::Http2ServerConnExec;
+use hyper::rt::{Read, Write};
+use hyper::server::conn::{http1, http2};
+use hyper::service::HttpService;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pin_project_lite::pin_project;
+
+use crate::client::ClientInfo;
+use crate::options::Options;
+use crate::BoxError;
+
+/// The HTTP versions a driver serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Protocols {
+    /// HTTP/1.x only.
+    Http1,
+    /// HTTP/2 only (TLS with ALPN `h2`, or h2c prior knowledge).
+    Http2,
+    /// HTTP/1.x, or HTTP/2 when the connection starts with the HTTP/2 preface (h2c prior
+    /// knowledge). The first bytes are read under the HTTP/1 timeout.
+    Auto,
+}
+
+/// The HTTP version a connection turned out to speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// hyper's HTTP/1 and HTTP/2 connection builders, configured from [`Options`], and the versions
+/// to serve with them. Hyper's timer is set on both builders, so hyper's own timeouts work.
+///
+/// From `Options`: the HTTP/1 builder gets `header_read_timeout = http1_timeout` and
+/// `max_header_size = header_size_limit`; the HTTP/2 builder gets
+/// `max_concurrent_streams = concurrent_stream_limit` and
+/// `max_header_list_size = header_size_limit`. Tune anything else through
+/// [`http1`](Self::http1) and [`http2`](Self::http2).
+#[derive(Clone, Debug)]
+pub struct HttpDriver {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    protocols: Protocols,
+}
+
+impl HttpDriver {
+    /// A driver for connections without TLS: HTTP/1.1, plus HTTP/2 with prior knowledge when
+    /// [`Options::http2_cleartext`] is on.
+    pub fn new(options: &Options) -> Self {
+        let protocols = if options.http2_cleartext { Protocols::Auto } else { Protocols::Http1 };
+        Self::with_protocols(options, protocols)
+    }
+
+    /// A driver that serves `protocols`.
+    pub fn with_protocols(options: &Options, protocols: Protocols) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(options.http1_timeout)
+            .max_header_size(options.header_size_limit);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(options.concurrent_stream_limit)
+            .max_header_list_size(u32::try_from(options.header_size_limit).unwrap_or(u32::MAX));
+        HttpDriver { http1, http2, protocols }
+    }
+
+    /// The HTTP versions this driver serves.
+    pub fn protocols(&self) -> Protocols {
+        self.protocols
+    }
+
+    /// hyper's HTTP/1 builder, to tune. Keep its timer set.
+    pub fn http1(&mut self) -> &mut http1::Builder {
+        &mut self.http1
+    }
+
+    /// hyper's HTTP/2 builder, to tune. Keep its timer set.
+    pub fn http2(&mut self) -> &mut http2::Builder<TokioExecutor> {
+        &mut self.http2
+    }
+
+    pub(crate) fn serve<I, S, B>(&self, protocol: Protocol, io: I, service: S) -> Connection<I, S>
+    where
+        S: HttpService<Incoming, ResBody = B>,
+        S::Error: Into<BoxError>,
+        I: Read + Write + Unpin + Send + 'static,
+        B: Body + 'static,
+        B::Error: Into<BoxError>,
+        TokioExecutor: Http2ServerConnExec<S::Future, B>,
+    {
+        match protocol {
+            Protocol::Http1 => Connection::Http1 {
+                conn: self.http1.serve_connection(io, service).with_upgrades(),
+            },
+            Protocol::Http2 => Connection::Http2 { conn: self.http2.serve_connection(io, service) },
+        }
+    }
+}
+
+/// Chooses the [`HttpDriver`] for each client (amphp's `HttpDriverFactory`).
+pub trait HttpDriverFactory: Send + Sync {
+    /// The driver that serves `client`.
+    fn select(&self, client: &ClientInfo) -> &HttpDriver;
+}
+
+impl HttpDriverFactory for HttpDriver {
+    fn select(&self, _client: &ClientInfo) -> &HttpDriver {
+        self
+    }
+}
+
+/// amphp's `DefaultHttpDriverFactory`: over TLS, ALPN `h2` selects HTTP/2 and anything else
+/// (`http/1.1`, or no ALPN) HTTP/1.1; without TLS, HTTP/1.1 plus h2c prior knowledge when
+/// [`Options::http2_cleartext`] is on.
+#[derive(Clone, Debug)]
+pub struct DefaultHttpDriverFactory {
+    cleartext: HttpDriver,
+    http1: HttpDriver,
+    http2: HttpDriver,
+}
+
+impl DefaultHttpDriverFactory {
+    /// The drivers for `options`.
+    pub fn new(options: &Options) -> Self {
+        DefaultHttpDriverFactory {
+            cleartext: HttpDriver::new(options),
+            http1: HttpDriver::with_protocols(options, Protocols::Http1),
+            http2: HttpDriver::with_protocols(options, Protocols::Http2),
+        }
+    }
+}
+
+impl Default for DefaultHttpDriverFactory {
+    fn default() -> Self {
+        Self::new(&Options::default())
+    }
+}
+
+impl HttpDriverFactory for DefaultHttpDriverFactory {
+    fn select(&self, client: &ClientInfo) -> &HttpDriver {
+        match client.tls() {
+            None => &self.cleartext,
+            Some(tls) if tls.alpn_protocol() == Some(b"h2") => &self.http2,
+            Some(_) => &self.http1,
+        }
+    }
+}
+
+pin_project! {
+    /// A hyper connection of either version.
+    #[project = ConnectionProj]
+    pub(crate) enum Connection<I, S>
+    where
+        S: HttpService<Incoming>,
+    {
+        Http1 { #[pin] conn: http1::UpgradeableConnection<I, S> },
+        Http2 { #[pin] conn: http2::Connection<I, S, TokioExecutor> },
+    }
+}
+
+impl<I, S, B> Connection<I, S>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: Read + Write + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+    TokioExecutor: Http2ServerConnExec<S::Future, B>,
+{
+    /// Takes no new requests, finishes the ones in flight (HTTP/2: GOAWAY), then ends.
+    pub(crate) fn graceful_shutdown(self: Pin<&mut Self>) {
+        match self.project() {
+            ConnectionProj::Http1 { conn } => conn.graceful_shutdown(),
+            ConnectionProj::Http2 { conn } => conn.graceful_shutdown(),
+        }
+    }
+}
+
+impl<I, S, B> Future for Connection<I, S>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: Read + Write + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+    TokioExecutor: Http2ServerConnExec<S::Future, B>,
+{
+    type Output = hyper::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ConnectionProj::Http1 { conn } => conn.poll(cx),
+            ConnectionProj::Http2 { conn } => conn.poll(cx),
+        }
+    }
+}

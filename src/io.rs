@@ -1,0 +1,211 @@
+//! [`ClientIo`], the stream wrapper that tracks a connection's state.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::client::{ClientInfo, CloseGuard, Status};
+
+/// A connection's stream, wrapped so the client's state follows the I/O.
+///
+/// It sets the [`Status`] bits on EOF, errors and shutdown, counts bytes, refuses all I/O once
+/// [`ClientInfo::close`] has been called, and when it is dropped (together with the task serving
+/// it) the client is closed and its `on_close` callbacks run. After an HTTP upgrade it lives on
+/// inside hyper's `Upgraded` and then in user code, and the client stays open until it is dropped.
+///
+/// Bytes put back with [`unread`](Self::unread) (the sniffed HTTP/2 preface, the rest of a PROXY
+/// protocol read) are served before the stream is read again.
+#[derive(Debug)]
+pub struct ClientIo<S> {
+    stream: S,
+    prefix: Bytes,
+    write_blocked: bool,
+    guard: Arc<CloseGuard>,
+}
+
+impl<S> ClientIo<S> {
+    /// Wraps `stream` as the I/O of `client`.
+    ///
+    /// Create exactly one `ClientIo` per client: dropping it closes the client.
+    pub fn new(stream: S, client: ClientInfo) -> Self {
+        ClientIo {
+            stream,
+            prefix: Bytes::new(),
+            write_blocked: false,
+            guard: Arc::new(CloseGuard(client)),
+        }
+    }
+
+    /// The client this stream belongs to.
+    pub fn client(&self) -> &ClientInfo {
+        &self.guard.0
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+
+    /// The wrapped stream, mutably. Bytes read or written through it are not counted.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    /// Puts `bytes` back in front of what is still to be read.
+    pub fn unread(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.prefix = if self.prefix.is_empty() {
+            Bytes::copy_from_slice(bytes)
+        } else {
+            let mut joined = BytesMut::with_capacity(bytes.len() + self.prefix.len());
+            joined.extend_from_slice(bytes);
+            joined.extend_from_slice(&self.prefix);
+            joined.freeze()
+        };
+    }
+
+    /// Bytes put back with [`unread`](Self::unread) that have not been read yet.
+    pub fn buffered(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    pub(crate) fn guard(&self) -> Arc<CloseGuard> {
+        self.guard.clone()
+    }
+
+    fn closed(&self) -> bool {
+        self.guard.0.inner.closed.load(Ordering::Relaxed)
+    }
+
+    fn count_written(&mut self, n: usize) {
+        let inner = &self.guard.0.inner;
+        // One writer (this stream), so load + store is enough and cheaper than fetch_add.
+        let written = inner.bytes_written.load(Ordering::Relaxed);
+        inner.bytes_written.store(written + n as u64, Ordering::Relaxed);
+        if self.write_blocked {
+            self.write_blocked = false;
+            inner.write_blocked.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn note_write_pending(&mut self) {
+        if !self.write_blocked {
+            self.write_blocked = true;
+            self.guard.0.inner.write_blocked.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+fn closed_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "the client was closed")
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.closed() {
+            return Poll::Ready(Err(closed_error()));
+        }
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        let wanted = buf.remaining();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.stream).poll_read(cx, buf);
+        match &result {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                if n == 0 && wanted > 0 {
+                    this.client().set_status(Status::CLOSED_RD);
+                } else {
+                    let inner = &this.guard.0.inner;
+                    let read = inner.bytes_read.load(Ordering::Relaxed);
+                    inner.bytes_read.store(read + n as u64, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(Err(_)) => this.client().set_status(Status::CLOSED_RD),
+            Poll::Pending => {}
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.closed() {
+            return Poll::Ready(Err(closed_error()));
+        }
+        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        match &result {
+            Poll::Ready(Ok(n)) => this.count_written(*n),
+            Poll::Ready(Err(_)) => this.client().set_status(Status::CLOSED_WR),
+            Poll::Pending => this.note_write_pending(),
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.closed() {
+            return Poll::Ready(Err(closed_error()));
+        }
+        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        match &result {
+            Poll::Ready(Ok(n)) => this.count_written(*n),
+            Poll::Ready(Err(_)) => this.client().set_status(Status::CLOSED_WR),
+            Poll::Pending => this.note_write_pending(),
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.closed() {
+            return Poll::Ready(Err(closed_error()));
+        }
+        let result = Pin::new(&mut this.stream).poll_flush(cx);
+        if let Poll::Ready(Err(_)) = &result {
+            this.client().set_status(Status::CLOSED_WR);
+        }
+        result
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.closed() {
+            return Poll::Ready(Ok(()));
+        }
+        let result = Pin::new(&mut this.stream).poll_shutdown(cx);
+        if result.is_ready() {
+            this.client().set_status(Status::CLOSED_WR);
+        }
+        result
+    }
+}

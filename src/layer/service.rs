@@ -1,0 +1,132 @@
+use std::task::{Context, Poll};
+
+use http::header::{HeaderValue, ALLOW, CONNECTION};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body;
+use tower_service::Service;
+
+use super::{ClientLayer, PendingGuard, RequestBody, ResponseBody, ResponseFuture};
+use crate::client::ClientInfo;
+use crate::options::Options;
+
+/// The service [`ClientLayer`] builds: inserts [`ClientInfo`], counts pending work, enforces
+/// the request limits of [`Options`].
+#[derive(Clone, Debug)]
+pub struct ClientService<S> {
+    inner: S,
+    client: ClientInfo,
+}
+
+impl<S> ClientService<S> {
+    /// Wraps `inner` for the connection of `client`.
+    pub fn new(inner: S, client: ClientInfo) -> Self {
+        ClientService { inner, client }
+    }
+
+    /// A [`ClientLayer`] for `client`.
+    pub fn layer(client: ClientInfo) -> ClientLayer {
+        ClientLayer::new(client)
+    }
+
+    /// The client whose requests this service serves.
+    pub fn client(&self) -> &ClientInfo {
+        &self.client
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the wrapped service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ClientService<S>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    ReqBody: Body,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let options = self.client.options();
+        if let Some(response) = screen(&req, options) {
+            return ResponseFuture::local(response);
+        }
+        let limit = options.body_size_limit;
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(self.client.clone());
+        let response_guard = PendingGuard::response(&self.client);
+        let request_guard = (!body.is_end_stream()).then(|| PendingGuard::request(&self.client));
+        let body = RequestBody::new(body, limit, request_guard);
+        ResponseFuture::new(self.inner.call(Request::from_parts(parts, body)), response_guard)
+    }
+}
+
+/// The answer to a request that must not reach the service, if it is one.
+fn screen<B: Body>(req: &Request<B>, options: &Options) -> Option<Response<()>> {
+    let method = req.method();
+    if !options.allowed_methods.contains(method) {
+        if !is_standard(method) {
+            return Some(status(StatusCode::NOT_IMPLEMENTED));
+        }
+        let mut response = status(StatusCode::METHOD_NOT_ALLOWED);
+        insert_allow(&mut response, options);
+        return Some(response);
+    }
+    if method == Method::OPTIONS && req.uri().path() == "*" {
+        let mut response = status(StatusCode::NO_CONTENT);
+        insert_allow(&mut response, options);
+        return Some(response);
+    }
+    if req.body().size_hint().lower() > options.body_size_limit as u64 {
+        let mut response = status(StatusCode::PAYLOAD_TOO_LARGE);
+        if req.version() <= Version::HTTP_11 {
+            // The body stays unread: the connection cannot be reused.
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        return Some(response);
+    }
+    None
+}
+
+fn status(code: StatusCode) -> Response<()> {
+    let mut response = Response::new(());
+    *response.status_mut() = code;
+    response
+}
+
+fn insert_allow(response: &mut Response<()>, options: &Options) {
+    if let Ok(value) = HeaderValue::from_str(&options.allow_header()) {
+        response.headers_mut().insert(ALLOW, value);
+    }
+}
+
+fn is_standard(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::CONNECT,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PATCH,
+    ]
+    .contains(method)
+}

@@ -1,0 +1,292 @@
+//! [`RemoteClient`]: one accepted connection, served with hyper until it closes.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::Body;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::client::ClientInfo;
+use crate::driver::{HttpDriverFactory, Protocol, Protocols};
+use crate::io::ClientIo;
+use crate::layer::{ClientLayer, RequestBody};
+use crate::options::Options;
+use crate::BoxError;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How a connection ended, as returned by [`RemoteClient::start`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer closed the connection, or HTTP ended it (`Connection: close`, keep-alive off).
+    Finished,
+    /// [`ClientInfo::close`] was called.
+    Closed,
+    /// [`ClientInfo::shutdown`] was called, and the connection finished its work.
+    Shutdown,
+    /// No progress within the HTTP/1 or HTTP/2 timeout, or the request head took longer than
+    /// the HTTP/1 timeout.
+    Timeout,
+    /// The connection was handed over after an HTTP upgrade; the client stays open until the
+    /// upgraded I/O is dropped.
+    Upgraded,
+    /// An I/O error or an HTTP protocol error ended the connection.
+    Error(BoxError),
+}
+
+/// One accepted connection and its [`ClientInfo`] (amphp's `RemoteClient`).
+///
+/// [`start`](Self::start) serves it with hyper until it closes. People with their own accept
+/// loop use it directly; it is all a server needs per connection:
+///
+/// ```no_run
+/// use std::convert::Infallible;
+/// use std::sync::Arc;
+/// use http::{Request, Response};
+/// use hyper_remote_client::{ClientInfo, DefaultHttpDriverFactory, Options, RemoteClient, RequestBody};
+///
+/// async fn hello(req: Request<RequestBody>) -> Result<Response<String>, Infallible> {
+///     let client = req.extensions().get::<ClientInfo>().expect("inserted by ClientLayer");
+///     Ok(Response::new(format!("you are {}\n", client.remote_address())))
+/// }
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let options = Arc::new(Options::default());
+/// let drivers = Arc::new(DefaultHttpDriverFactory::new(&options));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// loop {
+///     let (stream, _) = listener.accept().await?;
+///     let Ok(client) = RemoteClient::tcp(stream, options.clone()) else { continue };
+///     let drivers = drivers.clone();
+///     tokio::spawn(async move {
+///         client.start(&*drivers, tower::service_fn(hello)).await;
+///     });
+/// }
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct RemoteClient<S> {
+    io: ClientIo<S>,
+}
+
+impl RemoteClient<TcpStream> {
+    /// Wraps an accepted TCP stream: captures both addresses and sets `TCP_NODELAY`.
+    pub fn tcp(stream: TcpStream, options: Arc<Options>) -> io::Result<Self> {
+        let remote = stream.peer_addr()?;
+        let local = stream.local_addr()?;
+        stream.set_nodelay(true)?;
+        let client = ClientInfo::builder(remote, local).options(options).build();
+        Ok(RemoteClient::new(stream, client))
+    }
+}
+
+impl<S> RemoteClient<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Wraps `stream`, the connection of `client`.
+    pub fn new(stream: S, client: ClientInfo) -> Self {
+        RemoteClient { io: ClientIo::new(stream, client) }
+    }
+
+    /// The handle of this connection.
+    pub fn client(&self) -> &ClientInfo {
+        self.io.client()
+    }
+
+    /// The wrapped stream, for bytes read before HTTP (see [`ClientIo::unread`]).
+    pub fn io_mut(&mut self) -> &mut ClientIo<S> {
+        &mut self.io
+    }
+
+    /// Serves the connection with the driver `factory` selects and `service` behind a
+    /// [`ClientLayer`], until it ends, [`ClientInfo::close`] is called, a timeout fires, or a
+    /// [`ClientInfo::shutdown`] has finished.
+    ///
+    /// The client is closed (and its `on_close` callbacks have run) when this returns, unless
+    /// the connection was upgraded: then it closes when the upgraded I/O is dropped.
+    pub async fn start<F, Svc, B>(self, factory: &F, service: Svc) -> CloseReason
+    where
+        F: HttpDriverFactory + ?Sized,
+        Svc: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
+        Svc::Future: Send + 'static,
+        Svc::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let client = self.io.client().clone();
+        // Keeps the client open while the connection is served, even once hyper has let go of
+        // the I/O, so `on_close` runs after everything the connection owned has been dropped.
+        let _open = self.io.guard();
+        let mut io = self.io;
+        let options = client.options();
+        let driver = factory.select(&client);
+        let mut watch = Watch::new(&client, options.http1_timeout);
+
+        let protocol = match driver.protocols() {
+            Protocols::Http1 => Protocol::Http1,
+            Protocols::Http2 => Protocol::Http2,
+            Protocols::Auto => {
+                let mut sniff = pin!(sniff(&mut io));
+                match watch.run(sniff.as_mut()).await {
+                    Err(event) => return event.reason(),
+                    Ok(Ok(Some(protocol))) => protocol,
+                    Ok(Ok(None)) => return CloseReason::Finished,
+                    Ok(Err(error)) => return CloseReason::Error(error.into()),
+                }
+            }
+        };
+        if protocol == Protocol::Http2 {
+            watch.set_timeout(options.http2_timeout);
+        }
+
+        let service = TowerToHyperService::new(ClientLayer::new(client.clone()).layer(service));
+        let mut conn = pin!(driver.serve(protocol, TokioIo::new(io), service));
+        loop {
+            match watch.run(conn.as_mut()).await {
+                Err(Event::Shutdown) => conn.as_mut().graceful_shutdown(),
+                Err(event) => return event.reason(),
+                Ok(Ok(())) if client.is_exported() => return CloseReason::Upgraded,
+                Ok(Ok(())) if watch.shutdown_seen => return CloseReason::Shutdown,
+                Ok(Ok(())) => return CloseReason::Finished,
+                Ok(Err(error)) if error.is_timeout() => return CloseReason::Timeout,
+                Ok(Err(error)) => return CloseReason::Error(error.into()),
+            }
+        }
+    }
+}
+
+/// Reads until the HTTP/2 preface is seen or ruled out, and puts the bytes back.
+/// `None`: the peer closed before sending anything.
+async fn sniff<S: AsyncRead + Unpin>(io: &mut ClientIo<S>) -> io::Result<Option<Protocol>> {
+    let mut buf = [0; H2_PREFACE.len()];
+    let mut filled = 0;
+    let protocol = loop {
+        let n = io.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            if filled == 0 {
+                return Ok(None);
+            }
+            break Protocol::Http1;
+        }
+        filled += n;
+        if buf[..filled] != H2_PREFACE[..filled] {
+            break Protocol::Http1;
+        }
+        if filled == H2_PREFACE.len() {
+            break Protocol::Http2;
+        }
+    };
+    io.unread(&buf[..filled]);
+    Ok(Some(protocol))
+}
+
+/// What interrupts serving a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    Closed,
+    Shutdown,
+    TimedOut,
+}
+
+impl Event {
+    fn reason(self) -> CloseReason {
+        match self {
+            Event::Closed => CloseReason::Closed,
+            Event::Shutdown => CloseReason::Shutdown,
+            Event::TimedOut => CloseReason::Timeout,
+        }
+    }
+}
+
+/// Watches a connection for `close()`, `shutdown()` and lack of progress.
+///
+/// Progress is the byte counters of the client's I/O, sampled every quarter of the timeout, so
+/// an idle connection is closed between 1 and 1.25 timeouts after its last byte; the I/O itself
+/// pays no clock reads.
+struct Watch<'a> {
+    client: &'a ClientInfo,
+    timeout: Duration,
+    tick: Duration,
+    sleep: Pin<Box<Sleep>>,
+    progress: u64,
+    idle_since: Instant,
+    shutdown_seen: bool,
+}
+
+impl<'a> Watch<'a> {
+    fn new(client: &'a ClientInfo, timeout: Duration) -> Self {
+        let now = Instant::now();
+        let tick = timeout / 4;
+        Watch {
+            client,
+            timeout,
+            tick,
+            sleep: Box::pin(tokio::time::sleep_until(now + tick)),
+            progress: 0,
+            idle_since: now,
+            shutdown_seen: false,
+        }
+    }
+
+    fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+        self.tick = timeout / 4;
+        let deadline = Instant::now() + self.tick;
+        self.sleep.as_mut().reset(deadline);
+    }
+
+    /// Drives `fut` until it completes, or until an event interrupts it.
+    async fn run<T>(&mut self, mut fut: Pin<&mut impl Future<Output = T>>) -> Result<T, Event> {
+        poll_fn(|cx| {
+            if let Poll::Ready(event) = self.poll_event(cx) {
+                return Poll::Ready(Err(event));
+            }
+            fut.as_mut().poll(cx).map(Ok)
+        })
+        .await
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        let inner = &self.client.inner;
+        inner.waker.register(cx.waker());
+        if inner.closed.load(Ordering::Acquire) {
+            return Poll::Ready(Event::Closed);
+        }
+        if !self.shutdown_seen && inner.shutdown.load(Ordering::Acquire) {
+            self.shutdown_seen = true;
+            return Poll::Ready(Event::Shutdown);
+        }
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let progress = self.client.bytes_read() + self.client.bytes_written();
+            if progress != self.progress {
+                self.progress = progress;
+                self.idle_since = now;
+            } else if now.duration_since(self.idle_since) >= self.timeout {
+                // A handler still producing its response is not idle; a peer that does not
+                // read what we write is.
+                let stuck = inner.write_blocked.load(Ordering::Relaxed);
+                if !self.client.is_waiting_on_response() || stuck {
+                    return Poll::Ready(Event::TimedOut);
+                }
+            }
+            self.sleep.as_mut().reset(now + self.tick);
+        }
+        Poll::Pending
+    }
+}
