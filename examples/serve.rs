@@ -11,6 +11,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,13 @@ use bytes::Bytes;
 use clap::Parser;
 use http::{header, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError};
-use hyper_remote_client::{ClientInfo, DefaultHttpDriverFactory, Options, RemoteClient, RequestBody};
+use hyper_remote_client::rustls::pki_types::pem::PemObject;
+use hyper_remote_client::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use hyper_remote_client::rustls::RootCertStore;
+use hyper_remote_client::{
+    server_config, ClientAuth, ClientInfo, DefaultHttpDriverFactory, Options, RemoteClient,
+    RequestBody, TlsAcceptor,
+};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -28,6 +35,21 @@ struct Args {
     /// Address to serve HTTP/1.1 and h2c (prior knowledge) on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: SocketAddr,
+    /// Address to serve HTTPS on (HTTP/2 or HTTP/1.1 by ALPN).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    https: SocketAddr,
+    /// Certificate chain (PEM) for HTTPS; without it, one for localhost and 127.0.0.1 is made.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) for --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// CA certificate (PEM): ask HTTPS clients for a certificate signed by it (optional).
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+    /// Unix socket path to serve HTTP/1.1 and h2c on as well.
+    #[arg(long)]
+    unix: Option<PathBuf>,
     /// Connections kept open at once.
     #[arg(long)]
     connection_limit: Option<usize>,
@@ -86,33 +108,111 @@ impl Args {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[tokio::main]
-async fn main() -> std::io::Result<()> {
+async fn main() -> Result<(), BoxError> {
     let args = Args::parse();
     let options = Arc::new(args.options());
     let drivers = Arc::new(DefaultHttpDriverFactory::new(&options));
-    let listener = TcpListener::bind(args.http).await?;
-    let addr = listener.local_addr()?;
-    println!("listening on http://{addr}");
-    println!("try: curl -s http://{addr}/");
-    println!("     curl -s --http2-prior-knowledge http://{addr}/");
-    println!("     curl -s --data-binary @Cargo.toml http://{addr}/echo");
-    println!("     curl -v http://{addr}/close");
-    println!("     curl -s 'http://{addr}/slow?ms=2000'");
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                eprintln!("accept failed: {error}");
-                continue;
+
+    let http = TcpListener::bind(args.http).await?;
+    let https = TcpListener::bind(args.https).await?;
+    let (http_addr, https_addr) = (http.local_addr()?, https.local_addr()?);
+    let tls = TlsAcceptor::new(Arc::new(tls_config(&args, https_addr)?));
+    println!("listening on http://{http_addr}");
+    println!("listening on https://{https_addr}");
+    println!("try: curl -s http://{http_addr}/");
+    println!("     curl -s --http2-prior-knowledge http://{http_addr}/");
+    println!("     curl -s --data-binary @Cargo.toml http://{http_addr}/echo");
+    println!("     curl -v http://{http_addr}/close");
+    println!("     curl -s 'http://{http_addr}/slow?ms=2000'");
+
+    #[cfg(unix)]
+    if let Some(path) = &args.unix {
+        let _ = std::fs::remove_file(path);
+        let unix = tokio::net::UnixListener::bind(path)?;
+        println!("listening on unix:{}", path.display());
+        println!("     curl -s --unix-socket {} http://localhost/", path.display());
+        let (options, drivers) = (options.clone(), drivers.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = unix.accept().await else { continue };
+                let Ok(client) = RemoteClient::unix(stream, options.clone()) else { continue };
+                let drivers = drivers.clone();
+                tokio::spawn(async move {
+                    client.start(&*drivers, tower::service_fn(route)).await;
+                });
             }
-        };
+        });
+    }
+
+    {
+        let (options, drivers) = (options.clone(), drivers.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = https.accept().await else { continue };
+                let (tls, options, drivers) = (tls.clone(), options.clone(), drivers.clone());
+                // The handshake runs in the connection's task: a slow one delays nobody else.
+                tokio::spawn(async move {
+                    match tls.accept_tcp(stream, options).await {
+                        Ok(client) => {
+                            client.start(&*drivers, tower::service_fn(route)).await;
+                        }
+                        Err(error) => eprintln!("TLS: {error}"),
+                    }
+                });
+            }
+        });
+    }
+
+    loop {
+        let Ok((stream, _)) = http.accept().await else { continue };
         let Ok(client) = RemoteClient::tcp(stream, options.clone()) else { continue };
         let drivers = drivers.clone();
         tokio::spawn(async move {
             client.start(&*drivers, tower::service_fn(route)).await;
         });
     }
+}
+
+/// The HTTPS configuration: the given certificate, or one made now for localhost and 127.0.0.1
+/// (its CA is written to a file for `curl --cacert`).
+fn tls_config(args: &Args, https: SocketAddr) -> Result<hyper_remote_client::rustls::ServerConfig, BoxError> {
+    let (chain, key) = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => (
+            CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?,
+            PrivateKeyDer::from_pem_file(key)?,
+        ),
+        _ => {
+            let ca_key = rcgen::KeyPair::generate()?;
+            let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+            ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            ca.distinguished_name
+                .push(rcgen::DnType::CommonName, "hyper-remote-client inspector CA");
+            let ca = ca.self_signed(&ca_key)?;
+            let leaf_key = rcgen::KeyPair::generate()?;
+            let leaf = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?
+                .signed_by(&leaf_key, &ca, &ca_key)?;
+            let ca_path = std::env::temp_dir().join(format!("hyper-remote-client-ca-{}.pem", std::process::id()));
+            std::fs::write(&ca_path, ca.pem())?;
+            println!("generated a certificate for localhost and 127.0.0.1; its CA: {}", ca_path.display());
+            println!("     curl -s --cacert {} https://localhost:{}/", ca_path.display(), https.port());
+            let key = PrivateKeyDer::try_from(leaf_key.serialize_der())?;
+            (vec![leaf.der().clone()], key)
+        }
+    };
+    let client_auth = match &args.client_ca {
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(path)? {
+                roots.add(cert?)?;
+            }
+            ClientAuth::Request(roots)
+        }
+        None => ClientAuth::None,
+    };
+    Ok(server_config(chain, key, client_auth)?)
 }
 
 async fn route(req: Request<RequestBody>) -> Result<Response<Full<Bytes>>, Infallible> {

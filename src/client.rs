@@ -106,6 +106,18 @@ impl fmt::Display for Address {
     }
 }
 
+/// The credentials of the process at the other end of a unix socket, as the kernel reports
+/// them (`SO_PEERCRED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerCredentials {
+    /// The peer's process id, where the platform reports it.
+    pub pid: Option<i32>,
+    /// The peer's effective user id.
+    pub uid: u32,
+    /// The peer's effective group id.
+    pub gid: u32,
+}
+
 type Callback = Box<dyn FnOnce(&ClientInfo) + Send>;
 
 #[derive(Default)]
@@ -119,6 +131,7 @@ pub(crate) struct Inner {
     remote: Address,
     local: Address,
     tls: Option<TlsInfo>,
+    peer_credentials: Option<PeerCredentials>,
     options: Arc<Options>,
     pub(crate) pending_requests: AtomicUsize,
     pub(crate) pending_responses: AtomicUsize,
@@ -175,6 +188,7 @@ pub struct ClientInfoBuilder {
     remote: Address,
     local: Address,
     tls: Option<TlsInfo>,
+    peer_credentials: Option<PeerCredentials>,
     options: Option<Arc<Options>>,
 }
 
@@ -191,6 +205,16 @@ impl ClientInfoBuilder {
         self
     }
 
+    /// The credentials of the peer process of a unix socket.
+    pub fn peer_credentials(mut self, credentials: PeerCredentials) -> Self {
+        self.peer_credentials = Some(credentials);
+        self
+    }
+
+    pub(crate) fn options_ref(&self) -> Option<&Options> {
+        self.options.as_deref()
+    }
+
     /// Builds the handle, with a new [`ClientId`].
     pub fn build(self) -> ClientInfo {
         ClientInfo {
@@ -199,6 +223,7 @@ impl ClientInfoBuilder {
                 remote: self.remote,
                 local: self.local,
                 tls: self.tls,
+                peer_credentials: self.peer_credentials,
                 options: self.options.unwrap_or_default(),
                 pending_requests: AtomicUsize::new(0),
                 pending_responses: AtomicUsize::new(0),
@@ -226,8 +251,33 @@ impl ClientInfo {
             remote: remote.into(),
             local: local.into(),
             tls: None,
+            peer_credentials: None,
             options: None,
         }
+    }
+
+    /// Starts building the handle of an accepted TCP stream, with its addresses.
+    pub fn builder_for_tcp(stream: &tokio::net::TcpStream) -> std::io::Result<ClientInfoBuilder> {
+        Ok(Self::builder(stream.peer_addr()?, stream.local_addr()?))
+    }
+
+    /// Starts building the handle of an accepted unix stream, with its paths and the peer's
+    /// credentials (where the platform gives them).
+    #[cfg(unix)]
+    pub fn builder_for_unix(stream: &tokio::net::UnixStream) -> std::io::Result<ClientInfoBuilder> {
+        let path = |addr: tokio::net::unix::SocketAddr| addr.as_pathname().map(Path::to_path_buf);
+        let builder = Self::builder(
+            Address::Unix(path(stream.peer_addr()?)),
+            Address::Unix(path(stream.local_addr()?)),
+        );
+        Ok(match stream.peer_cred() {
+            Ok(cred) => builder.peer_credentials(PeerCredentials {
+                pid: cred.pid(),
+                uid: cred.uid(),
+                gid: cred.gid(),
+            }),
+            Err(_) => builder,
+        })
     }
 
     /// The unique id of this client: unique in this process, never reused.
@@ -273,6 +323,11 @@ impl ClientInfo {
     /// The TLS session: protocol, cipher, ALPN, SNI, peer certificates. `None` without TLS.
     pub fn tls(&self) -> Option<&TlsInfo> {
         self.inner.tls.as_ref()
+    }
+
+    /// The credentials of the peer process, for a unix socket where the platform gives them.
+    pub fn peer_credentials(&self) -> Option<PeerCredentials> {
+        self.inner.peer_credentials
     }
 
     /// Requests whose body is still being read: counted from the moment the service gets the

@@ -50,6 +50,7 @@
 //! ```
 #![deny(missing_docs, unreachable_pub, unsafe_code, missing_debug_implementations)]
 #![warn(rust_2018_idioms)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod client;
 mod driver;
@@ -59,13 +60,18 @@ mod options;
 mod remote;
 mod tls;
 
-pub use client::{Address, ClientId, ClientInfo, ClientInfoBuilder, Status};
+pub use client::{Address, ClientId, ClientInfo, ClientInfoBuilder, PeerCredentials, Status};
 pub use driver::{DefaultHttpDriverFactory, HttpDriver, HttpDriverFactory, Protocols};
 pub use io::ClientIo;
 pub use layer::{ClientLayer, ClientService, RequestBody, ResponseBody};
 pub use options::Options;
 pub use remote::{CloseReason, RemoteClient};
 pub use tls::TlsInfo;
+#[cfg(feature = "tls")]
+pub use tls::{server_config, ClientAuth, TlsAcceptor, TlsError};
+
+#[cfg(feature = "tls")]
+pub use rustls;
 
 /// The error type of bodies and services in this crate: any boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

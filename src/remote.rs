@@ -85,10 +85,17 @@ pub struct RemoteClient<S> {
 impl RemoteClient<TcpStream> {
     /// Wraps an accepted TCP stream: captures both addresses and sets `TCP_NODELAY`.
     pub fn tcp(stream: TcpStream, options: Arc<Options>) -> io::Result<Self> {
-        let remote = stream.peer_addr()?;
-        let local = stream.local_addr()?;
         stream.set_nodelay(true)?;
-        let client = ClientInfo::builder(remote, local).options(options).build();
+        let client = ClientInfo::builder_for_tcp(&stream)?.options(options).build();
+        Ok(RemoteClient::new(stream, client))
+    }
+}
+
+#[cfg(unix)]
+impl RemoteClient<tokio::net::UnixStream> {
+    /// Wraps an accepted unix stream: captures both paths and the peer's credentials.
+    pub fn unix(stream: tokio::net::UnixStream, options: Arc<Options>) -> io::Result<Self> {
+        let client = ClientInfo::builder_for_unix(&stream)?.options(options).build();
         Ok(RemoteClient::new(stream, client))
     }
 }
