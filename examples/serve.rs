@@ -133,12 +133,19 @@ async fn main() -> Result<(), BoxError> {
         let _ = std::fs::remove_file(path);
         let unix = tokio::net::UnixListener::bind(path)?;
         println!("listening on unix:{}", path.display());
-        println!("     curl -s --unix-socket {} http://localhost/", path.display());
+        println!(
+            "     curl -s --unix-socket {} http://localhost/",
+            path.display()
+        );
         let (options, drivers) = (options.clone(), drivers.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = unix.accept().await else { continue };
-                let Ok(client) = RemoteClient::unix(stream, options.clone()) else { continue };
+                let Ok((stream, _)) = unix.accept().await else {
+                    continue;
+                };
+                let Ok(client) = RemoteClient::unix(stream, options.clone()) else {
+                    continue;
+                };
                 let drivers = drivers.clone();
                 tokio::spawn(async move {
                     client.start(&*drivers, tower::service_fn(route)).await;
@@ -151,7 +158,9 @@ async fn main() -> Result<(), BoxError> {
         let (options, drivers) = (options.clone(), drivers.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = https.accept().await else { continue };
+                let Ok((stream, _)) = https.accept().await else {
+                    continue;
+                };
                 let (tls, options, drivers) = (tls.clone(), options.clone(), drivers.clone());
                 // The handshake runs in the connection's task: a slow one delays nobody else.
                 tokio::spawn(async move {
@@ -167,8 +176,12 @@ async fn main() -> Result<(), BoxError> {
     }
 
     loop {
-        let Ok((stream, _)) = http.accept().await else { continue };
-        let Ok(client) = RemoteClient::tcp(stream, options.clone()) else { continue };
+        let Ok((stream, _)) = http.accept().await else {
+            continue;
+        };
+        let Ok(client) = RemoteClient::tcp(stream, options.clone()) else {
+            continue;
+        };
         let drivers = drivers.clone();
         tokio::spawn(async move {
             client.start(&*drivers, tower::service_fn(route)).await;
@@ -178,7 +191,10 @@ async fn main() -> Result<(), BoxError> {
 
 /// The HTTPS configuration: the given certificate, or one made now for localhost and 127.0.0.1
 /// (its CA is written to a file for `curl --cacert`).
-fn tls_config(args: &Args, https: SocketAddr) -> Result<hyper_remote_client::rustls::ServerConfig, BoxError> {
+fn tls_config(
+    args: &Args,
+    https: SocketAddr,
+) -> Result<hyper_remote_client::rustls::ServerConfig, BoxError> {
     let (chain, key) = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => (
             CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?,
@@ -188,16 +204,26 @@ fn tls_config(args: &Args, https: SocketAddr) -> Result<hyper_remote_client::rus
             let ca_key = rcgen::KeyPair::generate()?;
             let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
             ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            ca.distinguished_name
-                .push(rcgen::DnType::CommonName, "hyper-remote-client inspector CA");
+            ca.distinguished_name.push(
+                rcgen::DnType::CommonName,
+                "hyper-remote-client inspector CA",
+            );
             let ca = ca.self_signed(&ca_key)?;
             let leaf_key = rcgen::KeyPair::generate()?;
             let leaf = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?
                 .signed_by(&leaf_key, &ca, &ca_key)?;
-            let ca_path = std::env::temp_dir().join(format!("hyper-remote-client-ca-{}.pem", std::process::id()));
+            let ca_path = std::env::temp_dir()
+                .join(format!("hyper-remote-client-ca-{}.pem", std::process::id()));
             std::fs::write(&ca_path, ca.pem())?;
-            println!("generated a certificate for localhost and 127.0.0.1; its CA: {}", ca_path.display());
-            println!("     curl -s --cacert {} https://localhost:{}/", ca_path.display(), https.port());
+            println!(
+                "generated a certificate for localhost and 127.0.0.1; its CA: {}",
+                ca_path.display()
+            );
+            println!(
+                "     curl -s --cacert {} https://localhost:{}/",
+                ca_path.display(),
+                https.port()
+            );
             let key = PrivateKeyDer::try_from(leaf_key.serialize_der())?;
             (vec![leaf.der().clone()], key)
         }
@@ -234,7 +260,9 @@ async fn route(req: Request<RequestBody>) -> Result<Response<Full<Bytes>>, Infal
             text(StatusCode::OK, "closed\n")
         }
         (&Method::GET, "/slow") => {
-            let ms = query_param(req.uri().query(), "ms").unwrap_or(1000).min(60_000);
+            let ms = query_param(req.uri().query(), "ms")
+                .unwrap_or(1000)
+                .min(60_000);
             tokio::time::sleep(Duration::from_millis(ms)).await;
             json_response(client_json(&client, req.version()))
         }
@@ -286,9 +314,10 @@ fn query_param(query: Option<&str>, name: &str) -> Option<u64> {
 
 fn json_response(value: Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(format!("{value}\n"))));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     response
 }
 

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use bitflags::bitflags;
 use atomic_waker::AtomicWaker;
+use bitflags::bitflags;
 
 use crate::options::Options;
 use crate::tls::TlsInfo;
@@ -432,7 +432,10 @@ impl ClientInfo {
     fn lock_callbacks(&self) -> std::sync::MutexGuard<'_, Callbacks> {
         // A panicking callback runs outside the lock, so poisoning cannot leave the list in a
         // broken state.
-        self.inner.callbacks.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .callbacks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn fire_callbacks(&self) {

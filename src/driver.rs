@@ -56,7 +56,11 @@ impl HttpDriver {
     /// A driver for connections without TLS: HTTP/1.1, plus HTTP/2 with prior knowledge when
     /// [`Options::http2_cleartext`] is on.
     pub fn new(options: &Options) -> Self {
-        let protocols = if options.http2_cleartext { Protocols::Auto } else { Protocols::Http1 };
+        let protocols = if options.http2_cleartext {
+            Protocols::Auto
+        } else {
+            Protocols::Http1
+        };
         Self::with_protocols(options, protocols)
     }
 
@@ -72,7 +76,11 @@ impl HttpDriver {
             .timer(TokioTimer::new())
             .max_concurrent_streams(options.concurrent_stream_limit)
             .max_header_list_size(u32::try_from(options.header_size_limit).unwrap_or(u32::MAX));
-        HttpDriver { http1, http2, protocols }
+        HttpDriver {
+            http1,
+            http2,
+            protocols,
+        }
     }
 
     /// The HTTP versions this driver serves.
@@ -103,7 +111,9 @@ impl HttpDriver {
             Protocol::Http1 => Connection::Http1 {
                 conn: self.http1.serve_connection(io, service).with_upgrades(),
             },
-            Protocol::Http2 => Connection::Http2 { conn: self.http2.serve_connection(io, service) },
+            Protocol::Http2 => Connection::Http2 {
+                conn: self.http2.serve_connection(io, service),
+            },
         }
     }
 }

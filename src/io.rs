@@ -88,7 +88,9 @@ impl<S> ClientIo<S> {
         let inner = &self.guard.0.inner;
         // One writer (this stream), so load + store is enough and cheaper than fetch_add.
         let written = inner.bytes_written.load(Ordering::Relaxed);
-        inner.bytes_written.store(written + n as u64, Ordering::Relaxed);
+        inner
+            .bytes_written
+            .store(written + n as u64, Ordering::Relaxed);
         if self.write_blocked {
             self.write_blocked = false;
             inner.write_blocked.store(false, Ordering::Relaxed);
@@ -98,7 +100,11 @@ impl<S> ClientIo<S> {
     fn note_write_pending(&mut self) {
         if !self.write_blocked {
             self.write_blocked = true;
-            self.guard.0.inner.write_blocked.store(true, Ordering::Relaxed);
+            self.guard
+                .0
+                .inner
+                .write_blocked
+                .store(true, Ordering::Relaxed);
         }
     }
 }

@@ -48,7 +48,12 @@
 //!     }
 //! }
 //! ```
-#![deny(missing_docs, unreachable_pub, unsafe_code, missing_debug_implementations)]
+#![deny(
+    missing_docs,
+    unreachable_pub,
+    unsafe_code,
+    missing_debug_implementations
+)]
 #![warn(rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -86,7 +86,9 @@ impl RemoteClient<TcpStream> {
     /// Wraps an accepted TCP stream: captures both addresses and sets `TCP_NODELAY`.
     pub fn tcp(stream: TcpStream, options: Arc<Options>) -> io::Result<Self> {
         stream.set_nodelay(true)?;
-        let client = ClientInfo::builder_for_tcp(&stream)?.options(options).build();
+        let client = ClientInfo::builder_for_tcp(&stream)?
+            .options(options)
+            .build();
         Ok(RemoteClient::new(stream, client))
     }
 }
@@ -95,7 +97,9 @@ impl RemoteClient<TcpStream> {
 impl RemoteClient<tokio::net::UnixStream> {
     /// Wraps an accepted unix stream: captures both paths and the peer's credentials.
     pub fn unix(stream: tokio::net::UnixStream, options: Arc<Options>) -> io::Result<Self> {
-        let client = ClientInfo::builder_for_unix(&stream)?.options(options).build();
+        let client = ClientInfo::builder_for_unix(&stream)?
+            .options(options)
+            .build();
         Ok(RemoteClient::new(stream, client))
     }
 }
@@ -106,7 +110,9 @@ where
 {
     /// Wraps `stream`, the connection of `client`.
     pub fn new(stream: S, client: ClientInfo) -> Self {
-        RemoteClient { io: ClientIo::new(stream, client) }
+        RemoteClient {
+            io: ClientIo::new(stream, client),
+        }
     }
 
     /// The handle of this connection.

@@ -15,7 +15,11 @@ pub struct TlsInfo {
 
 impl TlsInfo {
     /// A session with `protocol` (e.g. `"TLSv1.3"`) and a cipher suite of `cipher_bits` bits.
-    pub fn new(protocol: impl Into<String>, cipher_name: impl Into<String>, cipher_bits: u16) -> Self {
+    pub fn new(
+        protocol: impl Into<String>,
+        cipher_name: impl Into<String>,
+        cipher_bits: u16,
+    ) -> Self {
         TlsInfo {
             protocol: protocol.into(),
             cipher_name: cipher_name.into(),
@@ -147,7 +151,9 @@ mod acceptor {
                     .map_err(|e| rustls::Error::General(e.to_string()))?,
             ),
             ClientAuth::Require(roots) => builder.with_client_cert_verifier(
-                verifier(roots).build().map_err(|e| rustls::Error::General(e.to_string()))?,
+                verifier(roots)
+                    .build()
+                    .map_err(|e| rustls::Error::General(e.to_string()))?,
             ),
         };
         let mut config = builder.with_single_cert(cert_chain, key)?;
@@ -175,7 +181,9 @@ mod acceptor {
         /// An acceptor for `config` (see [`server_config`]; a config of your own needs its ALPN
         /// protocols set for HTTP/2 to be chosen).
         pub fn new(config: Arc<ServerConfig>) -> Self {
-            TlsAcceptor { inner: tokio_rustls::TlsAcceptor::from(config) }
+            TlsAcceptor {
+                inner: tokio_rustls::TlsAcceptor::from(config),
+            }
         }
 
         /// Runs the handshake on `stream`, then builds the client from `client` (addresses
@@ -188,9 +196,10 @@ mod acceptor {
         where
             S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         {
-            let deadline = client
-                .options_ref()
-                .map_or_else(|| Options::default().tls_setup_timeout, |o| o.tls_setup_timeout);
+            let deadline = client.options_ref().map_or_else(
+                || Options::default().tls_setup_timeout,
+                |o| o.tls_setup_timeout,
+            );
             let stream = tokio::time::timeout(deadline, self.inner.accept(stream))
                 .await
                 .map_err(|_| TlsError::Timeout)?
@@ -233,7 +242,10 @@ mod acceptor {
         };
         let (cipher_name, cipher_bits) = match conn.negotiated_cipher_suite() {
             Some(suite) => {
-                let name = suite.suite().as_str().map_or_else(|| format!("{:?}", suite.suite()), str::to_owned);
+                let name = suite
+                    .suite()
+                    .as_str()
+                    .map_or_else(|| format!("{:?}", suite.suite()), str::to_owned);
                 let bits = cipher_bits(&name);
                 (name, bits)
             }
@@ -248,7 +260,10 @@ mod acceptor {
         }
         if let Some(chain) = conn.peer_certificates() {
             info = info.with_peer_certificates(
-                chain.iter().map(|cert| Bytes::copy_from_slice(cert.as_ref())).collect(),
+                chain
+                    .iter()
+                    .map(|cert| Bytes::copy_from_slice(cert.as_ref()))
+                    .collect(),
             );
         }
         info

@@ -26,7 +26,10 @@ pin_project! {
 
 impl<B> RequestBody<B> {
     pub(crate) fn new(body: B, limit: usize, guard: Option<PendingGuard>) -> Self {
-        RequestBody { inner: Limited::new(body, limit), guard }
+        RequestBody {
+            inner: Limited::new(body, limit),
+            guard,
+        }
     }
 }
 
@@ -75,11 +78,17 @@ pin_project! {
 
 impl<B> ResponseBody<B> {
     pub(crate) fn new(body: B, guard: Option<PendingGuard>) -> Self {
-        ResponseBody { inner: Some(body), guard }
+        ResponseBody {
+            inner: Some(body),
+            guard,
+        }
     }
 
     pub(crate) fn empty() -> Self {
-        ResponseBody { inner: None, guard: None }
+        ResponseBody {
+            inner: None,
+            guard: None,
+        }
     }
 }
 
@@ -107,6 +116,8 @@ impl<B: Body> Body for ResponseBody<B> {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }

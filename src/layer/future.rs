@@ -33,11 +33,20 @@ pin_project! {
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(future: F, guard: PendingGuard) -> Self {
-        ResponseFuture { kind: Kind::Inner { future, guard: Some(guard) } }
+        ResponseFuture {
+            kind: Kind::Inner {
+                future,
+                guard: Some(guard),
+            },
+        }
     }
 
     pub(crate) fn local(response: Response<()>) -> Self {
-        ResponseFuture { kind: Kind::Local { response: Some(response) } }
+        ResponseFuture {
+            kind: Kind::Local {
+                response: Some(response),
+            },
+        }
     }
 }
 
@@ -58,7 +67,9 @@ where
                         guard.client().set_exported();
                     }
                 }
-                Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, guard.take()))))
+                Poll::Ready(Ok(
+                    response.map(|body| ResponseBody::new(body, guard.take()))
+                ))
             }
             KindProj::Local { response } => {
                 let response = response.take().unwrap_or_default();

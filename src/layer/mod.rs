@@ -74,12 +74,21 @@ pub(crate) struct PendingGuard {
 impl PendingGuard {
     pub(crate) fn request(client: &ClientInfo) -> Self {
         client.inner.pending_requests.fetch_add(1, Ordering::AcqRel);
-        PendingGuard { client: client.clone(), request: true }
+        PendingGuard {
+            client: client.clone(),
+            request: true,
+        }
     }
 
     pub(crate) fn response(client: &ClientInfo) -> Self {
-        client.inner.pending_responses.fetch_add(1, Ordering::AcqRel);
-        PendingGuard { client: client.clone(), request: false }
+        client
+            .inner
+            .pending_responses
+            .fetch_add(1, Ordering::AcqRel);
+        PendingGuard {
+            client: client.clone(),
+            request: false,
+        }
     }
 
     pub(crate) fn client(&self) -> &ClientInfo {
@@ -90,7 +99,11 @@ impl PendingGuard {
 impl Drop for PendingGuard {
     fn drop(&mut self) {
         let inner = &self.client.inner;
-        let counter = if self.request { &inner.pending_requests } else { &inner.pending_responses };
+        let counter = if self.request {
+            &inner.pending_requests
+        } else {
+            &inner.pending_responses
+        };
         counter.fetch_sub(1, Ordering::AcqRel);
     }
 }

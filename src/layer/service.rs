@@ -73,7 +73,10 @@ where
         let response_guard = PendingGuard::response(&self.client);
         let request_guard = (!body.is_end_stream()).then(|| PendingGuard::request(&self.client));
         let body = RequestBody::new(body, limit, request_guard);
-        ResponseFuture::new(self.inner.call(Request::from_parts(parts, body)), response_guard)
+        ResponseFuture::new(
+            self.inner.call(Request::from_parts(parts, body)),
+            response_guard,
+        )
     }
 }
 
@@ -97,7 +100,9 @@ fn screen<B: Body>(req: &Request<B>, options: &Options) -> Option<Response<()>> 
         let mut response = status(StatusCode::PAYLOAD_TOO_LARGE);
         if req.version() <= Version::HTTP_11 {
             // The body stays unread: the connection cannot be reused.
-            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         return Some(response);
     }
