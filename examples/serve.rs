@@ -7,6 +7,12 @@
 //! curl -s --data-binary @Cargo.toml http://127.0.0.1:8080/echo
 //! curl -v http://127.0.0.1:8080/close                     # the handler closes the connection
 //! curl -s 'http://127.0.0.1:8080/slow?ms=2000'            # a response that takes 2 s
+//! # upgrade to a raw echo connection: paste the request, then type; Ctrl-D ends it
+//! socat - TCP:127.0.0.1:8080,crlf
+//! GET /upgrade HTTP/1.1
+//! Host: x
+//! Connection: upgrade
+//! Upgrade: echo
 //! ```
 
 use std::convert::Infallible;
@@ -23,7 +29,7 @@ use hyper_remote_client::rustls::pki_types::pem::PemObject;
 use hyper_remote_client::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use hyper_remote_client::rustls::RootCertStore;
 use hyper_remote_client::{
-    server_config, ClientAuth, ClientInfo, DefaultHttpDriverFactory, Options, RemoteClient,
+    detach, server_config, ClientAuth, ClientInfo, DefaultHttpDriverFactory, Options, RemoteClient,
     RequestBody, TlsAcceptor,
 };
 use serde_json::{json, Value};
@@ -241,10 +247,13 @@ fn tls_config(
     Ok(server_config(chain, key, client_auth)?)
 }
 
-async fn route(req: Request<RequestBody>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn route(mut req: Request<RequestBody>) -> Result<Response<Full<Bytes>>, Infallible> {
     let Some(client) = req.extensions().get::<ClientInfo>().cloned() else {
         return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, "no ClientInfo\n"));
     };
+    if req.method() == Method::GET && req.uri().path() == "/upgrade" {
+        return Ok(upgrade_to_echo(&mut req));
+    }
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => json_response(client_json(&client, req.version())),
         (&Method::POST, "/echo") => match req.into_body().collect().await {
@@ -268,6 +277,44 @@ async fn route(req: Request<RequestBody>) -> Result<Response<Full<Bytes>>, Infal
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
+}
+
+/// `GET /upgrade` with `Connection: upgrade` and `Upgrade: echo`: `101`, then every byte the
+/// client sends is echoed back on the detached connection until the client closes it.
+fn upgrade_to_echo(req: &mut Request<RequestBody>) -> Response<Full<Bytes>> {
+    let has = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|value| {
+            value
+                .to_str()
+                .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    if !has(header::CONNECTION, "upgrade") || !has(header::UPGRADE, "echo") {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "send Connection: upgrade and Upgrade: echo\n",
+        );
+    }
+    let on_detach = detach(req);
+    tokio::spawn(async move {
+        match on_detach.await {
+            Ok(conn) => {
+                let (mut from, mut to) = tokio::io::split(conn);
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+                // Dropping both halves closes the client: on_close runs now.
+            }
+            Err(error) => eprintln!("upgrade failed: {error}"),
+        }
+    });
+    let mut response = text(StatusCode::SWITCHING_PROTOCOLS, "");
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("upgrade"),
+    );
+    headers.insert(header::UPGRADE, header::HeaderValue::from_static("echo"));
+    response
 }
 
 /// The connection as the server sees it: the keys of `GET /`.

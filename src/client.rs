@@ -148,6 +148,9 @@ pub(crate) struct Inner {
     pub(crate) write_blocked: AtomicBool,
     /// Wakes the task that runs the connection on `close()` and `shutdown()`.
     pub(crate) waker: AtomicWaker,
+    /// A duplicate of the socket of an exported client, so `close()` can shut it down while
+    /// user code owns the stream. Ours, so never a descriptor that was closed and reused.
+    pub(crate) export_socket: Mutex<Option<socket2::Socket>>,
     callbacks: Mutex<Callbacks>,
 }
 
@@ -235,6 +238,7 @@ impl ClientInfoBuilder {
                 bytes_written: AtomicU64::new(0),
                 write_blocked: AtomicBool::new(false),
                 waker: AtomicWaker::new(),
+                export_socket: Mutex::new(None),
                 callbacks: Mutex::new(Callbacks::default()),
             }),
         }
@@ -401,7 +405,13 @@ impl ClientInfo {
             return;
         }
         self.set_status(Status::CLOSED_RDWR);
+        // Before an upgrade: the task serving the connection wakes and drops it.
         self.inner.waker.wake();
+        // After an upgrade: user code owns the stream and may not be polling it; shutting the
+        // socket down makes the peer see the end now and wakes any reader.
+        if let Some(socket) = self.take_export_socket() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
         self.fire_callbacks();
     }
 
@@ -425,8 +435,17 @@ impl ClientInfo {
 
     /// The last owner of the connection is gone: the connection is closed for good.
     pub(crate) fn finish(&self) {
+        drop(self.take_export_socket());
         self.set_status(Status::CLOSED_RDWR);
         self.fire_callbacks();
+    }
+
+    fn take_export_socket(&self) -> Option<socket2::Socket> {
+        self.inner
+            .export_socket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     fn lock_callbacks(&self) -> std::sync::MutexGuard<'_, Callbacks> {

@@ -1,12 +1,14 @@
 //! [`ClientIo`], the stream wrapper that tracks a connection's state.
 
+use std::fmt;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
+use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::client::{ClientInfo, CloseGuard, Status};
@@ -20,15 +22,65 @@ use crate::client::{ClientInfo, CloseGuard, Status};
 ///
 /// Bytes put back with [`unread`](Self::unread) (the sniffed HTTP/2 preface, the rest of a PROXY
 /// protocol read) are served before the stream is read again.
-#[derive(Debug)]
 pub struct ClientIo<S> {
     stream: S,
     prefix: Bytes,
     write_blocked: bool,
+    /// The export has been seen and the socket duplicated for `close()`.
+    export_seen: bool,
+    socket: SocketFn<S>,
     guard: Arc<CloseGuard>,
 }
 
-impl<S> ClientIo<S> {
+type SocketFn<S> = for<'a> fn(&'a S) -> Option<SockRef<'a>>;
+
+/// A stream with (maybe) an OS socket under it.
+///
+/// [`ClientInfo::close`] on an exported (upgraded) client shuts that socket down, because
+/// user code owns the stream then and may not be polling it. Streams without a socket (an
+/// in-memory pipe) return `None`; closing them only makes further I/O fail.
+pub trait StreamSocket {
+    /// The socket under this stream.
+    fn socket_ref(&self) -> Option<SockRef<'_>>;
+}
+
+impl StreamSocket for tokio::net::TcpStream {
+    fn socket_ref(&self) -> Option<SockRef<'_>> {
+        Some(SockRef::from(self))
+    }
+}
+
+#[cfg(unix)]
+impl StreamSocket for tokio::net::UnixStream {
+    fn socket_ref(&self) -> Option<SockRef<'_>> {
+        Some(SockRef::from(self))
+    }
+}
+
+#[cfg(feature = "tls")]
+impl<S: StreamSocket> StreamSocket for tokio_rustls::server::TlsStream<S> {
+    fn socket_ref(&self) -> Option<SockRef<'_>> {
+        self.get_ref().0.socket_ref()
+    }
+}
+
+impl StreamSocket for tokio::io::DuplexStream {
+    fn socket_ref(&self) -> Option<SockRef<'_>> {
+        None
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for ClientIo<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientIo")
+            .field("stream", &self.stream)
+            .field("client", self.client())
+            .field("buffered", &self.prefix.len())
+            .finish()
+    }
+}
+
+impl<S: StreamSocket> ClientIo<S> {
     /// Wraps `stream` as the I/O of `client`.
     ///
     /// Create exactly one `ClientIo` per client: dropping it closes the client.
@@ -37,8 +89,18 @@ impl<S> ClientIo<S> {
             stream,
             prefix: Bytes::new(),
             write_blocked: false,
+            export_seen: false,
+            socket: S::socket_ref,
             guard: Arc::new(CloseGuard(client)),
         }
+    }
+}
+
+impl<S> ClientIo<S> {
+    /// Unwraps the stream. The client counts as closed from here on (its `on_close`
+    /// callbacks run once nothing else holds the connection), though the stream stays open.
+    pub fn into_inner(self) -> S {
+        self.stream
     }
 
     /// The client this stream belongs to.
@@ -82,6 +144,28 @@ impl<S> ClientIo<S> {
 
     fn closed(&self) -> bool {
         self.guard.0.inner.closed.load(Ordering::Relaxed)
+    }
+
+    /// Once the connection is exported, keeps a duplicate of its socket where `close()` finds
+    /// it. Checked on writes: hyper writes the `101` after the export is marked.
+    fn check_export(&mut self) {
+        if self.export_seen || !self.guard.0.is_exported() {
+            return;
+        }
+        self.export_seen = true;
+        if let Some(socket) = (self.socket)(&self.stream).and_then(|s| s.try_clone().ok()) {
+            let mut slot = self
+                .guard
+                .0
+                .inner
+                .export_socket
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // A client closed meanwhile needs no handle; the duplicate is dropped here.
+            if !self.closed() {
+                *slot = Some(socket);
+            }
+        }
     }
 
     fn count_written(&mut self, n: usize) {
@@ -160,6 +244,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         if this.closed() {
             return Poll::Ready(Err(closed_error()));
         }
+        this.check_export();
         let result = Pin::new(&mut this.stream).poll_write(cx, buf);
         match &result {
             Poll::Ready(Ok(n)) => this.count_written(*n),
@@ -178,6 +263,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         if this.closed() {
             return Poll::Ready(Err(closed_error()));
         }
+        this.check_export();
         let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
         match &result {
             Poll::Ready(Ok(n)) => this.count_written(*n),

@@ -58,6 +58,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod client;
+mod detach;
 mod driver;
 mod io;
 pub mod layer;
@@ -66,8 +67,9 @@ mod remote;
 mod tls;
 
 pub use client::{Address, ClientId, ClientInfo, ClientInfoBuilder, PeerCredentials, Status};
+pub use detach::{detach, DetachError, Detached, DetachedParts, OnDetach};
 pub use driver::{DefaultHttpDriverFactory, HttpDriver, HttpDriverFactory, Protocols};
-pub use io::ClientIo;
+pub use io::{ClientIo, StreamSocket};
 pub use layer::{ClientLayer, ClientService, RequestBody, ResponseBody};
 pub use options::Options;
 pub use remote::{CloseReason, RemoteClient};

@@ -20,7 +20,7 @@ use tower_service::Service;
 
 use crate::client::ClientInfo;
 use crate::driver::{HttpDriverFactory, Protocol, Protocols};
-use crate::io::ClientIo;
+use crate::io::{ClientIo, StreamSocket};
 use crate::layer::{ClientLayer, RequestBody};
 use crate::options::Options;
 use crate::BoxError;
@@ -106,7 +106,7 @@ impl RemoteClient<tokio::net::UnixStream> {
 
 impl<S> RemoteClient<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + StreamSocket + Unpin + Send + 'static,
 {
     /// Wraps `stream`, the connection of `client`.
     pub fn new(stream: S, client: ClientInfo) -> Self {

@@ -98,6 +98,7 @@ mod acceptor {
 
     use super::TlsInfo;
     use crate::client::ClientInfoBuilder;
+    use crate::io::StreamSocket;
     use crate::options::Options;
     use crate::remote::RemoteClient;
 
@@ -194,7 +195,7 @@ mod acceptor {
             client: ClientInfoBuilder,
         ) -> Result<RemoteClient<TlsStream<S>>, TlsError>
         where
-            S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+            S: AsyncRead + AsyncWrite + StreamSocket + Unpin + Send + 'static,
         {
             let deadline = client.options_ref().map_or_else(
                 || Options::default().tls_setup_timeout,

@@ -24,6 +24,7 @@ pin_project! {
             #[pin]
             future: F,
             guard: Option<PendingGuard>,
+            upgrade: Upgrade,
         },
         Local {
             response: Option<Response<()>>,
@@ -31,12 +32,34 @@ pin_project! {
     }
 }
 
+/// Which responses hand an HTTP/1 connection over (an upgrade).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Upgrade {
+    /// HTTP/2: no response exports the connection.
+    Never,
+    /// `101 Switching Protocols`.
+    Switching,
+    /// A `CONNECT` request: `2xx` (and `101`).
+    Connect,
+}
+
+impl Upgrade {
+    fn exports(self, status: StatusCode) -> bool {
+        match self {
+            Upgrade::Never => false,
+            Upgrade::Switching => status == StatusCode::SWITCHING_PROTOCOLS,
+            Upgrade::Connect => status == StatusCode::SWITCHING_PROTOCOLS || status.is_success(),
+        }
+    }
+}
+
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(future: F, guard: PendingGuard) -> Self {
+    pub(crate) fn new(future: F, guard: PendingGuard, upgrade: Upgrade) -> Self {
         ResponseFuture {
             kind: Kind::Inner {
                 future,
                 guard: Some(guard),
+                upgrade,
             },
         }
     }
@@ -58,10 +81,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Inner { future, guard } => {
+            KindProj::Inner {
+                future,
+                guard,
+                upgrade,
+            } => {
                 // On error the guard is dropped with this future: the response is done.
                 let response = ready!(future.poll(cx))?;
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if upgrade.exports(response.status()) {
                     if let Some(guard) = guard.as_ref() {
                         // hyper hands the connection over once this response is written.
                         guard.client().set_exported();

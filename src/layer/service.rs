@@ -5,6 +5,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use tower_service::Service;
 
+use super::future::Upgrade;
 use super::{ClientLayer, PendingGuard, RequestBody, ResponseBody, ResponseFuture};
 use crate::client::ClientInfo;
 use crate::options::Options;
@@ -68,6 +69,14 @@ where
             return ResponseFuture::local(response);
         }
         let limit = options.body_size_limit;
+        let upgrade = match (
+            req.version() <= Version::HTTP_11,
+            req.method() == Method::CONNECT,
+        ) {
+            (false, _) => Upgrade::Never,
+            (true, false) => Upgrade::Switching,
+            (true, true) => Upgrade::Connect,
+        };
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(self.client.clone());
         let response_guard = PendingGuard::response(&self.client);
@@ -76,6 +85,7 @@ where
         ResponseFuture::new(
             self.inner.call(Request::from_parts(parts, body)),
             response_guard,
+            upgrade,
         )
     }
 }
