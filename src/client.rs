@@ -28,6 +28,13 @@ impl ClientId {
     }
 }
 
+impl From<u64> for ClientId {
+    /// The id with this number, to look a client up (e.g. from a URL).
+    fn from(id: u64) -> Self {
+        ClientId(id)
+    }
+}
+
 impl fmt::Display for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
@@ -214,6 +221,7 @@ impl ClientInfoBuilder {
         self
     }
 
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) fn options_ref(&self) -> Option<&Options> {
         self.options.as_deref()
     }

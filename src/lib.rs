@@ -64,6 +64,7 @@ mod io;
 pub mod layer;
 mod options;
 mod remote;
+pub mod server;
 mod tls;
 
 pub use client::{Address, ClientId, ClientInfo, ClientInfoBuilder, PeerCredentials, Status};
@@ -72,7 +73,8 @@ pub use driver::{DefaultHttpDriverFactory, HttpDriver, HttpDriverFactory, Protoc
 pub use io::{ClientIo, StreamSocket};
 pub use layer::{ClientLayer, ClientService, RequestBody, ResponseBody};
 pub use options::Options;
-pub use remote::{CloseReason, RemoteClient};
+pub use remote::{CloseReason, RemoteClient, TimeoutKind};
+pub use server::{Listener, Server, ServerHandle, Stats};
 pub use tls::TlsInfo;
 #[cfg(feature = "tls")]
 pub use tls::{server_config, ClientAuth, TlsAcceptor, TlsError};

@@ -23,7 +23,10 @@ pub struct Options {
     /// Default 10 000.
     pub connection_limit: usize,
     /// Connections from one IP (IPv4 /32, IPv6 /56) a server keeps open at once. Default 30.
+    /// Unix sockets are exempt, and so is loopback unless `per_ip_limit_on_loopback` is on.
     pub connections_per_ip: usize,
+    /// Apply `connections_per_ip` to loopback addresses (127.0.0.0/8, ::1) too. Default off.
+    pub per_ip_limit_on_loopback: bool,
     /// HTTP/1 timeout: a connection that makes no progress (no byte read or written) for this
     /// long is closed, unless a handler is producing a response. Also the keep-alive idle
     /// timeout, the time allowed for a whole request head, and the time allowed before the
@@ -59,6 +62,7 @@ impl Default for Options {
         Options {
             connection_limit: 10_000,
             connections_per_ip: 30,
+            per_ip_limit_on_loopback: false,
             http1_timeout: Duration::from_secs(15),
             http2_timeout: Duration::from_secs(60),
             tls_setup_timeout: Duration::from_secs(5),

@@ -37,14 +37,24 @@ pub enum CloseReason {
     Closed,
     /// [`ClientInfo::shutdown`] was called, and the connection finished its work.
     Shutdown,
-    /// No progress within the HTTP/1 or HTTP/2 timeout, or the request head took longer than
-    /// the HTTP/1 timeout.
-    Timeout,
+    /// A timeout fired.
+    Timeout(TimeoutKind),
     /// The connection was handed over after an HTTP upgrade; the client stays open until the
     /// upgraded I/O is dropped.
     Upgraded,
     /// An I/O error or an HTTP protocol error ended the connection.
     Error(BoxError),
+}
+
+/// Which timeout closed a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TimeoutKind {
+    /// No progress within [`Options::http1_timeout`] (also: nothing sent at all, an idle
+    /// keep-alive connection, a request head that took longer than that).
+    Http1,
+    /// No progress within [`Options::http2_timeout`].
+    Http2,
 }
 
 /// One accepted connection and its [`ClientInfo`] (amphp's `RemoteClient`).
@@ -164,7 +174,7 @@ where
             }
         };
         if protocol == Protocol::Http2 {
-            watch.set_timeout(options.http2_timeout);
+            watch.set_timeout(options.http2_timeout, TimeoutKind::Http2);
         }
 
         let service = TowerToHyperService::new(ClientLayer::new(client.clone()).layer(service));
@@ -176,7 +186,9 @@ where
                 Ok(Ok(())) if client.is_exported() => return CloseReason::Upgraded,
                 Ok(Ok(())) if watch.shutdown_seen => return CloseReason::Shutdown,
                 Ok(Ok(())) => return CloseReason::Finished,
-                Ok(Err(error)) if error.is_timeout() => return CloseReason::Timeout,
+                Ok(Err(error)) if error.is_timeout() => {
+                    return CloseReason::Timeout(TimeoutKind::Http1)
+                }
                 Ok(Err(error)) => return CloseReason::Error(error.into()),
             }
         }
@@ -213,7 +225,7 @@ async fn sniff<S: AsyncRead + Unpin>(io: &mut ClientIo<S>) -> io::Result<Option<
 enum Event {
     Closed,
     Shutdown,
-    TimedOut,
+    TimedOut(TimeoutKind),
 }
 
 impl Event {
@@ -221,7 +233,7 @@ impl Event {
         match self {
             Event::Closed => CloseReason::Closed,
             Event::Shutdown => CloseReason::Shutdown,
-            Event::TimedOut => CloseReason::Timeout,
+            Event::TimedOut(kind) => CloseReason::Timeout(kind),
         }
     }
 }
@@ -234,6 +246,7 @@ impl Event {
 struct Watch<'a> {
     client: &'a ClientInfo,
     timeout: Duration,
+    kind: TimeoutKind,
     tick: Duration,
     sleep: Pin<Box<Sleep>>,
     progress: u64,
@@ -248,6 +261,7 @@ impl<'a> Watch<'a> {
         Watch {
             client,
             timeout,
+            kind: TimeoutKind::Http1,
             tick,
             sleep: Box::pin(tokio::time::sleep_until(now + tick)),
             progress: 0,
@@ -256,8 +270,9 @@ impl<'a> Watch<'a> {
         }
     }
 
-    fn set_timeout(&mut self, timeout: Duration) {
+    fn set_timeout(&mut self, timeout: Duration, kind: TimeoutKind) {
         self.timeout = timeout;
+        self.kind = kind;
         self.tick = timeout / 4;
         let deadline = Instant::now() + self.tick;
         self.sleep.as_mut().reset(deadline);
@@ -295,7 +310,7 @@ impl<'a> Watch<'a> {
                 // read what we write is.
                 let stuck = inner.write_blocked.load(Ordering::Relaxed);
                 if !self.client.is_waiting_on_response() || stuck {
-                    return Poll::Ready(Event::TimedOut);
+                    return Poll::Ready(Event::TimedOut(self.kind));
                 }
             }
             self.sleep.as_mut().reset(now + self.tick);

@@ -1,0 +1,430 @@
+//! [`Server`]: a hardened accept loop over [`RemoteClient`]: listeners (TCP, unix, either
+//! under TLS), admission limits, a live client registry, counters, graceful shutdown.
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use hyper_remote_client::{ClientInfo, Options, RequestBody, Server};
+//!
+//! async fn hello(req: Request<RequestBody>) -> Result<Response<String>, Infallible> {
+//!     let client = req.extensions().get::<ClientInfo>().expect("inserted by the server");
+//!     Ok(Response::new(format!("hello, {}\n", client.remote_address())))
+//! }
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let server = Server::new(Options::default())
+//!     .listener(tokio::net::TcpListener::bind("127.0.0.1:8080").await?);
+//! let handle = server.handle();
+//! tokio::spawn(async move {
+//!     let _ = tokio::signal::ctrl_c().await;
+//!     handle.shutdown(); // graceful: in-flight responses finish, then everything closes
+//! });
+//! server.serve(tower::service_fn(hello)).await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod admission;
+mod listener;
+mod registry;
+mod stats;
+
+pub use listener::Listener;
+pub use stats::Stats;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower_service::Service;
+use tracing::{debug, info, warn, Instrument};
+
+use self::admission::{Admission, Rejection, Slot};
+use self::listener::Kind;
+use self::registry::Registry;
+use self::stats::Counters;
+use crate::client::{ClientId, ClientInfo};
+use crate::driver::{DefaultHttpDriverFactory, HttpDriverFactory};
+use crate::io::StreamSocket;
+use crate::layer::RequestBody;
+use crate::options::Options;
+use crate::remote::{CloseReason, RemoteClient, TimeoutKind};
+use crate::BoxError;
+
+/// A server: accepts on its [`Listener`]s and serves every connection as a [`RemoteClient`]
+/// with one tower service, under [`Options`].
+///
+/// - Admission, before any byte is read: over [`Options::connection_limit`] or
+///   [`Options::connections_per_ip`] a connection is closed at once and counted. A slot is
+///   given back when its client closes (an exported client keeps it until then).
+/// - A live registry ([`ServerHandle::clients`], [`ServerHandle::client`],
+///   [`ServerHandle::close`]) and counters ([`ServerHandle::stats`]).
+/// - Graceful shutdown ([`ServerHandle::shutdown`]): stop accepting, let in-flight responses
+///   finish (HTTP/2: GOAWAY), close idle connections at once, force-close whatever remains
+///   after [`Options::shutdown_timeout`] (exported clients included).
+/// - `tracing`: a `client` span per connection with its id and remote address; debug events
+///   for accept, reject, timeout and close (with the reason); nothing per request.
+#[derive(Debug)]
+pub struct Server {
+    options: Arc<Options>,
+    drivers: Arc<dyn HttpDriverFactory>,
+    listeners: Vec<Listener>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    registry: Registry,
+    admission: Arc<Admission>,
+    counters: Counters,
+    /// `true` once a shutdown was asked for.
+    shutdown: watch::Sender<bool>,
+    /// `true` once the shutdown deadline passed: TLS handshakes still running are cut.
+    forced: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for dyn HttpDriverFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpDriverFactory")
+    }
+}
+
+impl Shared {
+    fn stats(&self) -> stats::Stats {
+        self.counters.snapshot(self.admission.active())
+    }
+}
+
+/// Controls a running [`Server`] from anywhere: the live clients, the counters, shutdown.
+/// Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// The live clients, oldest first.
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        self.shared.registry.list()
+    }
+
+    /// The live client with this id.
+    pub fn client(&self, id: ClientId) -> Option<ClientInfo> {
+        self.shared.registry.get(id)
+    }
+
+    /// Closes the live client with this id at once; `false` if there is none.
+    pub fn close(&self, id: ClientId) -> bool {
+        match self.client(id) {
+            Some(client) => {
+                client.close();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Starts a graceful shutdown; [`Server::serve`] returns once every client has closed.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// Whether a shutdown has started.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shared.shutdown.borrow()
+    }
+}
+
+impl Server {
+    /// A server with `options` and no listener yet.
+    pub fn new(options: Options) -> Server {
+        let drivers = Arc::new(DefaultHttpDriverFactory::new(&options));
+        Server {
+            shared: Arc::new(Shared {
+                registry: Registry::default(),
+                admission: Admission::new(&options),
+                counters: Counters::default(),
+                shutdown: watch::Sender::new(false),
+                forced: watch::Sender::new(false),
+            }),
+            options: Arc::new(options),
+            drivers,
+            listeners: Vec::new(),
+        }
+    }
+
+    /// Adds a listener (a `TcpListener`, a `UnixListener`, or a [`Listener`] with TLS).
+    pub fn listener(mut self, listener: impl Into<Listener>) -> Server {
+        self.listeners.push(listener.into());
+        self
+    }
+
+    /// Uses `drivers` to choose each client's HTTP driver (default:
+    /// [`DefaultHttpDriverFactory`] for the server's options).
+    pub fn drivers(mut self, drivers: impl HttpDriverFactory + 'static) -> Server {
+        self.drivers = Arc::new(drivers);
+        self
+    }
+
+    /// The listeners, as added.
+    pub fn listeners(&self) -> &[Listener] {
+        &self.listeners
+    }
+
+    /// A handle to the live clients, the counters and shutdown, usable before and while the
+    /// server runs.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle { shared: self.shared.clone() }
+    }
+
+    /// Serves every connection with `service` until a shutdown started by
+    /// [`ServerHandle::shutdown`] has finished.
+    pub async fn serve<S, B>(self, service: S)
+    where
+        S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let mut shutdown = self.shared.shutdown.subscribe();
+        self.serve_with_shutdown(service, async move {
+            let _ = shutdown.wait_for(|started| *started).await;
+        })
+        .await;
+    }
+
+    /// Serves until `signal` completes (or [`ServerHandle::shutdown`] is called), then shuts
+    /// down gracefully, and returns once every client has closed.
+    pub async fn serve_with_shutdown<S, B, F>(self, service: S, signal: F)
+    where
+        S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+        F: Future<Output = ()>,
+    {
+        let mut accepting = JoinSet::new();
+        for listener in self.listeners {
+            let acceptor = Acceptor {
+                shared: self.shared.clone(),
+                options: self.options.clone(),
+                drivers: self.drivers.clone(),
+            };
+            accepting.spawn(acceptor.run(listener, service.clone()));
+        }
+        let mut shutdown = self.shared.shutdown.subscribe();
+        tokio::select! {
+            () = signal => {}
+            _ = shutdown.wait_for(|started| *started) => {}
+        }
+        self.shared.shutdown.send_replace(true);
+
+        // Stop accepting: the listeners close with their tasks.
+        accepting.abort_all();
+        while accepting.join_next().await.is_some() {}
+        let clients = self.shared.registry.begin_shutdown();
+        info!(clients = clients.len(), "shutting down");
+        for client in &clients {
+            client.shutdown();
+        }
+        let deadline = self.options.shutdown_timeout;
+        if tokio::time::timeout(deadline, self.shared.admission.wait_idle()).await.is_err() {
+            let left = self.shared.registry.list();
+            info!(clients = left.len(), "shutdown deadline passed: closing the rest");
+            self.shared.forced.send_replace(true);
+            for client in left {
+                client.close();
+            }
+            self.shared.admission.wait_idle().await;
+        }
+        info!("shut down");
+    }
+}
+
+/// What an accept loop and its connections share.
+struct Acceptor {
+    shared: Arc<Shared>,
+    options: Arc<Options>,
+    drivers: Arc<dyn HttpDriverFactory>,
+}
+
+impl Acceptor {
+    async fn run<S, B>(self, listener: Listener, service: S)
+    where
+        S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let this = Arc::new(self);
+        #[cfg(feature = "tls")]
+        let tls = listener.tls;
+        loop {
+            match &listener.kind {
+                Kind::Tcp(tcp) => {
+                    let (stream, remote) = match tcp.accept().await {
+                        Ok(accepted) => accepted,
+                        Err(error) => {
+                            accept_error(error).await;
+                            continue;
+                        }
+                    };
+                    let Some(slot) = this.admit(Some(remote.ip())) else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let Ok(client) = ClientInfo::builder_for_tcp(&stream) else { continue };
+                    let client = client.options(this.options.clone());
+                    let (this, service) = (this.clone(), service.clone());
+                    #[cfg(feature = "tls")]
+                    if let Some(tls) = tls.clone() {
+                        tokio::spawn(async move {
+                            if let Some(client) = this.handshake(tls.accept(stream, client)).await {
+                                this.serve(client, slot, service).await;
+                            }
+                        });
+                        continue;
+                    }
+                    tokio::spawn(async move {
+                        this.serve(RemoteClient::new(stream, client.build()), slot, service).await;
+                    });
+                }
+                #[cfg(unix)]
+                Kind::Unix(unix) => {
+                    let stream = match unix.accept().await {
+                        Ok((stream, _)) => stream,
+                        Err(error) => {
+                            accept_error(error).await;
+                            continue;
+                        }
+                    };
+                    let Some(slot) = this.admit(None) else { continue };
+                    let Ok(client) = ClientInfo::builder_for_unix(&stream) else { continue };
+                    let client = client.options(this.options.clone());
+                    let (this, service) = (this.clone(), service.clone());
+                    #[cfg(feature = "tls")]
+                    if let Some(tls) = tls.clone() {
+                        tokio::spawn(async move {
+                            if let Some(client) = this.handshake(tls.accept(stream, client)).await {
+                                this.serve(client, slot, service).await;
+                            }
+                        });
+                        continue;
+                    }
+                    tokio::spawn(async move {
+                        this.serve(RemoteClient::new(stream, client.build()), slot, service).await;
+                    });
+                }
+            }
+        }
+    }
+
+    fn admit(&self, ip: Option<IpAddr>) -> Option<Slot> {
+        Counters::add(&self.shared.counters.accepted);
+        match self.shared.admission.admit(ip) {
+            Ok(slot) => Some(slot),
+            Err(rejection) => {
+                let counter = match rejection {
+                    Rejection::ConnectionLimit => &self.shared.counters.rejected_connection_limit,
+                    Rejection::PerIpLimit => &self.shared.counters.rejected_per_ip_limit,
+                };
+                Counters::add(counter);
+                debug!(?ip, ?rejection, "connection rejected");
+                None
+            }
+        }
+    }
+
+    /// Runs a TLS handshake (bounded by the TLS setup timeout), counting failures; cut short
+    /// when a shutdown passes its deadline.
+    #[cfg(feature = "tls")]
+    async fn handshake<T>(
+        &self,
+        accept: impl Future<Output = Result<RemoteClient<T>, crate::tls::TlsError>>,
+    ) -> Option<RemoteClient<T>> {
+        let mut forced = self.shared.forced.subscribe();
+        let result = tokio::select! {
+            result = accept => result,
+            _ = forced.wait_for(|forced| *forced) => return None,
+        };
+        match result {
+            Ok(client) => Some(client),
+            Err(error) => {
+                let counter = match error {
+                    crate::tls::TlsError::Timeout => &self.shared.counters.tls_handshake_timeouts,
+                    _ => &self.shared.counters.tls_handshake_failures,
+                };
+                Counters::add(counter);
+                debug!(%error, "TLS handshake failed");
+                None
+            }
+        }
+    }
+
+    /// Registers the client and serves it until it closes.
+    async fn serve<T, S, B>(&self, client: RemoteClient<T>, slot: Slot, service: S)
+    where
+        T: AsyncRead + AsyncWrite + StreamSocket + Unpin + Send + 'static,
+        S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let info = client.client().clone();
+        let span = tracing::debug_span!("client", id = %info.id(), remote = %info.remote_address());
+        let shared = self.shared.clone();
+        info.on_close(move |client| {
+            shared.registry.remove(client.id());
+            Counters::add(&shared.counters.closed);
+            if client.is_exported() {
+                Counters::add(&shared.counters.exported_closed);
+            }
+            drop(slot);
+        });
+        if self.shared.registry.insert(&info) {
+            info.shutdown();
+        }
+        async {
+            debug!("accepted");
+            let reason = client.start(&*self.drivers, service).await;
+            let counters = &self.shared.counters;
+            match &reason {
+                CloseReason::Timeout(TimeoutKind::Http1) => Counters::add(&counters.http1_timeouts),
+                CloseReason::Timeout(TimeoutKind::Http2) => Counters::add(&counters.http2_timeouts),
+                CloseReason::Upgraded => Counters::add(&counters.exported),
+                _ => {}
+            }
+            debug!(?reason, "connection ended");
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+/// Accepting failed (e.g. too many open files): say so, and pause instead of spinning.
+async fn accept_error(error: std::io::Error) {
+    warn!(%error, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}

@@ -1,0 +1,70 @@
+//! The server's counters, and [`Stats`], a snapshot of them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of a server's counters. All are totals since the server started, but `active`
+/// and `exported_active`, which are current.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections accepted from the listeners (admitted or not).
+    pub accepted: u64,
+    /// Clients open now (exported ones included), plus TLS handshakes in progress.
+    pub active: u64,
+    /// Connections closed at once because the connection limit was reached.
+    pub rejected_connection_limit: u64,
+    /// Connections closed at once because their IP had reached the per-IP limit.
+    pub rejected_per_ip_limit: u64,
+    /// TLS handshakes that failed.
+    pub tls_handshake_failures: u64,
+    /// TLS handshakes that did not finish within the TLS setup timeout.
+    pub tls_handshake_timeouts: u64,
+    /// Connections closed by the HTTP/1 timeout.
+    pub http1_timeouts: u64,
+    /// Connections closed by the HTTP/2 timeout.
+    pub http2_timeouts: u64,
+    /// Connections handed over after an upgrade.
+    pub exported: u64,
+    /// Exported connections still open.
+    pub exported_active: u64,
+    /// Clients closed (each client once, however it closed).
+    pub closed: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) rejected_connection_limit: AtomicU64,
+    pub(crate) rejected_per_ip_limit: AtomicU64,
+    pub(crate) tls_handshake_failures: AtomicU64,
+    pub(crate) tls_handshake_timeouts: AtomicU64,
+    pub(crate) http1_timeouts: AtomicU64,
+    pub(crate) http2_timeouts: AtomicU64,
+    pub(crate) exported: AtomicU64,
+    pub(crate) exported_closed: AtomicU64,
+    pub(crate) closed: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, active: usize) -> Stats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let exported = get(&self.exported);
+        Stats {
+            accepted: get(&self.accepted),
+            active: active as u64,
+            rejected_connection_limit: get(&self.rejected_connection_limit),
+            rejected_per_ip_limit: get(&self.rejected_per_ip_limit),
+            tls_handshake_failures: get(&self.tls_handshake_failures),
+            tls_handshake_timeouts: get(&self.tls_handshake_timeouts),
+            http1_timeouts: get(&self.http1_timeouts),
+            http2_timeouts: get(&self.http2_timeouts),
+            exported,
+            exported_active: exported.saturating_sub(get(&self.exported_closed)),
+            closed: get(&self.closed),
+        }
+    }
+}
