@@ -29,8 +29,8 @@ use hyper_remote_client::rustls::pki_types::pem::PemObject;
 use hyper_remote_client::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use hyper_remote_client::rustls::RootCertStore;
 use hyper_remote_client::{
-    detach, server_config, ClientAuth, ClientInfo, DefaultHttpDriverFactory, Options, RemoteClient,
-    RequestBody, TlsAcceptor,
+    detach, server_config, ClientAuth, ClientId, ClientInfo, Listener, Options, RequestBody,
+    Server, ServerHandle, Stats, TlsAcceptor,
 };
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -80,6 +80,9 @@ struct Args {
     /// Graceful shutdown deadline in seconds.
     #[arg(long)]
     shutdown_timeout: Option<f64>,
+    /// Apply the per-IP limit to loopback addresses too (try it from 127.0.0.2, 127.0.0.3...).
+    #[arg(long)]
+    no_loopback_exemption: bool,
 }
 
 impl Args {
@@ -110,6 +113,7 @@ impl Args {
         if let Some(s) = self.shutdown_timeout {
             options.shutdown_timeout = secs(s);
         }
+        options.per_ip_limit_on_loopback = self.no_loopback_exemption;
         options
     }
 }
@@ -118,81 +122,67 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
-    let options = Arc::new(args.options());
-    let drivers = Arc::new(DefaultHttpDriverFactory::new(&options));
-
     let http = TcpListener::bind(args.http).await?;
     let https = TcpListener::bind(args.https).await?;
     let (http_addr, https_addr) = (http.local_addr()?, https.local_addr()?);
     let tls = TlsAcceptor::new(Arc::new(tls_config(&args, https_addr)?));
+    let mut server = Server::new(args.options())
+        .listener(http)
+        .listener(Listener::tcp(https).with_tls(tls));
     println!("listening on http://{http_addr}");
     println!("listening on https://{https_addr}");
-    println!("try: curl -s http://{http_addr}/");
-    println!("     curl -s --http2-prior-knowledge http://{http_addr}/");
-    println!("     curl -s --data-binary @Cargo.toml http://{http_addr}/echo");
-    println!("     curl -v http://{http_addr}/close");
-    println!("     curl -s 'http://{http_addr}/slow?ms=2000'");
-
     #[cfg(unix)]
     if let Some(path) = &args.unix {
         let _ = std::fs::remove_file(path);
-        let unix = tokio::net::UnixListener::bind(path)?;
+        server = server.listener(tokio::net::UnixListener::bind(path)?);
         println!("listening on unix:{}", path.display());
         println!(
             "     curl -s --unix-socket {} http://localhost/",
             path.display()
         );
-        let (options, drivers) = (options.clone(), drivers.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = unix.accept().await else {
-                    continue;
-                };
-                let Ok(client) = RemoteClient::unix(stream, options.clone()) else {
-                    continue;
-                };
-                let drivers = drivers.clone();
-                tokio::spawn(async move {
-                    client.start(&*drivers, tower::service_fn(route)).await;
-                });
-            }
-        });
     }
+    println!("try: curl -s http://{http_addr}/");
+    println!("     curl -s --http2-prior-knowledge http://{http_addr}/");
+    println!("     curl -s --data-binary @Cargo.toml http://{http_addr}/echo");
+    println!("     curl -v http://{http_addr}/close");
+    println!("     curl -s 'http://{http_addr}/slow?ms=2000'");
+    println!("     curl -s http://{http_addr}/clients");
+    println!("     curl -s http://{http_addr}/stats");
+    println!("     curl -s -X POST http://{http_addr}/clients/ID/close");
 
+    let handle = server.handle();
+    let service = {
+        let handle = handle.clone();
+        tower::service_fn(move |req| route(req, handle.clone()))
+    };
+    server.serve_with_shutdown(service, shutdown_signal()).await;
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM where there are signals.
+async fn shutdown_signal() {
+    #[cfg(unix)]
     {
-        let (options, drivers) = (options.clone(), drivers.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = https.accept().await else {
-                    continue;
-                };
-                let (tls, options, drivers) = (tls.clone(), options.clone(), drivers.clone());
-                // The handshake runs in the connection's task: a slow one delays nobody else.
-                tokio::spawn(async move {
-                    match tls.accept_tcp(stream, options).await {
-                        Ok(client) => {
-                            client.start(&*drivers, tower::service_fn(route)).await;
-                        }
-                        Err(error) => eprintln!("TLS: {error}"),
-                    }
-                });
-            }
-        });
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
     }
-
-    loop {
-        let Ok((stream, _)) = http.accept().await else {
-            continue;
-        };
-        let Ok(client) = RemoteClient::tcp(stream, options.clone()) else {
-            continue;
-        };
-        let drivers = drivers.clone();
-        tokio::spawn(async move {
-            client.start(&*drivers, tower::service_fn(route)).await;
-        });
-    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    println!("shutting down");
 }
 
 /// The HTTPS configuration: the given certificate, or one made now for localhost and 127.0.0.1
@@ -247,7 +237,10 @@ fn tls_config(
     Ok(server_config(chain, key, client_auth)?)
 }
 
-async fn route(mut req: Request<RequestBody>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn route(
+    mut req: Request<RequestBody>,
+    server: ServerHandle,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let Some(client) = req.extensions().get::<ClientInfo>().cloned() else {
         return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, "no ClientInfo\n"));
     };
@@ -255,7 +248,7 @@ async fn route(mut req: Request<RequestBody>) -> Result<Response<Full<Bytes>>, I
         return Ok(upgrade_to_echo(&mut req));
     }
     Ok(match (req.method(), req.uri().path()) {
-        (&Method::GET, "/") => json_response(client_json(&client, req.version())),
+        (&Method::GET, "/") => json_response(client_json(&client, Some(req.version()))),
         (&Method::POST, "/echo") => match req.into_body().collect().await {
             Ok(body) => Response::new(Full::new(body.to_bytes())),
             Err(error) if error.is::<LengthLimitError>() => {
@@ -268,12 +261,28 @@ async fn route(mut req: Request<RequestBody>) -> Result<Response<Full<Bytes>>, I
             client.close();
             text(StatusCode::OK, "closed\n")
         }
+        (&Method::GET, "/clients") => {
+            let clients: Vec<Value> = server
+                .clients()
+                .iter()
+                .map(|c| client_json(c, None))
+                .collect();
+            json_response(Value::Array(clients))
+        }
+        (&Method::GET, "/stats") => json_response(stats_json(&server.stats())),
+        (&Method::POST, path) if path.starts_with("/clients/") && path.ends_with("/close") => {
+            let id = path["/clients/".len()..path.len() - "/close".len()].parse::<u64>();
+            match id {
+                Ok(id) if server.close(ClientId::from(id)) => text(StatusCode::OK, "closed\n"),
+                _ => text(StatusCode::NOT_FOUND, "no such client\n"),
+            }
+        }
         (&Method::GET, "/slow") => {
             let ms = query_param(req.uri().query(), "ms")
                 .unwrap_or(1000)
                 .min(60_000);
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            json_response(client_json(&client, req.version()))
+            json_response(client_json(&client, Some(req.version())))
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
@@ -318,7 +327,8 @@ fn upgrade_to_echo(req: &mut Request<RequestBody>) -> Response<Full<Bytes>> {
 }
 
 /// The connection as the server sees it: the keys of `GET /`.
-fn client_json(client: &ClientInfo, version: Version) -> Value {
+/// `version`: the HTTP version of the request being answered, where there is one.
+fn client_json(client: &ClientInfo, version: Option<Version>) -> Value {
     let crypto = client.tls().map(|tls| {
         json!({
             "protocol": tls.protocol(),
@@ -342,12 +352,28 @@ fn client_json(client: &ClientInfo, version: Version) -> Value {
         "is_unix": client.is_unix(),
         "is_encrypted": client.is_encrypted(),
         "crypto": crypto,
-        "http_version": format!("{version:?}"),
+        "http_version": version.map(|v| format!("{v:?}")),
         "pending_requests": client.pending_requests(),
         "pending_responses": client.pending_responses(),
         "is_waiting_on_response": client.is_waiting_on_response(),
         "is_exported": client.is_exported(),
         "status": client.status().bits(),
+    })
+}
+
+fn stats_json(stats: &Stats) -> Value {
+    json!({
+        "accepted": stats.accepted,
+        "active": stats.active,
+        "rejected_connection_limit": stats.rejected_connection_limit,
+        "rejected_per_ip_limit": stats.rejected_per_ip_limit,
+        "tls_handshake_failures": stats.tls_handshake_failures,
+        "tls_handshake_timeouts": stats.tls_handshake_timeouts,
+        "http1_timeouts": stats.http1_timeouts,
+        "http2_timeouts": stats.http2_timeouts,
+        "exported": stats.exported,
+        "exported_active": stats.exported_active,
+        "closed": stats.closed,
     })
 }
 

@@ -89,7 +89,9 @@ impl Admission {
             self.release();
             return Err(Rejection::ConnectionLimit);
         }
-        let key = ip.filter(|ip| self.limit_loopback || !ip.is_loopback()).map(IpKey::of);
+        let key = ip
+            .filter(|ip| self.limit_loopback || !ip.is_loopback())
+            .map(IpKey::of);
         if let Some(key) = key {
             let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
             let count = per_ip.entry(key).or_insert(0);
@@ -103,7 +105,10 @@ impl Admission {
             }
             *count += 1;
         }
-        Ok(Slot { admission: self.clone(), key })
+        Ok(Slot {
+            admission: self.clone(),
+            key,
+        })
     }
 }
 
@@ -117,7 +122,11 @@ pub(crate) struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(key) = self.key {
-            let mut per_ip = self.admission.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut per_ip = self
+                .admission
+                .per_ip
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if let Some(count) = per_ip.get_mut(&key) {
                 *count -= 1;
                 if *count == 0 {
@@ -159,9 +168,15 @@ mod tests {
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let first = admission.admit(Some(ip)).unwrap();
         let _second = admission.admit(Some(ip)).unwrap();
-        assert_eq!(admission.admit(Some(ip)).unwrap_err(), Rejection::PerIpLimit);
+        assert_eq!(
+            admission.admit(Some(ip)).unwrap_err(),
+            Rejection::PerIpLimit
+        );
         let _other = admission.admit(Some("192.0.2.2".parse().unwrap())).unwrap();
-        assert_eq!(admission.admit(None).unwrap_err(), Rejection::ConnectionLimit);
+        assert_eq!(
+            admission.admit(None).unwrap_err(),
+            Rejection::ConnectionLimit
+        );
         assert_eq!(admission.active(), 3);
         drop(first);
         assert_eq!(admission.active(), 2);

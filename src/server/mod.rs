@@ -90,7 +90,9 @@ struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("stats", &self.stats()).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
     }
 }
 
@@ -190,7 +192,9 @@ impl Server {
     /// A handle to the live clients, the counters and shutdown, usable before and while the
     /// server runs.
     pub fn handle(&self) -> ServerHandle {
-        ServerHandle { shared: self.shared.clone() }
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Serves every connection with `service` until a shutdown started by
@@ -248,9 +252,15 @@ impl Server {
             client.shutdown();
         }
         let deadline = self.options.shutdown_timeout;
-        if tokio::time::timeout(deadline, self.shared.admission.wait_idle()).await.is_err() {
+        if tokio::time::timeout(deadline, self.shared.admission.wait_idle())
+            .await
+            .is_err()
+        {
             let left = self.shared.registry.list();
-            info!(clients = left.len(), "shutdown deadline passed: closing the rest");
+            info!(
+                clients = left.len(),
+                "shutdown deadline passed: closing the rest"
+            );
             self.shared.forced.send_replace(true);
             for client in left {
                 client.close();
@@ -291,9 +301,13 @@ impl Acceptor {
                             continue;
                         }
                     };
-                    let Some(slot) = this.admit(Some(remote.ip())) else { continue };
+                    let Some(slot) = this.admit(Some(remote.ip())) else {
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    let Ok(client) = ClientInfo::builder_for_tcp(&stream) else { continue };
+                    let Ok(client) = ClientInfo::builder_for_tcp(&stream) else {
+                        continue;
+                    };
                     let client = client.options(this.options.clone());
                     let (this, service) = (this.clone(), service.clone());
                     #[cfg(feature = "tls")]
@@ -306,7 +320,8 @@ impl Acceptor {
                         continue;
                     }
                     tokio::spawn(async move {
-                        this.serve(RemoteClient::new(stream, client.build()), slot, service).await;
+                        this.serve(RemoteClient::new(stream, client.build()), slot, service)
+                            .await;
                     });
                 }
                 #[cfg(unix)]
@@ -318,8 +333,12 @@ impl Acceptor {
                             continue;
                         }
                     };
-                    let Some(slot) = this.admit(None) else { continue };
-                    let Ok(client) = ClientInfo::builder_for_unix(&stream) else { continue };
+                    let Some(slot) = this.admit(None) else {
+                        continue;
+                    };
+                    let Ok(client) = ClientInfo::builder_for_unix(&stream) else {
+                        continue;
+                    };
                     let client = client.options(this.options.clone());
                     let (this, service) = (this.clone(), service.clone());
                     #[cfg(feature = "tls")]
@@ -332,7 +351,8 @@ impl Acceptor {
                         continue;
                     }
                     tokio::spawn(async move {
-                        this.serve(RemoteClient::new(stream, client.build()), slot, service).await;
+                        this.serve(RemoteClient::new(stream, client.build()), slot, service)
+                            .await;
                     });
                 }
             }

@@ -22,7 +22,10 @@ impl Registry {
     pub(crate) fn insert(&self, client: &ClientInfo) -> bool {
         let mut clients = self.lock();
         clients.insert(client.id(), client.clone());
-        *self.shutting_down.lock().unwrap_or_else(PoisonError::into_inner)
+        *self
+            .shutting_down
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn remove(&self, id: ClientId) {
@@ -42,7 +45,10 @@ impl Registry {
     /// Marks the shutdown and returns the clients to shut down.
     pub(crate) fn begin_shutdown(&self) -> Vec<ClientInfo> {
         let clients = self.lock();
-        *self.shutting_down.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        *self
+            .shutting_down
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
         clients.values().cloned().collect()
     }
 }
