@@ -32,7 +32,9 @@ impl CloseCounter {
     }
 
     async fn wait(&mut self) {
-        let saw_closed = within("on_close", self.rx.recv()).await.expect("callback dropped unrun");
+        let saw_closed = within("on_close", self.rx.recv())
+            .await
+            .expect("callback dropped unrun");
         assert!(saw_closed, "on_close callback runs with the client closed");
     }
 
@@ -79,14 +81,19 @@ async fn on_close_runs_once_when_the_peer_closes() {
     let mut c = h1_client(h.addr).await;
     let client = h.next_client().await;
     let mut counter = CloseCounter::register(&client);
-    let resp = within("GET", c.sender.send_request(h1_req("GET", "/", ""))).await.unwrap();
+    let resp = within("GET", c.sender.send_request(h1_req("GET", "/", "")))
+        .await
+        .unwrap();
     assert_eq!(body_of(resp).await, "ok");
     assert_eq!(counter.count(), 0, "open connection: no callback yet");
     assert!(!client.is_closed());
     drop(c);
     counter.wait().await;
     assert_eq!(client.status(), Status::CLOSED_RDWR);
-    assert!(matches!(h.reason_of(client.id().get()).await, CloseReason::Finished));
+    assert!(matches!(
+        h.reason_of(client.id().get()).await,
+        CloseReason::Finished
+    ));
     client.close();
     client.close();
     assert_eq!(counter.count(), 1, "exactly once");
@@ -140,10 +147,21 @@ async fn close_inside_handler_ends_the_connection_without_a_response() {
     let client = h.next_client().await;
     let mut counter = CloseCounter::register(&client);
     let start = Instant::now();
-    stream.write_all(b"GET /close HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /close HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let reply = read_to_eof(&mut stream).await.expect("EOF, not a reset");
-    assert!(reply.is_empty(), "no response bytes, got {:?}", String::from_utf8_lossy(&reply));
-    assert!(start.elapsed() < Duration::from_secs(2), "closed quickly: {:?}", start.elapsed());
+    assert!(
+        reply.is_empty(),
+        "no response bytes, got {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "closed quickly: {:?}",
+        start.elapsed()
+    );
     counter.wait().await;
     assert_eq!(counter.count(), 1);
     assert_eq!(client.status(), Status::CLOSED_RDWR);
@@ -161,7 +179,10 @@ async fn close_inside_handler_is_reported_as_closed() {
     for _ in 0..20 {
         let mut stream = connect(h.addr).await;
         let client = h.next_client().await;
-        stream.write_all(b"GET /close HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        stream
+            .write_all(b"GET /close HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         assert!(read_to_eof(&mut stream).await.expect("EOF").is_empty());
         let reason = h.reason_of(client.id().get()).await;
         assert!(matches!(reason, CloseReason::Closed), "{reason:?}");
@@ -174,7 +195,11 @@ async fn close_inside_handler_h2() {
     let mut c = h2_client(h.addr).await;
     let client = h.next_client().await;
     let mut counter = CloseCounter::register(&client);
-    let result = within("h2 /close", c.sender.send_request(h2_req(h.addr, "GET", "/close", ""))).await;
+    let result = within(
+        "h2 /close",
+        c.sender.send_request(h2_req(h.addr, "GET", "/close", "")),
+    )
+    .await;
     assert!(result.is_err(), "no response: {result:?}");
     counter.wait().await;
     let conn = within("client connection ends", &mut c.conn).await.unwrap();
@@ -190,7 +215,10 @@ async fn close_from_outside_on_an_idle_keep_alive_connection() {
     let mut stream = connect(h.addr).await;
     let client = h.next_client().await;
     let mut counter = CloseCounter::register(&client);
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let resp = read_response(&mut stream).await;
     assert_eq!(resp.status, 200);
     assert_eq!(counter.count(), 0);
@@ -211,19 +239,31 @@ async fn close_from_another_task_while_the_handler_is_mid_response() {
     let mut stream = connect(h.addr).await;
     let client = h.next_client().await;
     let mut counter = CloseCounter::register(&client);
-    stream.write_all(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     within("handler entered", entered.recv()).await.unwrap();
     assert_eq!(client.pending_responses(), 1);
     let c = client.clone();
-    within("close task", tokio::spawn(async move { c.close() })).await.unwrap();
+    within("close task", tokio::spawn(async move { c.close() }))
+        .await
+        .unwrap();
     let reply = read_to_eof(&mut stream).await.expect("EOF");
-    assert!(reply.is_empty(), "no response: {:?}", String::from_utf8_lossy(&reply));
+    assert!(
+        reply.is_empty(),
+        "no response: {:?}",
+        String::from_utf8_lossy(&reply)
+    );
     counter.wait().await;
     // (The CloseReason races with the connection's own poll; see
     // `close_from_another_thread_mid_response_is_reported_as_closed`.)
     let _ = h.reason_of(client.id().get()).await;
     // The handler was dropped with the connection: nothing pending.
-    assert_eq!((client.pending_requests(), client.pending_responses()), (0, 0));
+    assert_eq!(
+        (client.pending_requests(), client.pending_responses()),
+        (0, 0)
+    );
     assert_eq!(counter.count(), 1);
 }
 
@@ -235,10 +275,15 @@ async fn close_from_another_thread_mid_response_is_reported_as_closed() {
     for _ in 0..100 {
         let mut stream = connect(h.addr).await;
         let client = h.next_client().await;
-        stream.write_all(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        stream
+            .write_all(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         within("handler entered", entered.recv()).await.unwrap();
         let c = client.clone();
-        within("close task", tokio::spawn(async move { c.close() })).await.unwrap();
+        within("close task", tokio::spawn(async move { c.close() }))
+            .await
+            .unwrap();
         assert!(read_to_eof(&mut stream).await.expect("EOF").is_empty());
         let reason = h.reason_of(client.id().get()).await;
         assert!(matches!(reason, CloseReason::Closed), "{reason:?}");
@@ -262,7 +307,10 @@ async fn close_from_another_task_while_an_h2_handler_is_mid_response() {
     let reason = h.reason_of(client.id().get()).await;
     assert!(matches!(reason, CloseReason::Closed), "{reason:?}");
     // The stream's handler runs in its own task; it is cancelled with the connection.
-    eventually("h2 handler dropped after close", || client.pending_responses() == 0).await;
+    eventually("h2 handler dropped after close", || {
+        client.pending_responses() == 0
+    })
+    .await;
     assert_eq!(counter.count(), 1);
 }
 
@@ -272,11 +320,17 @@ async fn peer_half_close_sets_closed_rd() {
     let mut stream = connect(h.addr).await;
     let client = h.next_client().await;
     let closed = closed_signal(&client);
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(read_response(&mut stream).await.status, 200);
     assert_eq!(client.status(), Status::empty());
     stream.shutdown().await.unwrap(); // our write side: the server reads EOF
-    eventually("CLOSED_RD after the peer's EOF", || client.status().contains(Status::CLOSED_RD)).await;
+    eventually("CLOSED_RD after the peer's EOF", || {
+        client.status().contains(Status::CLOSED_RD)
+    })
+    .await;
     wait_closed("connection ends after EOF", closed).await;
     assert_eq!(client.status(), Status::CLOSED_RDWR);
     assert!(client.is_closed());
@@ -302,17 +356,29 @@ async fn shutdown_finishes_the_response_in_flight_then_closes() {
     let mut stream = connect(h.addr).await;
     let client = h.next_client().await;
     let mut counter = CloseCounter::register(&client);
-    stream.write_all(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     within("handler entered", entered.recv()).await.unwrap();
     client.shutdown();
-    assert_eq!(counter.count(), 0, "graceful: still open while the handler runs");
+    assert_eq!(
+        counter.count(),
+        0,
+        "graceful: still open while the handler runs"
+    );
     gate.add_permits(1);
-    let reply = read_to_eof(&mut stream).await.expect("EOF after the response");
+    let reply = read_to_eof(&mut stream)
+        .await
+        .expect("EOF after the response");
     let (resp, _) = parse_response(&reply).expect("the response in flight is delivered");
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body, b"released");
     counter.wait().await;
-    assert!(matches!(h.reason_of(client.id().get()).await, CloseReason::Shutdown));
+    assert!(matches!(
+        h.reason_of(client.id().get()).await,
+        CloseReason::Shutdown
+    ));
     assert_eq!(counter.count(), 1);
 }
 
@@ -322,7 +388,10 @@ async fn shutdown_of_an_idle_connection_closes_it() {
     let mut stream = connect(h.addr).await;
     let client = h.next_client().await;
     let mut counter = CloseCounter::register(&client);
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(read_response(&mut stream).await.status, 200);
     client.shutdown();
     assert!(read_to_eof(&mut stream).await.expect("EOF").is_empty());

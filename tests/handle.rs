@@ -33,7 +33,10 @@ struct Seen {
 }
 
 fn seen(req: &Request<RequestBody>) -> Seen {
-    let c = req.extensions().get::<ClientInfo>().expect("ClientInfo in extensions");
+    let c = req
+        .extensions()
+        .get::<ClientInfo>()
+        .expect("ClientInfo in extensions");
     Seen {
         id: c.id().get(),
         remote: c.remote_address().clone(),
@@ -78,14 +81,31 @@ fn custom_options() -> Options {
     options
 }
 
-fn check_common(s: &Seen, h: &Harness, client_local: std::net::SocketAddr, server_side: &ClientInfo) {
+fn check_common(
+    s: &Seen,
+    h: &Harness,
+    client_local: std::net::SocketAddr,
+    server_side: &ClientInfo,
+) {
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    assert_eq!(s.id, server_side.id().get(), "handler and accept loop see the same client");
+    assert_eq!(
+        s.id,
+        server_side.id().get(),
+        "handler and accept loop see the same client"
+    );
     assert_eq!(s.remote.ip(), Some(loopback));
-    assert_eq!(s.remote, Address::Inet(client_local), "remote address = client's socket");
+    assert_eq!(
+        s.remote,
+        Address::Inet(client_local),
+        "remote address = client's socket"
+    );
     assert_eq!(s.remote_port, Some(client_local.port()));
     assert_eq!(s.local.ip(), Some(loopback));
-    assert_eq!(s.local, Address::Inet(h.addr), "local address = listener address");
+    assert_eq!(
+        s.local,
+        Address::Inet(h.addr),
+        "local address = listener address"
+    );
     assert_eq!(s.local_port, Some(h.addr.port()));
     assert!(!s.is_unix);
     assert!(!s.remote.is_unix());
@@ -94,8 +114,14 @@ fn check_common(s: &Seen, h: &Harness, client_local: std::net::SocketAddr, serve
     assert!(!s.is_exported);
     assert_eq!(s.status, Status::empty());
     assert!(!s.is_closed);
-    assert_eq!(s.body_size_limit, 12_345, "the options passed to RemoteClient::tcp");
-    assert_eq!(s.pending_requests, 0, "GET without body is not a pending request");
+    assert_eq!(
+        s.body_size_limit, 12_345,
+        "the options passed to RemoteClient::tcp"
+    );
+    assert_eq!(
+        s.pending_requests, 0,
+        "GET without body is not a pending request"
+    );
     assert_eq!(s.pending_responses, 1);
     assert!(s.waiting);
 }
@@ -105,7 +131,9 @@ async fn getters_over_http1() {
     let (mut h, mut seen_rx) = reporting_server(custom_options()).await;
     let mut c = h1_client(h.addr).await;
     let server_side = h.next_client().await;
-    let resp = within("GET /", c.sender.send_request(h1_req("GET", "/", ""))).await.unwrap();
+    let resp = within("GET /", c.sender.send_request(h1_req("GET", "/", "")))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), Version::HTTP_11);
     let body = body_of(resp).await;
@@ -116,7 +144,10 @@ async fn getters_over_http1() {
     // The handle the accept loop holds reports the same.
     assert_eq!(server_side.options().body_size_limit, 12_345);
     assert_eq!(server_side.remote_port(), Some(c.local.port()));
-    assert_eq!(server_side.remote_address().to_string(), c.local.to_string());
+    assert_eq!(
+        server_side.remote_address().to_string(),
+        c.local.to_string()
+    );
 }
 
 #[tokio::test]
@@ -124,7 +155,12 @@ async fn getters_over_h2c() {
     let (mut h, mut seen_rx) = reporting_server(custom_options()).await;
     let mut c = h2_client(h.addr).await;
     let server_side = h.next_client().await;
-    let resp = within("GET / h2", c.sender.send_request(h2_req(h.addr, "GET", "/", ""))).await.unwrap();
+    let resp = within(
+        "GET / h2",
+        c.sender.send_request(h2_req(h.addr, "GET", "/", "")),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), Version::HTTP_2);
     let body = body_of(resp).await;
@@ -140,7 +176,9 @@ async fn requests_on_one_connection_share_the_client() {
     let mut c = h1_client(h.addr).await;
     let server_side = h.next_client().await;
     for _ in 0..3 {
-        let resp = within("GET /", c.sender.send_request(h1_req("GET", "/", ""))).await.unwrap();
+        let resp = within("GET /", c.sender.send_request(h1_req("GET", "/", "")))
+            .await
+            .unwrap();
         body_of(resp).await;
         let s = within("report", seen_rx.recv()).await.unwrap();
         assert_eq!(s.id, server_side.id().get());
@@ -149,7 +187,12 @@ async fn requests_on_one_connection_share_the_client() {
     let server_side2 = h.next_client().await;
     assert_ne!(server_side.id(), server_side2.id());
     for _ in 0..3 {
-        let resp = within("GET / h2", c2.sender.send_request(h2_req(h.addr, "GET", "/", ""))).await.unwrap();
+        let resp = within(
+            "GET / h2",
+            c2.sender.send_request(h2_req(h.addr, "GET", "/", "")),
+        )
+        .await
+        .unwrap();
         body_of(resp).await;
         let s = within("report", seen_rx.recv()).await.unwrap();
         assert_eq!(s.id, server_side2.id().get());
@@ -165,10 +208,17 @@ async fn a_thousand_connections_get_distinct_increasing_ids() {
         let mut tasks = Vec::new();
         for _ in 0..50 {
             tasks.push(tokio::spawn(async move {
-                let reply = raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+                let reply = raw_exchange(
+                    addr,
+                    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                )
+                .await;
                 let (resp, _) = parse_response(&reply).expect("a response");
                 assert_eq!(resp.status, 200);
-                String::from_utf8(resp.body).unwrap().parse::<u64>().unwrap()
+                String::from_utf8(resp.body)
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
             }));
         }
         for task in tasks {
@@ -182,9 +232,15 @@ async fn a_thousand_connections_get_distinct_increasing_ids() {
     for _ in 0..1000 {
         accepted.push(h.next_client().await.id().get());
     }
-    assert!(accepted.windows(2).all(|w| w[0] < w[1]), "ids increase in accept order");
+    assert!(
+        accepted.windows(2).all(|w| w[0] < w[1]),
+        "ids increase in accept order"
+    );
     let accepted_set: HashSet<u64> = accepted.iter().copied().collect();
-    assert_eq!(accepted_set, from_responses, "handlers see the ids the accept loop saw");
+    assert_eq!(
+        accepted_set, from_responses,
+        "handlers see the ids the accept loop saw"
+    );
     for _ in 0..1000 {
         within("report", seen_rx.recv()).await.unwrap();
     }
@@ -202,8 +258,16 @@ async fn byte_counters_match_the_wire() {
     let reply = read_to_eof(&mut stream).await.unwrap();
     assert!(reply.starts_with(b"HTTP/1.1 200"));
     wait_closed("on_close after Connection: close", closed).await;
-    assert_eq!(server_side.bytes_read(), request.len() as u64, "bytes read = bytes sent");
-    assert_eq!(server_side.bytes_written(), reply.len() as u64, "bytes written = bytes received");
+    assert_eq!(
+        server_side.bytes_read(),
+        request.len() as u64,
+        "bytes read = bytes sent"
+    );
+    assert_eq!(
+        server_side.bytes_written(),
+        reply.len() as u64,
+        "bytes written = bytes received"
+    );
     assert_eq!(server_side.status(), Status::CLOSED_RDWR);
 }
 

@@ -27,8 +27,13 @@ impl Drop for Inspector {
 
 fn example_path() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
-    let path = profile_dir.join("examples").join(format!("serve{}", std::env::consts::EXE_SUFFIX));
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let path = profile_dir
+        .join("examples")
+        .join(format!("serve{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.is_file(),
         "the inspector example was not found at {}; build it with `cargo test` or `cargo build --examples`",
@@ -55,9 +60,16 @@ fn start(extra: &[&str]) -> Inspector {
         // Keep draining so the child never blocks on a full pipe.
         for _ in lines {}
     });
-    let mut inspector = Inspector { child, addr: String::new() };
-    let line = rx.recv_timeout(Duration::from_secs(10)).expect("the inspector printed its address");
-    let addr = line.strip_prefix("listening on http://").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let mut inspector = Inspector {
+        child,
+        addr: String::new(),
+    };
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the inspector printed its address");
+    let addr = line
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     inspector.addr = addr.trim().to_string();
     inspector
 }
@@ -65,7 +77,11 @@ fn start(extra: &[&str]) -> Inspector {
 fn curl(args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut cmd = Command::new("curl");
     cmd.args(["-s", "--max-time", "10"]).args(args);
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("curl is installed");
     if let Some(data) = stdin {
@@ -100,7 +116,12 @@ const KEYS: [&str; 14] = [
 ];
 
 fn check_json(v: &Value, inspector: &Inspector, version: &str) {
-    let keys: BTreeSet<&str> = v.as_object().expect("an object").keys().map(String::as_str).collect();
+    let keys: BTreeSet<&str> = v
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(keys, KEYS.into_iter().collect::<BTreeSet<_>>());
     let port: u64 = inspector.addr.rsplit(':').next().unwrap().parse().unwrap();
     assert!(v["id"].as_u64().expect("numeric id") >= 1);
@@ -128,7 +149,10 @@ fn get_root_over_http1_and_h2c() {
     check_json(&h1, &inspector, "HTTP/1.1");
     let h2 = curl_json(&["--http2-prior-knowledge", &url]);
     check_json(&h2, &inspector, "HTTP/2.0");
-    assert!(h2["id"].as_u64() > h1["id"].as_u64(), "a new connection, a larger id");
+    assert!(
+        h2["id"].as_u64() > h1["id"].as_u64(),
+        "a new connection, a larger id"
+    );
 }
 
 #[test]
@@ -140,28 +164,77 @@ fn echo_and_body_limit() {
     assert_eq!(out.stdout, b"hello inspector");
 
     let big = vec![b'x'; 2000];
-    let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", "--data-binary", "@-", &url], Some(&big));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "413", "Content-Length over the limit: {out:?}");
-
     let out = curl(
-        &["-o", "/dev/null", "-w", "%{http_code}", "-H", "Transfer-Encoding: chunked", "--data-binary", "@-", &url],
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--data-binary",
+            "@-",
+            &url,
+        ],
         Some(&big),
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "413", "chunked over the limit: {out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "413",
+        "Content-Length over the limit: {out:?}"
+    );
+
+    let out = curl(
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            "@-",
+            &url,
+        ],
+        Some(&big),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "413",
+        "chunked over the limit: {out:?}"
+    );
 
     let at_limit = vec![b'y'; 1000];
-    let out = curl(&["-H", "Transfer-Encoding: chunked", "--data-binary", "@-", &url], Some(&at_limit));
-    assert_eq!(out.stdout, at_limit, "a chunked body at the limit is echoed");
+    let out = curl(
+        &[
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            "@-",
+            &url,
+        ],
+        Some(&at_limit),
+    );
+    assert_eq!(
+        out.stdout, at_limit,
+        "a chunked body at the limit is echoed"
+    );
 }
 
 #[test]
 fn close_gives_an_empty_reply() {
     let inspector = start(&[]);
     let out = curl(&[&format!("http://{}/close", inspector.addr)], None);
-    assert_eq!(out.status.code(), Some(52), "curl: empty reply from server; got {out:?}");
+    assert_eq!(
+        out.status.code(),
+        Some(52),
+        "curl: empty reply from server; got {out:?}"
+    );
     assert!(out.stdout.is_empty());
     // The server is still fine.
-    check_json(&curl_json(&[&format!("http://{}/", inspector.addr)]), &inspector, "HTTP/1.1");
+    check_json(
+        &curl_json(&[&format!("http://{}/", inspector.addr)]),
+        &inspector,
+        "HTTP/1.1",
+    );
 }
 
 #[test]
@@ -170,7 +243,10 @@ fn slow_answers_after_the_delay() {
     let start = Instant::now();
     let v = curl_json(&[&format!("http://{}/slow?ms=300", inspector.addr)]);
     let elapsed = start.elapsed();
-    assert!(elapsed >= Duration::from_millis(300), "answered after {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(300),
+        "answered after {elapsed:?}"
+    );
     assert!(elapsed < Duration::from_secs(10));
     check_json(&v, &inspector, "HTTP/1.1");
 }
@@ -178,10 +254,27 @@ fn slow_answers_after_the_delay() {
 #[test]
 fn unknown_path_is_404_and_trace_405() {
     let inspector = start(&[]);
-    let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("http://{}/nope", inspector.addr)], None);
+    let out = curl(
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{}/nope", inspector.addr),
+        ],
+        None,
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
     let out = curl(
-        &["-o", "/dev/null", "-w", "%{http_code}", "-X", "TRACE", &format!("http://{}/", inspector.addr)],
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "TRACE",
+            &format!("http://{}/", inspector.addr),
+        ],
         None,
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "405");

@@ -26,7 +26,11 @@ use tower_layer::Layer;
 /// Answers "id remote-ip" of the `ClientInfo` it finds.
 async fn whoami<B>(req: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
     let client = req.extensions().get::<ClientInfo>().expect("ClientInfo");
-    let ip = client.remote_address().ip().map(|ip| ip.to_string()).unwrap_or_default();
+    let ip = client
+        .remote_address()
+        .ip()
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
     Ok(ok(format!("{} {}", client.id(), ip)))
 }
 
@@ -49,7 +53,10 @@ async fn request_headers_cannot_forge_the_client() {
     let resp = within("GET", c.sender.send_request(req)).await.unwrap();
     assert_eq!(body_of(resp).await, format!("{} 127.0.0.1", client.id()));
     assert_ne!(client.id().get(), 999);
-    assert!(!client.is_encrypted(), "forwarded proto=https does not make TLS");
+    assert!(
+        !client.is_encrypted(),
+        "forwarded proto=https does not make TLS"
+    );
 }
 
 #[tokio::test]
@@ -78,19 +85,34 @@ async fn client_layer_replaces_a_client_info_already_in_the_extensions() {
     req.extensions_mut().insert(fake.clone());
     let resp = within("call", service.clone().oneshot(req)).await.unwrap();
     let (seen_id, seen_pending) = rx.recv().await.unwrap();
-    assert_eq!(seen_id, real.id(), "the layer's client, not the one in the request");
+    assert_eq!(
+        seen_id,
+        real.id(),
+        "the layer's client, not the one in the request"
+    );
     assert_ne!(seen_id, fake.id());
     assert_eq!(seen_pending, 1);
     assert_eq!(fake.pending_responses(), 0, "the fake is not counted");
-    assert_eq!(real.pending_responses(), 1, "response body not consumed yet");
+    assert_eq!(
+        real.pending_responses(),
+        1,
+        "response body not consumed yet"
+    );
     // The request body was dropped unread by the inner service.
     assert_eq!(real.pending_requests(), 0);
-    let body = within("body", resp.into_body().collect()).await.unwrap().to_bytes();
+    let body = within("body", resp.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     assert_eq!(body, "inner");
     assert_eq!(real.pending_responses(), 0, "response body ended");
 
     // The layer's own answers work without any socket.
-    let req = Request::builder().method("TRACE").uri("/").body(Full::new(Bytes::new())).unwrap();
+    let req = Request::builder()
+        .method("TRACE")
+        .uri("/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let resp = within("TRACE", service.oneshot(req)).await.unwrap();
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert!(rx.try_recv().is_err(), "the inner service did not run");
@@ -106,7 +128,8 @@ async fn client_layer_with_hyper_builder_and_client_io() {
             let (stream, remote) = listener.accept().await.unwrap();
             let client = ClientInfo::builder(remote, stream.local_addr().unwrap()).build();
             clients_tx.send(client.clone()).unwrap();
-            let service = ClientLayer::new(client.clone()).layer(tower::service_fn(whoami::<RequestBody>));
+            let service =
+                ClientLayer::new(client.clone()).layer(tower::service_fn(whoami::<RequestBody>));
             let io = TokioIo::new(ClientIo::new(stream, client));
             tokio::spawn(async move {
                 hyper::server::conn::http1::Builder::new()
@@ -120,7 +143,9 @@ async fn client_layer_with_hyper_builder_and_client_io() {
     let client = within("accepted", clients.recv()).await.unwrap();
     let closed = closed_signal(&client);
     for _ in 0..2 {
-        let resp = within("GET", c.sender.send_request(h1_req("GET", "/", ""))).await.unwrap();
+        let resp = within("GET", c.sender.send_request(h1_req("GET", "/", "")))
+            .await
+            .unwrap();
         assert_eq!(body_of(resp).await, format!("{} 127.0.0.1", client.id()));
     }
     assert_eq!(client.remote_port(), Some(c.local.port()));
@@ -136,15 +161,23 @@ async fn client_layer_with_hyper_builder_and_client_io() {
     let mut stream = connect(addr).await;
     let client = within("accepted", clients.recv()).await.unwrap();
     let closed = closed_signal(&client);
-    tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let resp = read_response(&mut stream).await;
     assert_eq!(resp.status, 200);
     client.close();
     wait_closed("close()", closed).await;
     assert!(client.is_closed());
-    tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let rest = read_to_eof(&mut stream).await.unwrap_or_default();
-    assert!(rest.is_empty(), "no response after close(): {:?}", String::from_utf8_lossy(&rest));
+    assert!(
+        rest.is_empty(),
+        "no response after close(): {:?}",
+        String::from_utf8_lossy(&rest)
+    );
     within("accept loop", accept).await.unwrap();
 }
 
@@ -155,7 +188,11 @@ async fn greet(req: Request<Full<Bytes>>) -> Response<String> {
         *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         return resp;
     };
-    let scheme = if client.is_encrypted() { "https" } else { "http" };
+    let scheme = if client.is_encrypted() {
+        "https"
+    } else {
+        "http"
+    };
     Response::new(format!(
         "{scheme} {} {:?} limit={}",
         client.remote_address(),
@@ -199,7 +236,10 @@ async fn client_info_builder_as_a_test_double() {
     let mut req = Request::new(Full::new(Bytes::new()));
     req.extensions_mut().insert(secure.clone());
     assert!(greet(req).await.body().starts_with("https "));
-    assert!(secure.id() > client.id(), "each build() gets a new, larger id");
+    assert!(
+        secure.id() > client.id(),
+        "each build() gets a new, larger id"
+    );
 }
 
 #[test]
@@ -212,12 +252,21 @@ fn builder_defaults_and_close_without_io() {
     assert!(client.is_unix());
     assert_eq!(client.remote_port(), None);
     assert_eq!(client.local_port(), None);
-    assert_eq!(client.local_address().unix_path(), Some(std::path::Path::new("/tmp/app.sock")));
+    assert_eq!(
+        client.local_address().unix_path(),
+        Some(std::path::Path::new("/tmp/app.sock"))
+    );
     assert_eq!(client.local_address().to_string(), "/tmp/app.sock");
     assert_eq!(client.remote_address().to_string(), "");
     assert!(client.tls().is_none());
-    assert_eq!(client.options().body_size_limit, Options::default().body_size_limit);
-    assert_eq!((client.pending_requests(), client.pending_responses()), (0, 0));
+    assert_eq!(
+        client.options().body_size_limit,
+        Options::default().body_size_limit
+    );
+    assert_eq!(
+        (client.pending_requests(), client.pending_responses()),
+        (0, 0)
+    );
     assert!(!client.is_waiting_on_response());
     assert_eq!(client.status(), Status::empty());
     assert_eq!((client.bytes_read(), client.bytes_written()), (0, 0));
@@ -229,7 +278,11 @@ fn builder_defaults_and_close_without_io() {
     assert_eq!(count.load(Ordering::SeqCst), 0);
     let clone = client.clone();
     clone.close();
-    assert_eq!(count.load(Ordering::SeqCst), 1, "clones are the same client");
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        1,
+        "clones are the same client"
+    );
     assert!(client.is_closed());
     client.close();
     assert_eq!(count.load(Ordering::SeqCst), 1);

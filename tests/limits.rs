@@ -24,7 +24,9 @@ enum Read {
 
 /// A server whose handler counts its calls, reads the whole body (413 on
 /// `LengthLimitError`, reporting what it saw) and answers 200 with the body length.
-async fn counting_server(options: Options) -> (Harness, Arc<AtomicUsize>, mpsc::UnboundedReceiver<Read>) {
+async fn counting_server(
+    options: Options,
+) -> (Harness, Arc<AtomicUsize>, mpsc::UnboundedReceiver<Read>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = mpsc::unbounded_channel();
     let c = calls.clone();
@@ -69,7 +71,9 @@ fn request_with_header(name: &str, value_len: usize) -> Vec<u8> {
 
 async fn raw_status(h: &Harness, request: &[u8]) -> RawResponse {
     let reply = raw_exchange(h.addr, request).await;
-    parse_response(&reply).unwrap_or_else(|| panic!("no response in {:?}", String::from_utf8_lossy(&reply))).0
+    parse_response(&reply)
+        .unwrap_or_else(|| panic!("no response in {:?}", String::from_utf8_lossy(&reply)))
+        .0
 }
 
 #[tokio::test]
@@ -89,8 +93,18 @@ async fn custom_header_limit_is_applied() {
     let mut options = Options::default();
     options.header_size_limit = 16 * 1024;
     let (h, calls, _rx) = counting_server(options).await;
-    assert_eq!(raw_status(&h, &request_with_header("x-big", 20 * 1024)).await.status, 431);
-    assert_eq!(raw_status(&h, &request_with_header("x-big", 12 * 1024)).await.status, 200);
+    assert_eq!(
+        raw_status(&h, &request_with_header("x-big", 20 * 1024))
+            .await
+            .status,
+        431
+    );
+    assert_eq!(
+        raw_status(&h, &request_with_header("x-big", 12 * 1024))
+            .await
+            .status,
+        200
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
@@ -103,8 +117,16 @@ async fn header_limit_below_8k_is_raised_to_8k() {
     options.header_size_limit = 1024;
     let (h, _calls, _rx) = counting_server(options).await;
     let resp = raw_status(&h, &request_with_header("x-big", 4 * 1024)).await;
-    assert_eq!(resp.status, 200, "a 4 KiB head is under the effective 8 KiB limit");
-    assert_eq!(raw_status(&h, &request_with_header("x-big", 12 * 1024)).await.status, 431);
+    assert_eq!(
+        resp.status, 200,
+        "a 4 KiB head is under the effective 8 KiB limit"
+    );
+    assert_eq!(
+        raw_status(&h, &request_with_header("x-big", 12 * 1024))
+            .await
+            .status,
+        431
+    );
 }
 
 #[tokio::test]
@@ -113,12 +135,17 @@ async fn content_length_over_the_limit_is_413_without_the_handler() {
     options.body_size_limit = 1000;
     let (h, calls, _rx) = counting_server(options).await;
     // Only the head: the server must answer without waiting for the body.
-    let resp = raw_status(&h, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n").await;
+    let resp = raw_status(
+        &h,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n",
+    )
+    .await;
     assert_eq!(resp.status, 413);
     assert_eq!(resp.header("connection"), Some("close"));
     assert_eq!(calls.load(Ordering::SeqCst), 0, "the handler never ran");
     // At the limit: accepted.
-    let mut req = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n".to_vec();
+    let mut req =
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n".to_vec();
     req.extend(std::iter::repeat(b'b').take(1000));
     let resp = raw_status(&h, &req).await;
     assert_eq!(resp.status, 200);
@@ -132,14 +159,22 @@ async fn content_length_over_the_limit_is_413_over_h2() {
     options.body_size_limit = 1000;
     let (h, calls, _rx) = counting_server(options).await;
     let mut c = h2_client(h.addr).await;
-    let resp = within("h2 POST", c.sender.send_request(h2_req(h.addr, "POST", "/", vec![b'x'; 2000])))
-        .await
-        .unwrap();
+    let resp = within(
+        "h2 POST",
+        c.sender
+            .send_request(h2_req(h.addr, "POST", "/", vec![b'x'; 2000])),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 413);
     assert_eq!(calls.load(Ordering::SeqCst), 0);
-    let resp = within("h2 POST", c.sender.send_request(h2_req(h.addr, "POST", "/", vec![b'x'; 1000])))
-        .await
-        .unwrap();
+    let resp = within(
+        "h2 POST",
+        c.sender
+            .send_request(h2_req(h.addr, "POST", "/", vec![b'x'; 1000])),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(body_of(resp).await, "1000");
 }
@@ -155,8 +190,15 @@ async fn chunked_body_over_the_limit_fails_with_length_limit_error() {
     );
     let resp = raw_status(&h, req.as_bytes()).await;
     assert_eq!(resp.status, 413);
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "a streamed body reaches the handler");
-    assert_eq!(within("read report", rx.recv()).await.unwrap(), Read::LengthLimit);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "a streamed body reaches the handler"
+    );
+    assert_eq!(
+        within("read report", rx.recv()).await.unwrap(),
+        Read::LengthLimit
+    );
     // 2 x 500 = exactly the limit: fine.
     let chunk = "a".repeat(500);
     let req = format!(
@@ -164,13 +206,20 @@ async fn chunked_body_over_the_limit_fails_with_length_limit_error() {
     );
     let resp = raw_status(&h, req.as_bytes()).await;
     assert_eq!(resp.status, 200);
-    assert_eq!(within("read report", rx.recv()).await.unwrap(), Read::Ok(1000));
+    assert_eq!(
+        within("read report", rx.recv()).await.unwrap(),
+        Read::Ok(1000)
+    );
 }
 
 #[tokio::test]
 async fn trace_is_405_with_allow() {
     let (h, calls, _rx) = counting_server(Options::default()).await;
-    let resp = raw_status(&h, b"TRACE / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let resp = raw_status(
+        &h,
+        b"TRACE / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(resp.status, 405);
     assert_eq!(resp.header("allow"), Some(DEFAULT_ALLOW));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
@@ -181,7 +230,12 @@ async fn connect_is_405() {
     let (h, calls, _rx) = counting_server(Options::default()).await;
     let mut stream = connect(h.addr).await;
     let head = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n";
-    within("write", tokio::io::AsyncWriteExt::write_all(&mut stream, head)).await.unwrap();
+    within(
+        "write",
+        tokio::io::AsyncWriteExt::write_all(&mut stream, head),
+    )
+    .await
+    .unwrap();
     let resp = read_response(&mut stream).await;
     assert_eq!(resp.status, 405);
     assert_eq!(resp.header("allow"), Some(DEFAULT_ALLOW));
@@ -191,7 +245,11 @@ async fn connect_is_405() {
 #[tokio::test]
 async fn unknown_method_is_501() {
     let (h, calls, _rx) = counting_server(Options::default()).await;
-    let resp = raw_status(&h, b"FOO / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let resp = raw_status(
+        &h,
+        b"FOO / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(resp.status, 501);
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
@@ -199,12 +257,20 @@ async fn unknown_method_is_501() {
 #[tokio::test]
 async fn options_star_is_204_with_allow() {
     let (h, calls, _rx) = counting_server(Options::default()).await;
-    let resp = raw_status(&h, b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let resp = raw_status(
+        &h,
+        b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(resp.status, 204);
     assert_eq!(resp.header("allow"), Some(DEFAULT_ALLOW));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     // OPTIONS on a path is an ordinary allowed request.
-    let resp = raw_status(&h, b"OPTIONS /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let resp = raw_status(
+        &h,
+        b"OPTIONS /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(resp.status, 200);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
@@ -216,16 +282,26 @@ async fn custom_allowed_methods() {
     options.allowed_methods = vec![Method::GET, Method::POST, purge];
     let (h, calls, _rx) = counting_server(options).await;
     let mut c = h1_client(h.addr).await;
-    let resp = within("DELETE", c.sender.send_request(h1_req("DELETE", "/", ""))).await.unwrap();
+    let resp = within("DELETE", c.sender.send_request(h1_req("DELETE", "/", "")))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["allow"], "GET, POST, PURGE");
     body_of(resp).await;
     assert_eq!(calls.load(Ordering::SeqCst), 0);
-    let resp = within("GET", c.sender.send_request(h1_req("GET", "/", ""))).await.unwrap();
+    let resp = within("GET", c.sender.send_request(h1_req("GET", "/", "")))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     body_of(resp).await;
-    let resp = within("PURGE", c.sender.send_request(h1_req("PURGE", "/", ""))).await.unwrap();
-    assert_eq!(resp.status(), 200, "an allowed extension method reaches the handler");
+    let resp = within("PURGE", c.sender.send_request(h1_req("PURGE", "/", "")))
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "an allowed extension method reaches the handler"
+    );
     body_of(resp).await;
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
@@ -234,10 +310,17 @@ async fn custom_allowed_methods() {
 async fn method_answers_over_h2() {
     let (h, calls, _rx) = counting_server(Options::default()).await;
     let mut c = h2_client(h.addr).await;
-    let resp = within("TRACE", c.sender.send_request(h2_req(h.addr, "TRACE", "/", ""))).await.unwrap();
+    let resp = within(
+        "TRACE",
+        c.sender.send_request(h2_req(h.addr, "TRACE", "/", "")),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["allow"], DEFAULT_ALLOW);
-    let resp = within("FOO", c.sender.send_request(h2_req(h.addr, "FOO", "/", ""))).await.unwrap();
+    let resp = within("FOO", c.sender.send_request(h2_req(h.addr, "FOO", "/", "")))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 501);
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
@@ -285,7 +368,9 @@ async fn h2_concurrent_stream_limit() {
     for i in 3..=6 {
         assert!(running.load(Ordering::SeqCst) <= 2);
         gate.add_permits(1);
-        let now = within(&format!("handler {i}"), started.recv()).await.unwrap();
+        let now = within(&format!("handler {i}"), started.recv())
+            .await
+            .unwrap();
         assert!(now <= 2, "{now} handlers running at once");
     }
     gate.add_permits(2);
@@ -294,6 +379,10 @@ async fn h2_concurrent_stream_limit() {
         assert_eq!(status, 200);
         assert_eq!(body, "done");
     }
-    assert_eq!(max.load(Ordering::SeqCst), 2, "at most (and at some point exactly) 2 at once");
+    assert_eq!(
+        max.load(Ordering::SeqCst),
+        2,
+        "at most (and at some point exactly) 2 at once"
+    );
     assert!(started.try_recv().is_err());
 }

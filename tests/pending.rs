@@ -13,7 +13,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Semaphore};
 
 fn counts(c: &ClientInfo) -> (usize, usize, bool) {
-    (c.pending_requests(), c.pending_responses(), c.is_waiting_on_response())
+    (
+        c.pending_requests(),
+        c.pending_responses(),
+        c.is_waiting_on_response(),
+    )
 }
 
 /// Events a slow-reading handler reports.
@@ -27,7 +31,12 @@ enum Ev {
 
 /// `/slow`: reports entry, waits for `read_gate`, reads the body frame by frame (reporting
 /// each), then waits for `respond_gate`. `/check`: answers the counts it sees at once.
-async fn slow_reader() -> (Harness, mpsc::UnboundedReceiver<Ev>, Arc<Semaphore>, Arc<Semaphore>) {
+async fn slow_reader() -> (
+    Harness,
+    mpsc::UnboundedReceiver<Ev>,
+    Arc<Semaphore>,
+    Arc<Semaphore>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
     let read_gate = Arc::new(Semaphore::new(0));
     let respond_gate = Arc::new(Semaphore::new(0));
@@ -71,7 +80,9 @@ async fn slow_reader() -> (Harness, mpsc::UnboundedReceiver<Ev>, Arc<Semaphore>,
 }
 
 async fn next_ev(rx: &mut mpsc::UnboundedReceiver<Ev>) -> Ev {
-    within("handler event", rx.recv()).await.expect("handler gone")
+    within("handler event", rx.recv())
+        .await
+        .expect("handler gone")
 }
 
 #[tokio::test]
@@ -100,12 +111,21 @@ async fn slow_request_body_then_slow_response() {
     let resp = read_response(&mut stream).await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body, b"done");
-    eventually("both counts 0 after the response", || counts(&client) == (0, 0, false)).await;
+    eventually("both counts 0 after the response", || {
+        counts(&client) == (0, 0, false)
+    })
+    .await;
     // And the next request on this keep-alive connection sees only itself.
-    stream.write_all(b"GET /check HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /check HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let resp = read_response(&mut stream).await;
     assert_eq!(String::from_utf8(resp.body).unwrap(), "0 1 true");
-    eventually("both counts 0 at the end", || counts(&client) == (0, 0, false)).await;
+    eventually("both counts 0 at the end", || {
+        counts(&client) == (0, 0, false)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -113,14 +133,23 @@ async fn request_without_body_is_not_pending() {
     let (mut h, _ev, _r, _s) = slow_reader().await;
     let mut c = h1_client(h.addr).await;
     let _client = h.next_client().await;
-    let resp = within("GET", c.sender.send_request(h1_req("GET", "/check", ""))).await.unwrap();
+    let resp = within("GET", c.sender.send_request(h1_req("GET", "/check", "")))
+        .await
+        .unwrap();
     assert_eq!(body_of(resp).await, "0 1 true");
     // Content-Length: 0 is no body either.
-    let resp = within("POST", c.sender.send_request(h1_req("POST", "/check", ""))).await.unwrap();
+    let resp = within("POST", c.sender.send_request(h1_req("POST", "/check", "")))
+        .await
+        .unwrap();
     assert_eq!(body_of(resp).await, "0 1 true");
     // Over h2c, headers with END_STREAM.
     let mut c2 = h2_client(h.addr).await;
-    let resp = within("GET h2", c2.sender.send_request(h2_req(h.addr, "GET", "/check", ""))).await.unwrap();
+    let resp = within(
+        "GET h2",
+        c2.sender.send_request(h2_req(h.addr, "GET", "/check", "")),
+    )
+    .await
+    .unwrap();
     assert_eq!(body_of(resp).await, "0 1 true");
 }
 
@@ -144,15 +173,27 @@ async fn unread_request_body_is_pending_until_dropped() {
     .await;
     let mut c = h1_client(h.addr).await;
     let _ = h.next_client().await;
-    let resp = within("POST", c.sender.send_request(h1_req("POST", "/", "some body"))).await.unwrap();
+    let resp = within(
+        "POST",
+        c.sender.send_request(h1_req("POST", "/", "some body")),
+    )
+    .await
+    .unwrap();
     body_of(resp).await;
     let (before, after) = within("report", rx.recv()).await.unwrap();
     assert_eq!(before, (1, 1, false));
-    assert_eq!(after, (0, 1, true), "dropping the body ends the pending request");
+    assert_eq!(
+        after,
+        (0, 1, true),
+        "dropping the body ends the pending request"
+    );
 }
 
 /// A server whose handler answers with a body fed by the test (the sender is handed over).
-async fn streaming_server() -> (Harness, mpsc::UnboundedReceiver<mpsc::UnboundedSender<Bytes>>) {
+async fn streaming_server() -> (
+    Harness,
+    mpsc::UnboundedReceiver<mpsc::UnboundedSender<Bytes>>,
+) {
     let (senders_tx, senders_rx) = mpsc::unbounded_channel();
     let h = serve(
         Options::default(),
@@ -190,7 +231,12 @@ async fn streaming_response_is_pending_until_its_last_frame_http1() {
     let (mut h, mut senders) = streaming_server().await;
     let mut c = h1_client(h.addr).await;
     let client = h.next_client().await;
-    let resp = within("response head", c.sender.send_request(h1_req("GET", "/", ""))).await.unwrap();
+    let resp = within(
+        "response head",
+        c.sender.send_request(h1_req("GET", "/", "")),
+    )
+    .await
+    .unwrap();
     let tx = within("body sender", senders.recv()).await.unwrap();
     let mut body = resp.into_body();
     assert_eq!(counts(&client), (0, 1, true));
@@ -210,7 +256,12 @@ async fn streaming_response_is_pending_until_its_last_frame_h2() {
     let (mut h, mut senders) = streaming_server().await;
     let mut c = h2_client(h.addr).await;
     let client = h.next_client().await;
-    let resp = within("response head", c.sender.send_request(h2_req(h.addr, "GET", "/", ""))).await.unwrap();
+    let resp = within(
+        "response head",
+        c.sender.send_request(h2_req(h.addr, "GET", "/", "")),
+    )
+    .await
+    .unwrap();
     let tx = within("body sender", senders.recv()).await.unwrap();
     let mut body = resp.into_body();
     assert_eq!(counts(&client), (0, 1, true));
@@ -243,10 +294,18 @@ async fn disconnect_mid_request_body_clears_counts() {
     // handler is still producing its response on a connection whose read side is closed.
     assert_eq!(next_ev(&mut ev).await, Ev::BodyError);
     assert_eq!(counts(&client), (0, 1, true));
-    assert!(client.status().contains(Status::CLOSED_RD), "status {:?}", client.status());
+    assert!(
+        client.status().contains(Status::CLOSED_RD),
+        "status {:?}",
+        client.status()
+    );
     respond_gate.add_permits(1);
     wait_closed("on_close after the peer went away", closed).await;
-    assert_eq!(counts(&client), (0, 0, false), "nothing pending on a closed connection");
+    assert_eq!(
+        counts(&client),
+        (0, 0, false),
+        "nothing pending on a closed connection"
+    );
     assert!(client.is_closed());
     let reason = h.reason_of(client.id().get()).await;
     assert!(
@@ -261,7 +320,10 @@ async fn disconnect_mid_streaming_response_clears_counts_http1() {
     let mut stream = connect(h.addr).await;
     let client = h.next_client().await;
     let closed = closed_signal(&client);
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let tx = within("body sender", senders.recv()).await.unwrap();
     tx.send(Bytes::from_static(b"first")).unwrap();
     // Read the head and the first chunk.
@@ -271,7 +333,9 @@ async fn disconnect_mid_streaming_response_clears_counts_http1() {
         if got.windows(5).any(|w| w == b"first") {
             break;
         }
-        let n = within("read", tokio::io::AsyncReadExt::read(&mut stream, &mut buf)).await.unwrap();
+        let n = within("read", tokio::io::AsyncReadExt::read(&mut stream, &mut buf))
+            .await
+            .unwrap();
         assert!(n > 0, "EOF before the first chunk");
         got.extend_from_slice(&buf[..n]);
     }
@@ -290,7 +354,12 @@ async fn disconnect_mid_streaming_response_clears_counts_h2() {
     let mut c = h2_client(h.addr).await;
     let client = h.next_client().await;
     let closed = closed_signal(&client);
-    let resp = within("response head", c.sender.send_request(h2_req(h.addr, "GET", "/", ""))).await.unwrap();
+    let resp = within(
+        "response head",
+        c.sender.send_request(h2_req(h.addr, "GET", "/", "")),
+    )
+    .await
+    .unwrap();
     let tx = within("body sender", senders.recv()).await.unwrap();
     let mut body = resp.into_body();
     tx.send(Bytes::from_static(b"first")).unwrap();
@@ -302,6 +371,10 @@ async fn disconnect_mid_streaming_response_clears_counts_h2() {
     drop(c);
     wait_closed("on_close after the h2 peer went away", closed).await;
     assert!(client.is_closed());
-    assert_eq!(counts(&client), (0, 0, false), "nothing pending once on_close has run");
+    assert_eq!(
+        counts(&client),
+        (0, 0, false),
+        "nothing pending once on_close has run"
+    );
     drop(tx);
 }

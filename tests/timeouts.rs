@@ -38,7 +38,12 @@ async fn server(options: Options) -> Harness {
                     HandlerResult::Ok(ok("slow"))
                 }
                 "/read" => {
-                    let n = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+                    let n = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes().len())
+                        .unwrap_or(0);
                     HandlerResult::Ok(ok(n.to_string()))
                 }
                 _ => HandlerResult::Ok(ok("ok")),
@@ -71,8 +76,14 @@ async fn until_closed(stream: &mut tokio::net::TcpStream) -> (Vec<u8>, Instant) 
 }
 
 fn assert_between(elapsed: Duration, what: &str) {
-    assert!(elapsed >= TIMEOUT, "{what}: closed too early, after {elapsed:?}");
-    assert!(elapsed < UPPER, "{what}: closed too late, after {elapsed:?}");
+    assert!(
+        elapsed >= TIMEOUT,
+        "{what}: closed too early, after {elapsed:?}"
+    );
+    assert!(
+        elapsed < UPPER,
+        "{what}: closed too late, after {elapsed:?}"
+    );
 }
 
 #[tokio::test]
@@ -97,7 +108,10 @@ async fn idle_keep_alive_connection_is_closed() {
     let mut stream = connect(h.addr).await;
     let client = h.next_client().await;
     let closes = close_counter(&client);
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let resp = read_response(&mut stream).await;
     assert_eq!(resp.status, 200);
     let idle_from = Instant::now();
@@ -116,7 +130,9 @@ async fn keep_alive_requests_within_the_timeout_keep_the_connection() {
     let client = h.next_client().await;
     // 6 requests spaced by half a timeout: 1.5 timeouts in all, never idle for a whole one.
     for _ in 0..6 {
-        let resp = within("GET", c.sender.send_request(h1_req("GET", "/", ""))).await.unwrap();
+        let resp = within("GET", c.sender.send_request(h1_req("GET", "/", "")))
+            .await
+            .unwrap();
         assert_eq!(body_of(resp).await, "ok");
         tokio::time::sleep(TIMEOUT / 2).await;
     }
@@ -129,12 +145,18 @@ async fn slow_handler_still_delivers_its_response_http1() {
     let mut stream = connect(h.addr).await;
     let client = h.next_client().await;
     let start = Instant::now();
-    stream.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let resp = read_response(&mut stream).await;
     assert!(start.elapsed() >= TIMEOUT * 3);
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body, b"slow");
-    eventually("response no longer pending", || client.pending_responses() == 0).await;
+    eventually("response no longer pending", || {
+        client.pending_responses() == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -150,7 +172,9 @@ async fn slow_handler_after_reading_the_body_still_delivers_its_response() {
     .await;
     let mut c = h1_client(h.addr).await;
     let _ = h.next_client().await;
-    let resp = within("POST", c.sender.send_request(h1_req("POST", "/", "body"))).await.unwrap();
+    let resp = within("POST", c.sender.send_request(h1_req("POST", "/", "body")))
+        .await
+        .unwrap();
     assert_eq!(body_of(resp).await, "body");
 }
 
@@ -164,7 +188,11 @@ async fn slow_handler_with_unread_body_still_delivers_its_response() {
     let mut h = server(short_options()).await;
     let mut c = h1_client(h.addr).await;
     let _ = h.next_client().await;
-    let resp = within("POST /slow", c.sender.send_request(h1_req("POST", "/slow", "body"))).await;
+    let resp = within(
+        "POST /slow",
+        c.sender.send_request(h1_req("POST", "/slow", "body")),
+    )
+    .await;
     let resp = resp.expect("the response, not a connection closed mid-request");
     assert_eq!(body_of(resp).await, "slow");
 }
@@ -175,7 +203,12 @@ async fn slow_handler_still_delivers_its_response_h2() {
     let mut c = h2_client(h.addr).await;
     let _client = h.next_client().await;
     let start = Instant::now();
-    let resp = within("h2 /slow", c.sender.send_request(h2_req(h.addr, "GET", "/slow", ""))).await.unwrap();
+    let resp = within(
+        "h2 /slow",
+        c.sender.send_request(h2_req(h.addr, "GET", "/slow", "")),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(body_of(resp).await, "slow");
     assert!(start.elapsed() >= TIMEOUT * 3);
@@ -189,7 +222,12 @@ async fn idle_h2c_connection_is_closed() {
     let mut c = h2_client(h.addr).await;
     let client = h.next_client().await;
     let closes = close_counter(&client);
-    let resp = within("h2 GET", c.sender.send_request(h2_req(h.addr, "GET", "/", ""))).await.unwrap();
+    let resp = within(
+        "h2 GET",
+        c.sender.send_request(h2_req(h.addr, "GET", "/", "")),
+    )
+    .await
+    .unwrap();
     assert_eq!(body_of(resp).await, "ok");
     let idle_from = Instant::now();
     let result = within("h2 connection ends", &mut c.conn).await.unwrap();
@@ -227,7 +265,10 @@ async fn trickled_request_head_is_bounded_by_the_timeout() {
     let client = h.next_client().await;
     let closed = closed_signal(&client);
     let start = Instant::now();
-    stream.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nX-Slow: ")
+        .await
+        .unwrap();
     let mut closed = std::pin::pin!(closed);
     let mut sent = 0;
     for _ in 0..100 {
@@ -255,14 +296,24 @@ async fn stalled_request_body_is_closed() {
     let mut h = server(short_options()).await;
     let mut stream = connect(h.addr).await;
     let client = h.next_client().await;
-    stream.write_all(b"POST /read HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234").await.unwrap();
+    stream
+        .write_all(b"POST /read HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234")
+        .await
+        .unwrap();
     let start = Instant::now();
     let (bytes, at) = until_closed(&mut stream).await;
-    assert!(!bytes.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&bytes));
+    assert!(
+        !bytes.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&bytes)
+    );
     assert_between(at - start, "stalled body");
     let reason = h.reason_of(client.id().get()).await;
     assert!(matches!(reason, CloseReason::Timeout), "{reason:?}");
-    assert_eq!((client.pending_requests(), client.pending_responses()), (0, 0));
+    assert_eq!(
+        (client.pending_requests(), client.pending_responses()),
+        (0, 0)
+    );
 }
 
 /// An endless response body.
@@ -272,7 +323,10 @@ impl Body for Endless {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'z'; 64 * 1024])))))
     }
 }
@@ -281,13 +335,18 @@ impl Body for Endless {
 async fn peer_that_does_not_read_is_closed() {
     let mut h = serve(
         short_options(),
-        tower::service_fn(|_req: Request<RequestBody>| async move { Ok::<_, Infallible>(Response::new(Endless)) }),
+        tower::service_fn(|_req: Request<RequestBody>| async move {
+            Ok::<_, Infallible>(Response::new(Endless))
+        }),
     )
     .await;
     let mut stream = connect(h.addr).await;
     let client = h.next_client().await;
     let closed = closed_signal(&client);
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     // Do not read: the server's writes block, which is no progress although a response is
     // pending.
     let start = Instant::now();

@@ -17,8 +17,7 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_remote_client::{
-    BoxError, ClientInfo, CloseReason, DefaultHttpDriverFactory, Options, RemoteClient,
-    RequestBody,
+    BoxError, ClientInfo, CloseReason, DefaultHttpDriverFactory, Options, RemoteClient, RequestBody,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -72,12 +71,16 @@ impl Drop for Harness {
 impl Harness {
     /// The server-side handle of the next accepted connection.
     pub async fn next_client(&mut self) -> ClientInfo {
-        within("next accepted client", self.clients.recv()).await.expect("accept loop ended")
+        within("next accepted client", self.clients.recv())
+            .await
+            .expect("accept loop ended")
     }
 
     /// The next recorded `(client id, CloseReason)`.
     pub async fn next_reason(&mut self) -> (u64, CloseReason) {
-        within("next close reason", self.reasons.recv()).await.expect("accept loop ended")
+        within("next close reason", self.reasons.recv())
+            .await
+            .expect("accept loop ended")
     }
 
     /// The `CloseReason` of client `id` (skipping other connections' reasons).
@@ -117,7 +120,9 @@ where
     let opts = options.clone();
     let accept = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let client = RemoteClient::tcp(stream, opts.clone()).expect("RemoteClient::tcp");
             let info = client.client().clone();
             let _ = clients_tx.send(info.clone());
@@ -130,7 +135,13 @@ where
             });
         }
     });
-    Harness { addr, options, clients, reasons, accept }
+    Harness {
+        addr,
+        options,
+        clients,
+        reasons,
+        accept,
+    }
 }
 
 pub type HandlerResult = Result<Response<Full<Bytes>>, Infallible>;
@@ -151,7 +162,9 @@ pub fn closed_signal(client: &ClientInfo) -> oneshot::Receiver<()> {
 
 /// Waits for the `on_close` signal from [`closed_signal`].
 pub async fn wait_closed(what: &str, rx: oneshot::Receiver<()>) {
-    within(what, rx).await.expect("on_close callback dropped without running");
+    within(what, rx)
+        .await
+        .expect("on_close callback dropped without running");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -164,13 +177,22 @@ pub struct H1Client {
 }
 
 pub async fn h1_client(addr: SocketAddr) -> H1Client {
-    let stream = within("connect", TcpStream::connect(addr)).await.expect("connect");
-    let local = stream.local_addr().unwrap();
-    let (sender, conn) = within("h1 handshake", hyper::client::conn::http1::handshake(TokioIo::new(stream)))
+    let stream = within("connect", TcpStream::connect(addr))
         .await
-        .expect("h1 handshake");
+        .expect("connect");
+    let local = stream.local_addr().unwrap();
+    let (sender, conn) = within(
+        "h1 handshake",
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)),
+    )
+    .await
+    .expect("h1 handshake");
     let conn = tokio::spawn(conn);
-    H1Client { sender, local, conn }
+    H1Client {
+        sender,
+        local,
+        conn,
+    }
 }
 
 pub struct H2Client {
@@ -180,7 +202,9 @@ pub struct H2Client {
 }
 
 pub async fn h2_client(addr: SocketAddr) -> H2Client {
-    let stream = within("connect", TcpStream::connect(addr)).await.expect("connect");
+    let stream = within("connect", TcpStream::connect(addr))
+        .await
+        .expect("connect");
     let local = stream.local_addr().unwrap();
     let (sender, conn) = within(
         "h2 handshake",
@@ -189,7 +213,11 @@ pub async fn h2_client(addr: SocketAddr) -> H2Client {
     .await
     .expect("h2 handshake");
     let conn = tokio::spawn(conn);
-    H2Client { sender, local, conn }
+    H2Client {
+        sender,
+        local,
+        conn,
+    }
 }
 
 /// An HTTP/1.1 request (origin form, with Host).
@@ -203,7 +231,12 @@ pub fn h1_req(method: &str, path: &str, body: impl Into<Bytes>) -> Request<Full<
 }
 
 /// An HTTP/2 request (absolute URI).
-pub fn h2_req(addr: SocketAddr, method: &str, path: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+pub fn h2_req(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: impl Into<Bytes>,
+) -> Request<Full<Bytes>> {
     Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"))
@@ -213,14 +246,19 @@ pub fn h2_req(addr: SocketAddr, method: &str, path: &str, body: impl Into<Bytes>
 
 /// Collects a response body.
 pub async fn body_of(resp: Response<Incoming>) -> Bytes {
-    within("response body", resp.into_body().collect()).await.expect("response body").to_bytes()
+    within("response body", resp.into_body().collect())
+        .await
+        .expect("response body")
+        .to_bytes()
 }
 
 // ---------------------------------------------------------------------------------------------
 // raw TCP
 
 pub async fn connect(addr: SocketAddr) -> TcpStream {
-    within("connect", TcpStream::connect(addr)).await.expect("connect")
+    within("connect", TcpStream::connect(addr))
+        .await
+        .expect("connect")
 }
 
 /// Reads until EOF (or a connection reset, which is reported as `Err`).
@@ -233,7 +271,9 @@ pub async fn read_to_eof(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 /// Writes `bytes` and reads the answer to EOF.
 pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let mut stream = connect(addr).await;
-    within("write", stream.write_all(bytes)).await.expect("write");
+    within("write", stream.write_all(bytes))
+        .await
+        .expect("write");
     read_to_eof(&mut stream).await.expect("read to EOF")
 }
 
@@ -247,7 +287,10 @@ pub struct RawResponse {
 
 impl RawResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -268,7 +311,11 @@ pub fn parse_response(bytes: &[u8]) -> Option<(RawResponse, usize)> {
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
         .collect();
-    let mut resp = RawResponse { status, headers, body: Vec::new() };
+    let mut resp = RawResponse {
+        status,
+        headers,
+        body: Vec::new(),
+    };
     let rest = &bytes[head_end..];
     let used = if status == 204 || status == 304 || (100..200).contains(&status) {
         0
@@ -279,7 +326,10 @@ pub fn parse_response(bytes: &[u8]) -> Option<(RawResponse, usize)> {
         }
         resp.body = rest[..len].to_vec();
         len
-    } else if resp.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+    } else if resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
         let end = find(rest, b"0\r\n\r\n")? + 5;
         resp.body = rest[..end].to_vec();
         end
@@ -303,10 +353,17 @@ pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
                 return resp;
             }
         }
-        let n = within("read response", stream.read(&mut chunk)).await.expect("read");
+        let n = within("read response", stream.read(&mut chunk))
+            .await
+            .expect("read");
         if n == 0 {
             return parse_response(&buf)
-                .unwrap_or_else(|| panic!("EOF before a full response: {:?}", String::from_utf8_lossy(&buf)))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "EOF before a full response: {:?}",
+                        String::from_utf8_lossy(&buf)
+                    )
+                })
                 .0;
         }
         buf.extend_from_slice(&chunk[..n]);
@@ -338,6 +395,8 @@ impl Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx.poll_recv(cx).map(|chunk| chunk.map(|data| Ok(Frame::data(data))))
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|data| Ok(Frame::data(data))))
     }
 }
