@@ -349,8 +349,24 @@ async fn h2_concurrent_stream_limit() {
         }),
     )
     .await;
-    let c = h2_client(h.addr).await;
+    let mut c = h2_client(h.addr).await;
     let _client = h.next_client().await;
+    // One request first, so the client has the server's SETTINGS (max 2 streams) before it
+    // opens the six: streams opened before that are refused (REFUSED_STREAM), which hyper's
+    // client does not retry.
+    let warm_up = tokio::spawn(c.sender.send_request(h2_req(h.addr, "GET", "/", "")));
+    assert_eq!(within("warm-up handler", started.recv()).await.unwrap(), 1);
+    gate.add_permits(1);
+    let resp = within("warm-up", warm_up)
+        .await
+        .unwrap()
+        .expect("warm-up response");
+    assert_eq!(body_of(resp).await, "done");
+    eventually("warm-up handler finished", || {
+        running.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    max.store(0, Ordering::SeqCst);
     let mut requests = Vec::new();
     for _ in 0..6 {
         let mut sender = c.sender.clone();
