@@ -132,12 +132,24 @@ async fn main() -> Result<(), BoxError> {
     let http = TcpListener::bind(args.http).await?;
     let https = TcpListener::bind(args.https).await?;
     let (http_addr, https_addr) = (http.local_addr()?, https.local_addr()?);
-    let tls = TlsAcceptor::new(Arc::new(tls_config(&args, https_addr)?));
+    let (tls, generated_ca) = tls_config(&args)?;
+    let tls = TlsAcceptor::new(Arc::new(tls));
     let mut server = Server::new(args.options())
         .listener(http)
         .listener(Listener::tcp(https).with_tls(tls));
     println!("listening on http://{http_addr}");
     println!("listening on https://{https_addr}");
+    if let Some(ca) = generated_ca {
+        println!(
+            "generated a certificate for localhost and 127.0.0.1; its CA: {}",
+            ca.display()
+        );
+        println!(
+            "     curl -s --cacert {} https://localhost:{}/",
+            ca.display(),
+            https_addr.port()
+        );
+    }
     #[cfg(unix)]
     if let Some(path) = &args.unix {
         let _ = std::fs::remove_file(path);
@@ -186,15 +198,15 @@ async fn shutdown_signal() {
 }
 
 /// The HTTPS configuration: the given certificate, or one made now for localhost and 127.0.0.1
-/// (its CA is written to a file for `curl --cacert`).
+/// (its CA is written to a file for `curl --cacert`, whose path is returned too).
 fn tls_config(
     args: &Args,
-    https: SocketAddr,
-) -> Result<hyper_remote_client::rustls::ServerConfig, BoxError> {
-    let (chain, key) = match (&args.cert, &args.key) {
+) -> Result<(hyper_remote_client::rustls::ServerConfig, Option<PathBuf>), BoxError> {
+    let (chain, key, generated_ca) = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => (
             CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?,
             PrivateKeyDer::from_pem_file(key)?,
+            None,
         ),
         _ => {
             let ca_key = rcgen::KeyPair::generate()?;
@@ -211,17 +223,8 @@ fn tls_config(
             let ca_path = std::env::temp_dir()
                 .join(format!("hyper-remote-client-ca-{}.pem", std::process::id()));
             std::fs::write(&ca_path, ca.pem())?;
-            println!(
-                "generated a certificate for localhost and 127.0.0.1; its CA: {}",
-                ca_path.display()
-            );
-            println!(
-                "     curl -s --cacert {} https://localhost:{}/",
-                ca_path.display(),
-                https.port()
-            );
             let key = PrivateKeyDer::try_from(leaf_key.serialize_der())?;
-            (vec![leaf.der().clone()], key)
+            (vec![leaf.der().clone()], key, Some(ca_path))
         }
     };
     let client_auth = match &args.client_ca {
@@ -234,7 +237,7 @@ fn tls_config(
         }
         None => ClientAuth::None,
     };
-    Ok(server_config(chain, key, client_auth)?)
+    Ok((server_config(chain, key, client_auth)?, generated_ca))
 }
 
 async fn route(

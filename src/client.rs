@@ -153,6 +153,8 @@ pub(crate) struct Inner {
     pub(crate) bytes_written: AtomicU64,
     /// The last write returned `Pending`: the peer is not reading.
     pub(crate) write_blocked: AtomicBool,
+    /// Request bodies whose last read returned `Pending`: a handler waits for the peer.
+    pub(crate) bodies_waiting: AtomicUsize,
     /// Wakes the task that runs the connection on `close()` and `shutdown()`.
     pub(crate) waker: AtomicWaker,
     /// A duplicate of the socket of an exported client, so `close()` can shut it down while
@@ -245,6 +247,7 @@ impl ClientInfoBuilder {
                 bytes_read: AtomicU64::new(0),
                 bytes_written: AtomicU64::new(0),
                 write_blocked: AtomicBool::new(false),
+                bodies_waiting: AtomicUsize::new(0),
                 waker: AtomicWaker::new(),
                 export_socket: Mutex::new(None),
                 callbacks: Mutex::new(Callbacks::default()),

@@ -28,17 +28,17 @@ pub struct Options {
     /// Apply `connections_per_ip` to loopback addresses (127.0.0.0/8, ::1) too. Default off.
     pub per_ip_limit_on_loopback: bool,
     /// HTTP/1 timeout: a connection that makes no progress (no byte read or written) for this
-    /// long is closed, unless a handler is producing a response. Also the keep-alive idle
-    /// timeout, the time allowed for a whole request head, and the time allowed before the
-    /// first byte. Default 15 s.
+    /// long while it waits on the peer is closed: idle between requests (the keep-alive idle
+    /// timeout), before the first byte, in a request body a handler is reading, or in a
+    /// response the peer does not read. A handler that takes long to answer is not cut off.
+    /// Also the time allowed for a whole request head. Default 15 s.
     pub http1_timeout: Duration,
     /// HTTP/2 timeout: as `http1_timeout`, for HTTP/2 connections. Default 60 s.
     pub http2_timeout: Duration,
     /// Time allowed for a TLS handshake. Default 5 s.
     pub tls_setup_timeout: Duration,
-    /// Largest request head in bytes: HTTP/1 answers 431 over it, HTTP/2 resets the stream.
-    /// At least 8 KiB (hyper's smallest read buffer); smaller values are raised to that.
-    /// Default 32 KiB.
+    /// Largest request head in bytes (request line and headers): HTTP/1 answers 431 over it,
+    /// HTTP/2 refuses the header block. Default 32 KiB.
     pub header_size_limit: usize,
     /// Largest request body in bytes: a `Content-Length` over it is answered 413 at once, a
     /// streamed body over it fails with `http_body_util::LengthLimitError` (which axum's

@@ -180,7 +180,12 @@ where
         let service = TowerToHyperService::new(ClientLayer::new(client.clone()).layer(service));
         let mut conn = pin!(driver.serve(protocol, TokioIo::new(io), service));
         loop {
-            match watch.run(conn.as_mut()).await {
+            let result = watch.run(conn.as_mut()).await;
+            if client.inner.closed.load(Ordering::Acquire) {
+                // hyper may have noticed first: the I/O refuses everything after close().
+                return CloseReason::Closed;
+            }
+            match result {
                 Err(Event::Shutdown) => conn.as_mut().graceful_shutdown(),
                 Err(event) => return event.reason(),
                 Ok(Ok(())) if client.is_exported() => return CloseReason::Upgraded,
@@ -306,10 +311,13 @@ impl<'a> Watch<'a> {
                 self.progress = progress;
                 self.idle_since = now;
             } else if now.duration_since(self.idle_since) >= self.timeout {
-                // A handler still producing its response is not idle; a peer that does not
-                // read what we write is.
-                let stuck = inner.write_blocked.load(Ordering::Relaxed);
-                if !self.client.is_waiting_on_response() || stuck {
+                // Idle is the peer's doing: no request in flight, or a handler waiting for
+                // request body bytes that do not come, or a response the peer does not read.
+                // A handler busy with its response (read the body or not) is not idle.
+                let waiting_on_peer = self.client.pending_responses() == 0
+                    || inner.bodies_waiting.load(Ordering::Acquire) > 0
+                    || inner.write_blocked.load(Ordering::Relaxed);
+                if waiting_on_peer {
                     return Poll::Ready(Event::TimedOut(self.kind));
                 }
             }

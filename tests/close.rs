@@ -173,7 +173,6 @@ async fn close_inside_handler_ends_the_connection_without_a_response() {
 /// `RemoteClient::start` must return `CloseReason::Closed` when `close()` was called; repeated
 /// because the wrong answer depends on how the poll that runs the handler goes on.
 #[tokio::test]
-#[ignore = "bug: close() from an HTTP/1 handler yields CloseReason::Error(BodyWrite ConnectionAborted \"the client was closed\") instead of Closed (src/remote.rs start() does not check `closed` when the connection future fails)"]
 async fn close_inside_handler_is_reported_as_closed() {
     let (mut h, _entered, _gate) = server(Options::default()).await;
     for _ in 0..20 {
@@ -269,7 +268,6 @@ async fn close_from_another_task_while_the_handler_is_mid_response() {
 
 /// Same as above, repeated, checking the `CloseReason`: a race, so this fails only sometimes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug (race): close() from another thread while an HTTP/1 connection is being polled can yield CloseReason::Error(BodyWrite ConnectionAborted \"the client was closed\") instead of Closed"]
 async fn close_from_another_thread_mid_response_is_reported_as_closed() {
     let (mut h, mut entered, _gate) = server(Options::default()).await;
     for _ in 0..100 {

@@ -44,7 +44,7 @@ fn example_path() -> PathBuf {
 
 fn start(extra: &[&str]) -> Inspector {
     let mut child = Command::new(example_path())
-        .args(["--http", "127.0.0.1:0"])
+        .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

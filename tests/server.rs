@@ -41,7 +41,9 @@ async fn handler(
         }
         _ => {}
     }
-    Ok(Response::new(Full::new(Bytes::from(client.id().get().to_string()))))
+    Ok(Response::new(Full::new(Bytes::from(
+        client.id().get().to_string(),
+    ))))
 }
 
 struct Running {
@@ -59,7 +61,12 @@ async fn run(options: Options) -> Running {
     let (started_tx, started) = mpsc::unbounded_channel();
     let service = tower::service_fn(move |req| handler(req, started_tx.clone()));
     let done = tokio::spawn(server.serve(service));
-    Running { addr, handle, started, done }
+    Running {
+        addr,
+        handle,
+        started,
+        done,
+    }
 }
 
 /// A connection from `source` (any 127.0.0.0/8 address) to `addr`.
@@ -77,7 +84,10 @@ async fn request(stream: &mut TcpStream, path: &str) -> Option<String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
-        let n = tokio::time::timeout(LIMIT, stream.read(&mut chunk)).await.unwrap().ok()?;
+        let n = tokio::time::timeout(LIMIT, stream.read(&mut chunk))
+            .await
+            .unwrap()
+            .ok()?;
         if n == 0 {
             return None;
         }
@@ -99,7 +109,10 @@ async fn request(stream: &mut TcpStream, path: &str) -> Option<String> {
 /// `true` if the peer ended the connection (EOF or reset) before sending anything.
 async fn ends_without_response(stream: &mut TcpStream) -> bool {
     let mut buf = Vec::new();
-    match tokio::time::timeout(LIMIT, stream.read_to_end(&mut buf)).await.unwrap() {
+    match tokio::time::timeout(LIMIT, stream.read_to_end(&mut buf))
+        .await
+        .unwrap()
+    {
         Ok(_) => buf.is_empty(),
         Err(_) => true,
     }
@@ -135,7 +148,10 @@ async fn per_ip_limit_counts_by_source_address_and_gives_slots_back() {
 
     // One of the first two closes: its slot comes back.
     drop(a1);
-    eventually("the slot is given back", || server.handle.stats().closed == 1).await;
+    eventually("the slot is given back", || {
+        server.handle.stats().closed == 1
+    })
+    .await;
     let mut a4 = connect_from([127, 0, 0, 2], server.addr).await;
     assert!(request(&mut a4, "/").await.is_some());
     assert_eq!(server.handle.stats().rejected_per_ip_limit, 1);
@@ -168,7 +184,14 @@ async fn connection_limit_rejects_and_recovers() {
     let mut third = TcpStream::connect(server.addr).await.unwrap();
     assert!(ends_without_response(&mut third).await);
     let stats = server.handle.stats();
-    assert_eq!((stats.rejected_connection_limit, stats.active, stats.accepted), (1, 2, 3));
+    assert_eq!(
+        (
+            stats.rejected_connection_limit,
+            stats.active,
+            stats.accepted
+        ),
+        (1, 2, 3)
+    );
     drop(first);
     eventually("a slot is free", || server.handle.stats().active == 1).await;
     let mut fourth = TcpStream::connect(server.addr).await.unwrap();
@@ -185,7 +208,10 @@ async fn registry_lists_looks_up_and_closes_clients() {
     assert_eq!(clients.len(), 1);
     assert_eq!(clients[0].id().get(), id);
     let client = server.handle.client(id.into()).unwrap();
-    assert_eq!(client.remote_port(), Some(stream.local_addr().unwrap().port()));
+    assert_eq!(
+        client.remote_port(),
+        Some(stream.local_addr().unwrap().port())
+    );
 
     assert!(server.handle.close(id.into()));
     assert!(ends_without_response(&mut stream).await);
@@ -199,12 +225,17 @@ async fn shutdown_waits_on_unfinished_responses() {
     let mut server = run(Options::default()).await;
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     let slow = tokio::spawn(async move { request(&mut stream, "/slow?ms=500").await });
-    tokio::time::timeout(LIMIT, server.started.recv()).await.unwrap();
+    tokio::time::timeout(LIMIT, server.started.recv())
+        .await
+        .unwrap();
     server.handle.shutdown();
     // The response in flight when the shutdown started is still delivered in full.
     let response = tokio::time::timeout(LIMIT, slow).await.unwrap().unwrap();
     assert!(response.unwrap().starts_with("HTTP/1.1 200 OK"));
-    tokio::time::timeout(LIMIT, server.done).await.unwrap().unwrap();
+    tokio::time::timeout(LIMIT, server.done)
+        .await
+        .unwrap()
+        .unwrap();
     // Stopped accepting.
     assert!(TcpStream::connect(server.addr).await.is_err());
 }
@@ -217,8 +248,12 @@ async fn idle_keep_alive_connections_close_at_once_and_hung_ones_at_the_deadline
     let mut idle = TcpStream::connect(server.addr).await.unwrap();
     assert!(request(&mut idle, "/").await.is_some());
     let mut hung = TcpStream::connect(server.addr).await.unwrap();
-    hung.write_all(b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
-    tokio::time::timeout(LIMIT, server.started.recv()).await.unwrap();
+    hung.write_all(b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(LIMIT, server.started.recv())
+        .await
+        .unwrap();
 
     let started = Instant::now();
     server.handle.shutdown();
@@ -228,9 +263,15 @@ async fn idle_keep_alive_connections_close_at_once_and_hung_ones_at_the_deadline
     // The hung one outlives the deadline and is force-closed, without a response.
     assert!(ends_without_response(&mut hung).await);
     let hung_closed = started.elapsed();
-    assert!(idle_closed < hung_closed, "{idle_closed:?} vs {hung_closed:?}");
+    assert!(
+        idle_closed < hung_closed,
+        "{idle_closed:?} vs {hung_closed:?}"
+    );
     assert!(hung_closed >= Duration::from_millis(300));
-    tokio::time::timeout(LIMIT, server.done).await.unwrap().unwrap();
+    tokio::time::timeout(LIMIT, server.done)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(server.handle.stats().active, 0);
     assert!(server.handle.clients().is_empty());
 }
@@ -240,19 +281,38 @@ async fn http2_shutdown_finishes_the_stream_in_flight_then_ends_the_connection()
     let mut server = run(Options::default()).await;
     let stream = TcpStream::connect(server.addr).await.unwrap();
     let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
     let conn = tokio::spawn(conn);
-    let in_flight = sender.send_request(Request::get("http://x/slow?ms=300").body(Empty::<Bytes>::new()).unwrap());
+    let in_flight = sender.send_request(
+        Request::get("http://x/slow?ms=300")
+            .body(Empty::<Bytes>::new())
+            .unwrap(),
+    );
     let in_flight = tokio::spawn(in_flight);
-    tokio::time::timeout(LIMIT, server.started.recv()).await.unwrap();
+    tokio::time::timeout(LIMIT, server.started.recv())
+        .await
+        .unwrap();
     server.handle.shutdown();
-    let response = tokio::time::timeout(LIMIT, in_flight).await.unwrap().unwrap().unwrap();
+    let response = tokio::time::timeout(LIMIT, in_flight)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert!(!body.is_empty());
     // GOAWAY: the connection ends once the stream is done.
-    tokio::time::timeout(LIMIT, conn).await.unwrap().unwrap().ok();
-    tokio::time::timeout(LIMIT, server.done).await.unwrap().unwrap();
+    tokio::time::timeout(LIMIT, conn)
+        .await
+        .unwrap()
+        .unwrap()
+        .ok();
+    tokio::time::timeout(LIMIT, server.done)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -277,15 +337,25 @@ async fn exported_clients_count_until_closed_and_are_closed_at_the_deadline() {
         async {
             let mut response = Response::new(Empty::<Bytes>::new());
             *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
-            response.headers_mut().insert("connection", "upgrade".parse().unwrap());
-            response.headers_mut().insert("upgrade", "x".parse().unwrap());
+            response
+                .headers_mut()
+                .insert("connection", "upgrade".parse().unwrap());
+            response
+                .headers_mut()
+                .insert("upgrade", "x".parse().unwrap());
             Ok::<_, Infallible>(response)
         }
     });
     let done = tokio::spawn(server.serve(service));
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n").await.unwrap();
-    let _conn = tokio::time::timeout(LIMIT, held.recv()).await.unwrap().unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n")
+        .await
+        .unwrap();
+    let _conn = tokio::time::timeout(LIMIT, held.recv())
+        .await
+        .unwrap()
+        .unwrap();
     eventually("the export is counted", || handle.stats().exported == 1).await;
     let stats = handle.stats();
     assert_eq!((stats.active, stats.exported_active), (1, 1));
@@ -295,11 +365,20 @@ async fn exported_clients_count_until_closed_and_are_closed_at_the_deadline() {
     handle.shutdown();
     // Forced at the deadline: the peer sees the end though the detached I/O is still held.
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(LIMIT, stream.read_to_end(&mut buf)).await.unwrap();
-    assert!(buf.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&buf));
+    let _ = tokio::time::timeout(LIMIT, stream.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        buf.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
     tokio::time::timeout(LIMIT, done).await.unwrap().unwrap();
     let stats = handle.stats();
-    assert_eq!((stats.active, stats.exported_active, stats.closed), (0, 0, 1));
+    assert_eq!(
+        (stats.active, stats.exported_active, stats.closed),
+        (0, 0, 1)
+    );
 }
 
 #[tokio::test]
@@ -345,7 +424,10 @@ async fn tls_listener_counts_failed_and_stalled_handshakes() {
     use hyper_remote_client::rustls::pki_types::PrivateKeyDer;
     use hyper_remote_client::{server_config, ClientAuth, Listener, TlsAcceptor};
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
     let config = server_config(
         vec![cert.der().clone()],
         PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
@@ -363,17 +445,27 @@ async fn tls_listener_counts_failed_and_stalled_handshakes() {
     tokio::spawn(server.serve(tower::service_fn(move |req| handler(req, started.clone()))));
 
     let mut garbage = TcpStream::connect(addr).await.unwrap();
-    garbage.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut stalled = TcpStream::connect(addr).await.unwrap();
     let mut sink = Vec::new();
-    let _ = tokio::time::timeout(LIMIT, garbage.read_to_end(&mut sink)).await.unwrap();
-    let _ = tokio::time::timeout(LIMIT, stalled.read_to_end(&mut sink)).await.unwrap();
+    let _ = tokio::time::timeout(LIMIT, garbage.read_to_end(&mut sink))
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(LIMIT, stalled.read_to_end(&mut sink))
+        .await
+        .unwrap();
     eventually("both handshakes counted", || {
         let stats = handle.stats();
         stats.tls_handshake_failures == 1 && stats.tls_handshake_timeouts == 1 && stats.active == 0
     })
     .await;
-    assert!(handle.clients().is_empty(), "a failed handshake never becomes a client");
+    assert!(
+        handle.clients().is_empty(),
+        "a failed handshake never becomes a client"
+    );
 }
 
 #[cfg(unix)]
@@ -391,10 +483,16 @@ async fn unix_listener_serves_and_is_exempt_from_the_per_ip_limit() {
     let mut senders = Vec::new();
     for _ in 0..3 {
         let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
         tokio::spawn(conn);
         let response = sender
-            .send_request(Request::get("http://localhost/").body(Empty::<Bytes>::new()).unwrap())
+            .send_request(
+                Request::get("http://localhost/")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         assert_eq!(response.status(), 200);

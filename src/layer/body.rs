@@ -6,7 +6,10 @@ use http_body_util::Limited;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use std::sync::atomic::Ordering;
+
 use super::PendingGuard;
+use crate::client::ClientInfo;
 use crate::BoxError;
 
 pin_project! {
@@ -21,6 +24,25 @@ pin_project! {
         #[pin]
         inner: Limited<B>,
         guard: Option<PendingGuard>,
+        // Set while the last read returned `Pending`: the handler waits for the peer.
+        waiting: Option<WaitingGuard>,
+    }
+}
+
+/// Counts a request body as waiting for the peer (for the HTTP timeouts) while it lives.
+#[derive(Debug)]
+struct WaitingGuard(ClientInfo);
+
+impl WaitingGuard {
+    fn new(client: &ClientInfo) -> Self {
+        client.inner.bodies_waiting.fetch_add(1, Ordering::AcqRel);
+        WaitingGuard(client.clone())
+    }
+}
+
+impl Drop for WaitingGuard {
+    fn drop(&mut self) {
+        self.0.inner.bodies_waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -29,6 +51,7 @@ impl<B> RequestBody<B> {
         RequestBody {
             inner: Limited::new(body, limit),
             guard,
+            waiting: None,
         }
     }
 }
@@ -48,10 +71,16 @@ where
         let mut this = self.project();
         let result = this.inner.as_mut().poll_frame(cx);
         match &result {
+            Poll::Pending => {
+                if this.waiting.is_none() {
+                    *this.waiting = this.guard.as_ref().map(|g| WaitingGuard::new(g.client()));
+                }
+                return result;
+            }
             Poll::Ready(Some(Ok(_))) if !this.inner.is_end_stream() => {}
             Poll::Ready(_) => drop(this.guard.take()),
-            Poll::Pending => {}
         }
+        *this.waiting = None;
         result
     }
 
