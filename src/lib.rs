@@ -60,6 +60,8 @@
 mod client;
 mod detach;
 mod driver;
+#[cfg(feature = "axum")]
+mod extract;
 mod io;
 pub mod layer;
 mod options;
@@ -70,6 +72,8 @@ mod tls;
 pub use client::{Address, ClientId, ClientInfo, ClientInfoBuilder, PeerCredentials, Status};
 pub use detach::{detach, DetachError, Detached, DetachedParts, OnDetach};
 pub use driver::{DefaultHttpDriverFactory, HttpDriver, HttpDriverFactory, Protocols};
+#[cfg(feature = "axum")]
+pub use extract::MissingClientInfo;
 pub use io::{ClientIo, StreamSocket};
 pub use layer::{ClientLayer, ClientService, RequestBody, ResponseBody};
 pub use options::Options;

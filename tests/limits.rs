@@ -114,8 +114,18 @@ async fn small_header_limit_is_exact() {
     let mut options = Options::default();
     options.header_size_limit = 1024;
     let (h, _calls, _rx) = counting_server(options).await;
-    assert_eq!(raw_status(&h, &request_with_header("x-big", 700)).await.status, 200);
-    assert_eq!(raw_status(&h, &request_with_header("x-big", 1200)).await.status, 431);
+    assert_eq!(
+        raw_status(&h, &request_with_header("x-big", 700))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        raw_status(&h, &request_with_header("x-big", 1200))
+            .await
+            .status,
+        431
+    );
 }
 
 #[tokio::test]
