@@ -69,7 +69,7 @@ impl HttpDriver {
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(options.http1_timeout)
+            .header_read_timeout(crate::remote::bounded(options.http1_timeout))
             .max_header_size(options.header_size_limit);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2

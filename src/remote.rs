@@ -225,6 +225,19 @@ async fn sniff<S: AsyncRead + Unpin>(io: &mut ClientIo<S>) -> io::Result<Option<
     Ok(Some(protocol))
 }
 
+/// The longest timeout taken literally: longer ones (`Duration::MAX` for "never") would
+/// overflow the clock.
+const LONGEST: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+pub(crate) fn bounded(timeout: Duration) -> Duration {
+    timeout.min(LONGEST)
+}
+
+/// How often progress is sampled: a quarter of the timeout, at least every millisecond.
+fn tick(timeout: Duration) -> Duration {
+    (timeout / 4).max(Duration::from_millis(1))
+}
+
 /// What interrupts serving a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Event {
@@ -262,7 +275,8 @@ struct Watch<'a> {
 impl<'a> Watch<'a> {
     fn new(client: &'a ClientInfo, timeout: Duration) -> Self {
         let now = Instant::now();
-        let tick = timeout / 4;
+        let timeout = bounded(timeout);
+        let tick = tick(timeout);
         Watch {
             client,
             timeout,
@@ -276,9 +290,9 @@ impl<'a> Watch<'a> {
     }
 
     fn set_timeout(&mut self, timeout: Duration, kind: TimeoutKind) {
-        self.timeout = timeout;
+        self.timeout = bounded(timeout);
         self.kind = kind;
-        self.tick = timeout / 4;
+        self.tick = tick(self.timeout);
         let deadline = Instant::now() + self.tick;
         self.sleep.as_mut().reset(deadline);
     }

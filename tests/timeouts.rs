@@ -377,3 +377,22 @@ async fn peer_that_does_not_read_is_closed() {
     );
     assert_eq!(client.pending_responses(), 0);
 }
+
+#[tokio::test]
+async fn extreme_timeouts_neither_spin_nor_overflow() {
+    // Duration::MAX means "never"; zero means "at once"; neither may panic or hang the server.
+    for timeout in [Duration::MAX, Duration::ZERO] {
+        let mut options = Options::default();
+        options.http1_timeout = timeout;
+        options.http2_timeout = timeout;
+        let mut h = server(options).await;
+        let mut stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+        let mut response = Vec::new();
+        let _ = common::within("response", stream.read_to_end(&mut response)).await;
+        if timeout == Duration::MAX {
+            assert!(response.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&response));
+        }
+        let _ = h.next_client().await;
+    }
+}
