@@ -29,8 +29,8 @@ use hyper_remote_client::rustls::pki_types::pem::PemObject;
 use hyper_remote_client::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use hyper_remote_client::rustls::RootCertStore;
 use hyper_remote_client::{
-    detach, server_config, ClientAuth, ClientId, ClientInfo, Listener, Options, RequestBody,
-    Server, ServerHandle, Stats, TlsAcceptor,
+    detach, server_config, ClientAuth, ClientId, ClientInfo, IpNet, Listener, Options, ProxyMode,
+    ProxyProtocol, RequestBody, Server, ServerHandle, Stats, TlsAcceptor,
 };
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -83,9 +83,31 @@ struct Args {
     /// Apply the per-IP limit to loopback addresses too (try it from 127.0.0.2, 127.0.0.3...).
     #[arg(long)]
     no_loopback_exemption: bool,
+    /// PROXY protocol on the HTTP and HTTPS listeners: off, optional or required.
+    #[arg(long, default_value = "off")]
+    proxy_protocol: ProxyArg,
+    /// A network (CIDR) whose PROXY headers are trusted; repeatable.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ProxyArg {
+    Off,
+    Optional,
+    Required,
 }
 
 impl Args {
+    fn proxy(&self) -> ProxyProtocol {
+        let mode = match self.proxy_protocol {
+            ProxyArg::Off => ProxyMode::Off,
+            ProxyArg::Optional => ProxyMode::Optional,
+            ProxyArg::Required => ProxyMode::Required,
+        };
+        ProxyProtocol::new(mode, self.trusted_proxies.iter().copied())
+    }
+
     fn options(&self) -> Options {
         let mut options = Options::default();
         let secs = Duration::from_secs_f64;
@@ -135,8 +157,12 @@ async fn main() -> Result<(), BoxError> {
     let (tls, generated_ca) = tls_config(&args)?;
     let tls = TlsAcceptor::new(Arc::new(tls));
     let mut server = Server::new(args.options())
-        .listener(http)
-        .listener(Listener::tcp(https).with_tls(tls));
+        .listener(Listener::tcp(http).with_proxy_protocol(args.proxy()))
+        .listener(
+            Listener::tcp(https)
+                .with_tls(tls)
+                .with_proxy_protocol(args.proxy()),
+        );
     println!("listening on http://{http_addr}");
     println!("listening on https://{https_addr}");
     if let Some(ca) = generated_ca {
@@ -361,6 +387,11 @@ fn client_json(client: &ClientInfo, version: Option<Version>) -> Value {
         "is_waiting_on_response": client.is_waiting_on_response(),
         "is_exported": client.is_exported(),
         "status": client.status().bits(),
+        "proxy": client.proxy().map(|proxy| json!({
+            "peer_address": address(proxy.peer_address()),
+            "peer_port": proxy.peer_address().port(),
+            "version": proxy.version(),
+        })),
     })
 }
 
@@ -377,6 +408,7 @@ fn stats_json(stats: &Stats) -> Value {
         "exported": stats.exported,
         "exported_active": stats.exported_active,
         "closed": stats.closed,
+        "proxy_rejected": stats.proxy_rejected,
     })
 }
 

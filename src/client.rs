@@ -139,6 +139,8 @@ pub(crate) struct Inner {
     local: Address,
     tls: Option<TlsInfo>,
     peer_credentials: Option<PeerCredentials>,
+    #[cfg(feature = "proxy-protocol")]
+    proxy: Option<crate::proxy::ProxyInfo>,
     options: Arc<Options>,
     pub(crate) pending_requests: AtomicUsize,
     pub(crate) pending_responses: AtomicUsize,
@@ -201,6 +203,8 @@ pub struct ClientInfoBuilder {
     local: Address,
     tls: Option<TlsInfo>,
     peer_credentials: Option<PeerCredentials>,
+    #[cfg(feature = "proxy-protocol")]
+    proxy: Option<crate::proxy::ProxyInfo>,
     options: Option<Arc<Options>>,
 }
 
@@ -223,6 +227,18 @@ impl ClientInfoBuilder {
         self
     }
 
+    /// The PROXY protocol header the connection came with (its addresses are the builder's).
+    #[cfg(feature = "proxy-protocol")]
+    pub fn proxy(mut self, proxy: crate::proxy::ProxyInfo) -> Self {
+        self.proxy = Some(proxy);
+        self
+    }
+
+    #[cfg_attr(not(feature = "proxy-protocol"), allow(dead_code))]
+    pub(crate) fn remote_ip(&self) -> Option<IpAddr> {
+        self.remote.ip()
+    }
+
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) fn options_ref(&self) -> Option<&Options> {
         self.options.as_deref()
@@ -237,6 +253,8 @@ impl ClientInfoBuilder {
                 local: self.local,
                 tls: self.tls,
                 peer_credentials: self.peer_credentials,
+                #[cfg(feature = "proxy-protocol")]
+                proxy: self.proxy,
                 options: self.options.unwrap_or_default(),
                 pending_requests: AtomicUsize::new(0),
                 pending_responses: AtomicUsize::new(0),
@@ -267,6 +285,8 @@ impl ClientInfo {
             local: local.into(),
             tls: None,
             peer_credentials: None,
+            #[cfg(feature = "proxy-protocol")]
+            proxy: None,
             options: None,
         }
     }
@@ -343,6 +363,14 @@ impl ClientInfo {
     /// The credentials of the peer process, for a unix socket where the platform gives them.
     pub fn peer_credentials(&self) -> Option<PeerCredentials> {
         self.inner.peer_credentials
+    }
+
+    /// The PROXY protocol header the connection came with: the proxy's own address, the
+    /// version, the v2 TLVs. `None` without one. The remote and local addresses above are
+    /// the ones the proxy reported.
+    #[cfg(feature = "proxy-protocol")]
+    pub fn proxy(&self) -> Option<&crate::proxy::ProxyInfo> {
+        self.inner.proxy.as_ref()
     }
 
     /// Requests whose body is still being read: counted from the moment the service gets the

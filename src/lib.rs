@@ -65,6 +65,8 @@ mod extract;
 mod io;
 pub mod layer;
 mod options;
+#[cfg(feature = "proxy-protocol")]
+pub mod proxy;
 mod remote;
 pub mod server;
 mod tls;
@@ -77,6 +79,8 @@ pub use extract::MissingClientInfo;
 pub use io::{ClientIo, StreamSocket};
 pub use layer::{ClientLayer, ClientService, RequestBody, ResponseBody};
 pub use options::Options;
+#[cfg(feature = "proxy-protocol")]
+pub use proxy::{IpNet, ProxyError, ProxyInfo, ProxyMode, ProxyProtocol};
 pub use remote::{CloseReason, RemoteClient, TimeoutKind};
 pub use server::{Listener, Server, ServerHandle, Stats};
 pub use tls::TlsInfo;

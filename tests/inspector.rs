@@ -98,7 +98,8 @@ fn curl_json(args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&out.stdout)))
 }
 
-const KEYS: [&str; 14] = [
+/// The foundation issue's keys, plus `proxy` (null without a PROXY header).
+const KEYS: [&str; 15] = [
     "id",
     "remote_address",
     "remote_port",
@@ -113,6 +114,7 @@ const KEYS: [&str; 14] = [
     "is_waiting_on_response",
     "is_exported",
     "status",
+    "proxy",
 ];
 
 fn check_json(v: &Value, inspector: &Inspector, version: &str) {
@@ -123,6 +125,7 @@ fn check_json(v: &Value, inspector: &Inspector, version: &str) {
         .map(String::as_str)
         .collect();
     assert_eq!(keys, KEYS.into_iter().collect::<BTreeSet<_>>());
+    assert!(v["proxy"].is_null());
     let port: u64 = inspector.addr.rsplit(':').next().unwrap().parse().unwrap();
     assert!(v["id"].as_u64().expect("numeric id") >= 1);
     assert_eq!(v["remote_address"], "127.0.0.1");

@@ -387,11 +387,18 @@ async fn extreme_timeouts_neither_spin_nor_overflow() {
         options.http2_timeout = timeout;
         let mut h = server(options).await;
         let mut stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
-        stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
         let mut response = Vec::new();
         let _ = common::within("response", stream.read_to_end(&mut response)).await;
         if timeout == Duration::MAX {
-            assert!(response.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&response));
+            assert!(
+                response.starts_with(b"HTTP/1.1 200"),
+                "{:?}",
+                String::from_utf8_lossy(&response)
+            );
         }
         let _ = h.next_client().await;
     }

@@ -82,6 +82,27 @@ impl Admission {
         }
     }
 
+    /// Applies the per-IP limit to a slot admitted without an address (a connection from a
+    /// trusted proxy), now that the original client's address is known.
+    #[cfg_attr(not(feature = "proxy-protocol"), allow(dead_code))]
+    pub(crate) fn limit_ip(&self, slot: &mut Slot, ip: IpAddr) -> Result<(), Rejection> {
+        if slot.key.is_some() || (!self.limit_loopback && ip.is_loopback()) {
+            return Ok(());
+        }
+        let key = IpKey::of(ip);
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = per_ip.entry(key).or_insert(0);
+        if *count >= self.per_ip_limit {
+            if *count == 0 {
+                per_ip.remove(&key);
+            }
+            return Err(Rejection::PerIpLimit);
+        }
+        *count += 1;
+        slot.key = Some(key);
+        Ok(())
+    }
+
     /// A slot for a connection from `ip` (`None`: a unix socket), or why there is none.
     pub(crate) fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Slot, Rejection> {
         let reserved = self.active.fetch_add(1, Ordering::AcqRel);

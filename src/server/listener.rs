@@ -15,6 +15,8 @@ pub struct Listener {
     pub(crate) kind: Kind,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<TlsAcceptor>,
+    #[cfg(feature = "proxy-protocol")]
+    pub(crate) proxy: Option<crate::proxy::ProxyProtocol>,
 }
 
 #[derive(Debug)]
@@ -30,6 +32,8 @@ impl Listener {
             kind,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "proxy-protocol")]
+            proxy: None,
         }
     }
 
@@ -49,6 +53,15 @@ impl Listener {
     #[cfg(feature = "tls")]
     pub fn with_tls(mut self, acceptor: TlsAcceptor) -> Listener {
         self.tls = Some(acceptor);
+        self
+    }
+
+    /// Takes PROXY protocol headers on this TCP listener (before the TLS handshake, where there
+    /// is TLS). The per-IP limit then applies to the original client's address; connections
+    /// from trusted proxies are exempt from it at accept time.
+    #[cfg(feature = "proxy-protocol")]
+    pub fn with_proxy_protocol(mut self, proxy: crate::proxy::ProxyProtocol) -> Listener {
+        self.proxy = Some(proxy).filter(|p| p.mode() != crate::proxy::ProxyMode::Off);
         self
     }
 

@@ -301,27 +301,59 @@ impl Acceptor {
                             continue;
                         }
                     };
-                    let Some(slot) = this.admit(Some(remote.ip())) else {
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let Ok(client) = ClientInfo::builder_for_tcp(&stream) else {
-                        continue;
-                    };
-                    let client = client.options(this.options.clone());
+                    #[cfg(feature = "proxy-protocol")]
+                    let proxy = listener.proxy.clone();
+                    // A trusted proxy carries many clients: the per-IP limit waits for the
+                    // original client's address.
+                    #[cfg(feature = "proxy-protocol")]
+                    let ip = Some(remote.ip())
+                        .filter(|ip| !proxy.as_ref().is_some_and(|p| p.is_trusted(*ip)));
+                    #[cfg(not(feature = "proxy-protocol"))]
+                    let ip = Some(remote.ip());
+                    let Some(slot) = this.admit(ip) else { continue };
                     let (this, service) = (this.clone(), service.clone());
                     #[cfg(feature = "tls")]
-                    if let Some(tls) = tls.clone() {
-                        tokio::spawn(async move {
+                    let tls = tls.clone();
+                    tokio::spawn(async move {
+                        #[cfg(feature = "proxy-protocol")]
+                        let mut slot = slot;
+                        #[cfg_attr(not(feature = "proxy-protocol"), allow(unused_mut))]
+                        let mut stream = stream;
+                        let _ = stream.set_nodelay(true);
+                        #[cfg(feature = "proxy-protocol")]
+                        let (client, unread) = match proxy {
+                            Some(proxy) => {
+                                match this.proxy_header(&proxy, &mut stream, &mut slot).await {
+                                    Some(accepted) => accepted,
+                                    None => return,
+                                }
+                            }
+                            None => match ClientInfo::builder_for_tcp(&stream) {
+                                Ok(client) => (client, bytes::Bytes::new()),
+                                Err(_) => return,
+                            },
+                        };
+                        #[cfg(not(feature = "proxy-protocol"))]
+                        let (client, unread) = match ClientInfo::builder_for_tcp(&stream) {
+                            Ok(client) => (client, bytes::Bytes::new()),
+                            Err(_) => return,
+                        };
+                        let client = client.options(this.options.clone());
+                        #[cfg(feature = "tls")]
+                        if let Some(tls) = tls {
+                            // Bytes read past the start can only be a non-PROXY, non-TLS start.
+                            if !unread.is_empty() {
+                                Counters::add(&this.shared.counters.tls_handshake_failures);
+                                return;
+                            }
                             if let Some(client) = this.handshake(tls.accept(stream, client)).await {
                                 this.serve(client, slot, service).await;
                             }
-                        });
-                        continue;
-                    }
-                    tokio::spawn(async move {
-                        this.serve(RemoteClient::new(stream, client.build()), slot, service)
-                            .await;
+                            return;
+                        }
+                        let mut client = RemoteClient::new(stream, client.build());
+                        client.io_mut().unread(&unread);
+                        this.serve(client, slot, service).await;
                     });
                 }
                 #[cfg(unix)]
@@ -364,12 +396,48 @@ impl Acceptor {
         match self.shared.admission.admit(ip) {
             Ok(slot) => Some(slot),
             Err(rejection) => {
-                let counter = match rejection {
-                    Rejection::ConnectionLimit => &self.shared.counters.rejected_connection_limit,
-                    Rejection::PerIpLimit => &self.shared.counters.rejected_per_ip_limit,
-                };
-                Counters::add(counter);
-                debug!(?ip, ?rejection, "connection rejected");
+                self.count_rejection(rejection, ip);
+                None
+            }
+        }
+    }
+
+    fn count_rejection(&self, rejection: Rejection, ip: Option<IpAddr>) {
+        let counter = match rejection {
+            Rejection::ConnectionLimit => &self.shared.counters.rejected_connection_limit,
+            Rejection::PerIpLimit => &self.shared.counters.rejected_per_ip_limit,
+        };
+        Counters::add(counter);
+        debug!(?ip, ?rejection, "connection rejected");
+    }
+
+    /// Reads the PROXY header and applies the per-IP limit to the client it names; counts and
+    /// logs a refusal.
+    #[cfg(feature = "proxy-protocol")]
+    async fn proxy_header(
+        &self,
+        proxy: &crate::proxy::ProxyProtocol,
+        stream: &mut tokio::net::TcpStream,
+        slot: &mut Slot,
+    ) -> Option<(crate::client::ClientInfoBuilder, bytes::Bytes)> {
+        let mut forced = self.shared.forced.subscribe();
+        let result = tokio::select! {
+            result = proxy.accept(stream) => result,
+            _ = forced.wait_for(|forced| *forced) => return None,
+        };
+        match result {
+            Ok((client, unread)) => {
+                if let Some(ip) = client.remote_ip() {
+                    if let Err(rejection) = self.shared.admission.limit_ip(slot, ip) {
+                        self.count_rejection(rejection, Some(ip));
+                        return None;
+                    }
+                }
+                Some((client, unread))
+            }
+            Err(error) => {
+                Counters::add(&self.shared.counters.proxy_rejected);
+                debug!(%error, "PROXY header refused");
                 None
             }
         }

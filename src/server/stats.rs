@@ -19,6 +19,9 @@ pub struct Stats {
     pub tls_handshake_failures: u64,
     /// TLS handshakes that did not finish within the TLS setup timeout.
     pub tls_handshake_timeouts: u64,
+    /// Connections closed because of their PROXY protocol header: untrusted, malformed,
+    /// missing where required, or late.
+    pub proxy_rejected: u64,
     /// Connections closed by the HTTP/1 timeout.
     pub http1_timeouts: u64,
     /// Connections closed by the HTTP/2 timeout.
@@ -38,6 +41,7 @@ pub(crate) struct Counters {
     pub(crate) rejected_per_ip_limit: AtomicU64,
     pub(crate) tls_handshake_failures: AtomicU64,
     pub(crate) tls_handshake_timeouts: AtomicU64,
+    pub(crate) proxy_rejected: AtomicU64,
     pub(crate) http1_timeouts: AtomicU64,
     pub(crate) http2_timeouts: AtomicU64,
     pub(crate) exported: AtomicU64,
@@ -60,6 +64,7 @@ impl Counters {
             rejected_per_ip_limit: get(&self.rejected_per_ip_limit),
             tls_handshake_failures: get(&self.tls_handshake_failures),
             tls_handshake_timeouts: get(&self.tls_handshake_timeouts),
+            proxy_rejected: get(&self.proxy_rejected),
             http1_timeouts: get(&self.http1_timeouts),
             http2_timeouts: get(&self.http2_timeouts),
             exported,
