@@ -21,6 +21,9 @@ use tokio::sync::mpsc;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
+mod common;
+use common::example::Example;
+
 /// What a test server reports: each client when accepted, each `on_close` (with its count so
 /// far for that client), and each detached connection.
 struct Server {
@@ -396,52 +399,4 @@ async fn websocket_example_echoes_over_a_detached_connection() {
         .await
         .unwrap();
     assert!(line.ends_with(" closed"), "{line}");
-}
-
-/// A built example, run as a child process; killed when dropped.
-struct Example {
-    _child: tokio::process::Child,
-    first_line: String,
-    lines: tokio::sync::Mutex<tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>>,
-}
-
-impl Example {
-    async fn start(name: &str, args: &[&str]) -> Example {
-        use tokio::io::AsyncBufReadExt;
-        let exe = std::env::current_exe().unwrap();
-        let path = exe
-            .parent()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .join("examples")
-            .join(name);
-        let mut child = tokio::process::Command::new(&path)
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("run {} (built by cargo test): {e}", path.display()));
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let first_line = tokio::time::timeout(LIMIT, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        Example {
-            _child: child,
-            first_line,
-            lines: tokio::sync::Mutex::new(lines),
-        }
-    }
-
-    async fn next_line(&self) -> String {
-        self.lines
-            .lock()
-            .await
-            .next_line()
-            .await
-            .unwrap()
-            .unwrap_or_default()
-    }
 }

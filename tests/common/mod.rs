@@ -3,6 +3,8 @@
 //! clients, raw TCP).
 #![allow(dead_code)]
 
+pub mod example;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
