@@ -35,7 +35,8 @@ async fn router_served_by_the_server_extracts_client_info() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let request = Request::get("http://x/")
+    let request = Request::get("/")
+        .header("host", "x")
         .body(Empty::<Bytes>::new())
         .unwrap();
     let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))

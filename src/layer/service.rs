@@ -1,6 +1,6 @@
 use std::task::{Context, Poll};
 
-use http::header::{HeaderValue, ALLOW, CONNECTION};
+use http::header::{HeaderValue, ALLOW, CONNECTION, HOST};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use tower_service::Service;
@@ -101,6 +101,11 @@ fn screen<B: Body>(req: &Request<B>, options: &Options) -> Option<Response<()>> 
         insert_allow(&mut response, options);
         return Some(response);
     }
+    if req.version() <= Version::HTTP_11 && !valid_target(req) {
+        let mut response = status(StatusCode::BAD_REQUEST);
+        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        return Some(response);
+    }
     if method == Method::OPTIONS && req.uri().path() == "*" {
         let mut response = status(StatusCode::NO_CONTENT);
         insert_allow(&mut response, options);
@@ -117,6 +122,27 @@ fn screen<B: Body>(req: &Request<B>, options: &Options) -> Option<Response<()>> 
         return Some(response);
     }
     None
+}
+
+/// RFC 9112 §3.2 (what hyper leaves to the application): HTTP/1.1 needs exactly one `Host`;
+/// HTTP/1.0 at most one; an absolute-form target's authority must match it; the
+/// authority-form (`host:port`) is for `CONNECT` only.
+fn valid_target<B>(req: &Request<B>) -> bool {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return false,
+        (None, None) => return req.version() != Version::HTTP_11,
+        (Some(host), None) => host,
+    };
+    let uri = req.uri();
+    let Some(authority) = uri.authority() else { return true };
+    if req.method() == Method::CONNECT {
+        return true;
+    }
+    if uri.scheme().is_none() {
+        return false; // authority-form without CONNECT
+    }
+    host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())
 }
 
 fn status(code: StatusCode) -> Response<()> {
