@@ -1,6 +1,6 @@
 use std::task::{Context, Poll};
 
-use http::header::{HeaderValue, ALLOW, CONNECTION, HOST};
+use http::header::{HeaderValue, ALLOW, CONNECTION, HOST, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use tower_service::Service;
@@ -103,7 +103,17 @@ fn screen<B: Body>(req: &Request<B>, options: &Options) -> Option<Response<()>> 
     }
     if req.version() <= Version::HTTP_11 && !valid_target(req) {
         let mut response = status(StatusCode::BAD_REQUEST);
-        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return Some(response);
+    }
+    if req.body().size_hint().exact().is_none() && !only_chunked(req) {
+        // A transfer coding hyper does not decode: the body would reach the service encoded.
+        let mut response = status(StatusCode::NOT_IMPLEMENTED);
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
         return Some(response);
     }
     if method == Method::OPTIONS && req.uri().path() == "*" {
@@ -135,14 +145,31 @@ fn valid_target<B>(req: &Request<B>) -> bool {
         (Some(host), None) => host,
     };
     let uri = req.uri();
-    let Some(authority) = uri.authority() else { return true };
+    let Some(authority) = uri.authority() else {
+        return true;
+    };
     if req.method() == Method::CONNECT {
         return true;
     }
     if uri.scheme().is_none() {
         return false; // authority-form without CONNECT
     }
-    host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())
+    host.as_bytes()
+        .eq_ignore_ascii_case(authority.as_str().as_bytes())
+}
+
+/// Whether every `Transfer-Encoding` the request has is `chunked` (RFC 9112 §6.1: a server
+/// answers 501 to a transfer coding it does not understand).
+fn only_chunked<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .all(|value| {
+            value.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .all(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
+            })
+        })
 }
 
 fn status(code: StatusCode) -> Response<()> {
