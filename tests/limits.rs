@@ -64,7 +64,7 @@ async fn counting_server(
 
 fn request_with_header(name: &str, value_len: usize) -> Vec<u8> {
     let mut req = format!("GET / HTTP/1.1\r\nHost: x\r\n{name}: ").into_bytes();
-    req.extend(std::iter::repeat(b'a').take(value_len));
+    req.extend(std::iter::repeat_n(b'a', value_len));
     req.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
     req
 }
@@ -145,7 +145,7 @@ async fn content_length_over_the_limit_is_413_without_the_handler() {
     // At the limit: accepted.
     let mut req =
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n".to_vec();
-    req.extend(std::iter::repeat(b'b').take(1000));
+    req.extend(std::iter::repeat_n(b'b', 1000));
     let resp = raw_status(&h, &req).await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body, b"1000");
