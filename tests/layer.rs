@@ -82,9 +82,10 @@ async fn client_layer_replaces_a_client_info_already_in_the_extensions() {
     });
     let service = ClientLayer::new(real.clone()).layer(inner);
     let mut req = Request::new(Full::new(Bytes::from_static(b"body")));
+    req.headers_mut().insert("host", "x".parse().unwrap());
     req.extensions_mut().insert(fake.clone());
     let resp = within("call", service.clone().oneshot(req)).await.unwrap();
-    let (seen_id, seen_pending) = rx.recv().await.unwrap();
+    let (seen_id, seen_pending) = within("the inner service runs", rx.recv()).await.unwrap();
     assert_eq!(
         seen_id,
         real.id(),

@@ -1,0 +1,129 @@
+//! Opens COUNT idle connections to a server for the idle-memory measurement of run.sh.
+//!
+//! ```text
+//! bench-idle h1|h2 127.0.0.1:PORT COUNT HOLD_SECS
+//! ```
+//!
+//! Each connection (HTTP/1.1 keep-alive, or h2c with prior knowledge) sends one `GET /`, reads
+//! the whole response, and is then held open, idle. Once all COUNT have answered it prints
+//! `ready COUNT` and holds them for HOLD_SECS (at most 120), then exits. Connections are opened
+//! 50 at a time. Exits with status 1 if any connection or request failed, or if the whole
+//! set-up took more than 30 s.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let usage = "usage: bench-idle h1|h2 127.0.0.1:PORT COUNT HOLD_SECS";
+    let proto = args.next().expect(usage);
+    let addr: String = args.next().expect(usage);
+    let count: usize = args.next().expect(usage).parse().expect(usage);
+    let hold: u64 = args.next().expect(usage).parse().expect(usage);
+    assert!(proto == "h1" || proto == "h2", "{usage}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = runtime.block_on(async move {
+        let setup = tokio::time::timeout(Duration::from_secs(30), open(&proto, &addr, count)).await;
+        let held = match setup {
+            Ok(Ok(held)) => held,
+            Ok(Err(e)) => {
+                eprintln!("bench-idle: {e}");
+                return 1;
+            }
+            Err(_) => {
+                eprintln!("bench-idle: set-up took more than 30 s");
+                return 1;
+            }
+        };
+        println!("ready {}", held.len());
+        tokio::time::sleep(Duration::from_secs(hold.min(120))).await;
+        drop(held);
+        0
+    });
+    std::process::exit(code);
+}
+
+/// What keeps one connection open: its request sender (the connection task runs on its own).
+enum Held {
+    H1(#[allow(dead_code)] hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H2(#[allow(dead_code)] hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+async fn open(proto: &str, addr: &str, count: usize) -> Result<Vec<Held>, String> {
+    let mut held = Vec::with_capacity(count);
+    let mut pending = JoinSet::new();
+    let mut started = 0;
+    while held.len() < count {
+        while started < count && pending.len() < 50 {
+            pending.spawn(one(proto == "h2", addr.to_owned()));
+            started += 1;
+        }
+        match pending.join_next().await {
+            Some(Ok(Ok(h))) => held.push(h),
+            Some(Ok(Err(e))) => return Err(e),
+            Some(Err(e)) => return Err(e.to_string()),
+            None => break,
+        }
+    }
+    Ok(held)
+}
+
+async fn one(h2: bool, addr: String) -> Result<Held, String> {
+    let stream = TcpStream::connect(&addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(stream);
+    let request = || {
+        Request::get(format!("http://{addr}/"))
+            .header(http::header::HOST, addr.as_str())
+            .body(Empty::<Bytes>::new())
+            .expect("request")
+    };
+    let response = if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(conn);
+        let mut req = request();
+        req.headers_mut().remove(http::header::HOST);
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        (response, Held::H2(sender))
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("h1 handshake: {e}"))?;
+        tokio::spawn(conn);
+        let mut req = request();
+        *req.uri_mut() = "/".parse().expect("uri");
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        (response, Held::H1(sender))
+    };
+    let (response, held) = response;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    if !status.is_success() || body.is_empty() {
+        return Err(format!("status {status}, {} body bytes", body.len()));
+    }
+    Ok(held)
+}

@@ -1,0 +1,200 @@
+//! The servers that `benches/run.sh` compares. Each answers every request with the same fixed
+//! body, `hello world`, and runs on one thread (see "Runtime" below).
+//!
+//! ```text
+//! bench-server MODE PORT
+//! MODE: bare | crate | bare-tls | crate-tls | axum | actix
+//! ```
+//!
+//! - `bare`: hyper-util's `auto::Builder` + `service_fn` (`serve_connection_with_upgrades`) in a
+//!   plain accept loop, `TCP_NODELAY` set.
+//! - `crate`: the same response behind hyper-remote-client's `Server` with `Options::default()`
+//!   (layer, counters, registry, limits, timeouts: everything on). The handler reads the
+//!   connection's `ClientInfo` (remote address), as a user of the crate would.
+//! - `bare-tls`, `crate-tls`: the same two over TLS (tokio-rustls, ring provider, TLS 1.3 and
+//!   1.2, ALPN `h2` + `http/1.1`, a self-signed certificate for `localhost`/`127.0.0.1` made with
+//!   rcgen at start). Both use the identical `rustls::ServerConfig`.
+//! - `axum`: axum 0.8, a `Router` with one route whose handler takes `ConnectInfo<SocketAddr>`,
+//!   served by `axum::serve` with `into_make_service_with_connect_info` (`TCP_NODELAY` set
+//!   through `tap_io`).
+//! - `actix`: actix-web 4, one route whose handler reads `HttpRequest::peer_addr()`,
+//!   `bind_auto_h2c` (HTTP/1.1 and h2c prior knowledge), 1 worker.
+//!
+//! Runtime: every tokio server runs on a `current_thread` runtime (one thread serves
+//! everything). actix-web's single worker is likewise one `current_thread` runtime; actix adds
+//! its accept thread and system thread, which run.sh pins to the same core.
+//!
+//! Prints `listening on 127.0.0.1:PORT` once bound, then serves until killed.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+const HELLO: &[u8] = b"hello world";
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let usage = "usage: bench-server bare|crate|bare-tls|crate-tls|axum|actix PORT";
+    let mode = args.next().expect(usage);
+    let port: u16 = args.next().expect(usage).parse().expect(usage);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+
+    if mode == "actix" {
+        actix_web::rt::System::new()
+            .block_on(actix(addr))
+            .expect("actix server");
+        return;
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(addr).await.expect("bind");
+        println!("listening on {addr} ({mode})");
+        match mode.as_str() {
+            "bare" => bare(listener, None).await,
+            "bare-tls" => bare(listener, Some(tokio_rustls::TlsAcceptor::from(tls_config()))).await,
+            "crate" => crate_server(listener, false).await,
+            "crate-tls" => crate_server(listener, true).await,
+            "axum" => axum(listener).await,
+            other => panic!("unknown mode {other:?}; {usage}"),
+        }
+    });
+}
+
+/// A self-signed certificate for localhost and 127.0.0.1, and the server configuration both TLS
+/// servers use: ring, TLS 1.3 and 1.2, ALPN h2 then http/1.1 (what `hyper_remote_client::
+/// server_config(.., ClientAuth::None)` builds).
+fn tls_config() -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("self-signed certificate");
+    let chain: Vec<CertificateDer<'static>> = vec![cert.der().clone()];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pair.serialize_der()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("certificate");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Bare hyper-util: a plain accept loop, one task per connection.
+async fn bare(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                // EMFILE and the like: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(HELLO))))
+            });
+            match tls {
+                None => {
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                }
+                Some(acceptor) => {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                }
+            }
+        });
+    }
+}
+
+async fn crate_handler(
+    req: Request<hyper_remote_client::RequestBody>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let client = req.extensions().get::<hyper_remote_client::ClientInfo>();
+    black_box(client.map(|client| client.remote_address()));
+    Ok(Response::new(Full::new(Bytes::from_static(HELLO))))
+}
+
+/// hyper-remote-client's `Server` with default options.
+async fn crate_server(listener: TcpListener, tls: bool) {
+    use hyper_remote_client::{Listener, Options, Server, TlsAcceptor};
+    let listener = Listener::tcp(listener);
+    let listener = if tls {
+        listener.with_tls(TlsAcceptor::new(tls_config()))
+    } else {
+        listener
+    };
+    Server::new(Options::default())
+        .listener(listener)
+        .serve(tower::service_fn(crate_handler))
+        .await;
+}
+
+/// axum 0.8 with `ConnectInfo<SocketAddr>`.
+async fn axum(listener: TcpListener) {
+    use axum::extract::ConnectInfo;
+    use axum::routing::get;
+    use axum::serve::ListenerExt;
+
+    async fn hello(ConnectInfo(addr): ConnectInfo<SocketAddr>) -> Response<axum::body::Body> {
+        black_box(addr);
+        Response::new(axum::body::Body::from(Bytes::from_static(HELLO)))
+    }
+
+    let app = axum::Router::new().route("/", get(hello));
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .expect("axum::serve");
+}
+
+/// actix-web 4 with `HttpRequest::peer_addr()`, one worker, HTTP/1.1 + h2c.
+async fn actix(addr: SocketAddr) -> std::io::Result<()> {
+    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+
+    async fn hello(req: HttpRequest) -> HttpResponse {
+        black_box(req.peer_addr());
+        HttpResponse::Ok().body(Bytes::from_static(HELLO))
+    }
+
+    let server = HttpServer::new(|| App::new().route("/", web::get().to(hello)))
+        .workers(1)
+        // actix closes idle keep-alive connections after 5 s by default; the idle-memory
+        // measurement holds connections for a few seconds, so give it the crate's 15 s.
+        .keep_alive(Duration::from_secs(15))
+        .bind_auto_h2c(addr)?
+        .run();
+    println!("listening on {addr} (actix)");
+    server.await
+}
