@@ -388,8 +388,10 @@ impl ClientInfo {
 
     /// `pending_responses() > pending_requests()`: a handler is producing or writing a response.
     pub fn is_waiting_on_response(&self) -> bool {
-        let requests = self.pending_requests();
-        self.pending_responses() > requests
+        // Responses first: a request is counted before its response, so a response seen here
+        // has its request counted too.
+        let responses = self.pending_responses();
+        responses > self.pending_requests()
     }
 
     /// Whether the connection has been handed over to user code after an HTTP upgrade.
@@ -421,6 +423,7 @@ impl ClientInfo {
     /// is already closed, runs it at once, on this thread.
     ///
     /// Callbacks run on the thread that closes the connection: keep them short and do not block.
+    /// A callback that panics is logged and does not keep the others from running.
     pub fn on_close<F>(&self, callback: F)
     where
         F: FnOnce(&ClientInfo) + Send + 'static,
@@ -436,9 +439,13 @@ impl ClientInfo {
 
     /// Closes the connection at once: no more bytes are read or written, the task serving it
     /// drops it (the peer sees the connection end; a request in progress gets no response), and
-    /// the [`on_close`](Self::on_close) callbacks run before this returns. Idempotent.
+    /// the [`on_close`](Self::on_close) callbacks run (here, unless another thread is already
+    /// running them). Idempotent.
     ///
-    /// Works from any thread and from inside a handler of this very connection.
+    /// Works from any thread and from inside a handler of this very connection. After an
+    /// upgrade it shuts the socket down even while user code holds it without reading. With
+    /// hyper's builders and your own loop instead of [`RemoteClient::start`](crate::RemoteClient::start),
+    /// nothing watches for the close: it takes effect at the connection's next read or write.
     pub fn close(&self) {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return;
@@ -506,7 +513,12 @@ impl ClientInfo {
             std::mem::take(&mut callbacks.list)
         };
         for callback in list {
-            callback(self);
+            // One panicking callback must not skip the others, nor unwind into whoever closed
+            // the connection (a drop, the server's shutdown).
+            let run = std::panic::AssertUnwindSafe(|| callback(self));
+            if std::panic::catch_unwind(run).is_err() {
+                tracing::error!(id = %self.id(), "an on_close callback panicked");
+            }
         }
     }
 }

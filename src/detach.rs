@@ -60,7 +60,10 @@ pub enum DetachError {
 /// Answer the request with `101 Switching Protocols` (or `2xx` to `CONNECT`); the returned
 /// future resolves to the [`Detached`] connection once hyper has written that response. Await
 /// it in a task of its own, not in the handler, which must return the response first. Over
-/// HTTP/2 it fails at once with [`DetachError::Http2`].
+/// HTTP/2 it fails at once with [`DetachError::Http2`], except for a `CONNECT` stream (an
+/// extended CONNECT such as WebSocket over HTTP/2, where hyper enables it): that stream is
+/// handed over, not the connection, so the client is not exported and the stream does not keep
+/// it open.
 pub fn detach<B>(req: &mut Request<B>) -> OnDetach {
     let client = req.extensions().get::<ClientInfo>().cloned();
     let state = match client {

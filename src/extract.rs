@@ -1,6 +1,6 @@
 //! `ClientInfo` as an axum extractor (feature `axum`).
 
-use axum_core::extract::FromRequestParts;
+use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::StatusCode;
@@ -33,5 +33,18 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
             .get::<ClientInfo>()
             .cloned()
             .ok_or(MissingClientInfo)
+    }
+}
+
+/// `Option<ClientInfo>`: `None` where the request did not come through a
+/// [`ClientLayer`](crate::ClientLayer).
+impl<S: Send + Sync> OptionalFromRequestParts<S> for ClientInfo {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<ClientInfo>().cloned())
     }
 }

@@ -99,6 +99,7 @@ impl<S: StreamSocket> ClientIo<S> {
 impl<S> ClientIo<S> {
     /// Unwraps the stream. The client counts as closed from here on (its `on_close`
     /// callbacks run once nothing else holds the connection), though the stream stays open.
+    /// Bytes still [`buffered`](Self::buffered) are not in the stream: take them first.
     pub fn into_inner(self) -> S {
         self.stream
     }

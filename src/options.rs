@@ -30,7 +30,9 @@ pub struct Options {
     /// HTTP/1 timeout: a connection that makes no progress (no byte read or written) for this
     /// long while it waits on the peer is closed: idle between requests (the keep-alive idle
     /// timeout), before the first byte, in a request body a handler is reading, or in a
-    /// response the peer does not read. A handler that takes long to answer is not cut off.
+    /// response the peer does not read. A handler that takes long to answer is not cut off
+    /// (unless it left a request body read pending and went on with other work while holding
+    /// it: the body still counts as waiting for the peer).
     /// Also the time allowed for a whole request head. Default 15 s.
     pub http1_timeout: Duration,
     /// HTTP/2 timeout: as `http1_timeout`, for HTTP/2 connections. Default 60 s.

@@ -191,9 +191,7 @@ where
                 Ok(Ok(())) if client.is_exported() => return CloseReason::Upgraded,
                 Ok(Ok(())) if watch.shutdown_seen => return CloseReason::Shutdown,
                 Ok(Ok(())) => return CloseReason::Finished,
-                Ok(Err(error)) if error.is_timeout() => {
-                    return CloseReason::Timeout(TimeoutKind::Http1)
-                }
+                Ok(Err(error)) if error.is_timeout() => return CloseReason::Timeout(watch.kind),
                 Ok(Err(error)) => return CloseReason::Error(error.into()),
             }
         }

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 /// The TLS session of a connection: amphp's `getCryptoContext()`, plus the client certificates.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct TlsInfo {
     protocol: String,
     cipher_name: String,
@@ -11,6 +11,23 @@ pub struct TlsInfo {
     alpn_protocol: Option<Bytes>,
     server_name: Option<String>,
     peer_certificates: Vec<Bytes>,
+}
+
+impl std::fmt::Debug for TlsInfo {
+    /// Short enough for a log line: the certificates are counted, not printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsInfo")
+            .field("protocol", &self.protocol)
+            .field("cipher_name", &self.cipher_name)
+            .field("cipher_bits", &self.cipher_bits)
+            .field(
+                "alpn_protocol",
+                &self.alpn_protocol.as_deref().map(String::from_utf8_lossy),
+            )
+            .field("server_name", &self.server_name)
+            .field("peer_certificates", &self.peer_certificates.len())
+            .finish()
+    }
 }
 
 impl TlsInfo {

@@ -69,3 +69,19 @@ async fn missing_client_info_is_a_500() {
     let response = app().oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }
+
+#[tokio::test]
+async fn optional_client_info_is_none_without_the_layer() {
+    async fn maybe(client: Option<ClientInfo>) -> &'static str {
+        if client.is_some() {
+            "some"
+        } else {
+            "none"
+        }
+    }
+    let app = Router::new().route("/", get(maybe));
+    let request = Request::get("/").body(axum::body::Body::empty()).unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "none");
+}

@@ -397,3 +397,27 @@ async fn shutdown_of_an_idle_connection_closes_it() {
     let reason = h.reason_of(client.id().get()).await;
     assert!(matches!(reason, CloseReason::Shutdown), "{reason:?}");
 }
+
+#[test]
+fn a_panicking_on_close_callback_does_not_stop_the_others() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let client = hyper_remote_client::ClientInfo::builder(
+        "127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap(),
+        "127.0.0.1:2".parse::<std::net::SocketAddr>().unwrap(),
+    )
+    .build();
+    let ran = Arc::new(AtomicUsize::new(0));
+    for i in 0..3 {
+        let ran = ran.clone();
+        client.on_close(move |_| {
+            if i == 1 {
+                panic!("a callback that panics");
+            }
+            ran.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    client.close(); // does not unwind into the caller
+    assert_eq!(ran.load(Ordering::SeqCst), 2);
+    assert!(client.is_closed());
+}

@@ -489,7 +489,8 @@ async fn unix_listener_serves_and_is_exempt_from_the_per_ip_limit() {
         tokio::spawn(conn);
         let response = sender
             .send_request(
-                Request::get("http://localhost/")
+                Request::get("/")
+                    .header("host", "localhost")
                     .body(Empty::<Bytes>::new())
                     .unwrap(),
             )

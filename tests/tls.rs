@@ -178,9 +178,14 @@ async fn get(addr: SocketAddr, config: rustls::ClientConfig, sni: &str) -> (Stri
         .unwrap();
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(tls);
-    let req = Request::get(format!("https://{sni}/"))
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+    // HTTP/2 carries the authority in the target; HTTP/1.1 needs a Host header.
+    let req = if h2 {
+        Request::get(format!("https://{sni}/"))
+    } else {
+        Request::get("/").header("host", sni)
+    }
+    .body(Empty::<Bytes>::new())
+    .unwrap();
     let response = if h2 {
         let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await

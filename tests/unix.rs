@@ -106,7 +106,8 @@ async fn peer_pid_is_this_process_for_an_in_process_client() {
     let response = tokio::time::timeout(
         LIMIT,
         sender.send_request(
-            Request::get("http://localhost/")
+            Request::get("/")
+                .header("host", "localhost")
                 .body(Empty::<Bytes>::new())
                 .unwrap(),
         ),
@@ -208,7 +209,8 @@ async fn tls_over_a_unix_socket() {
     let response = tokio::time::timeout(
         LIMIT,
         sender.send_request(
-            Request::get("https://localhost/")
+            Request::get("/")
+                .header("host", "localhost")
                 .body(Empty::<Bytes>::new())
                 .unwrap(),
         ),

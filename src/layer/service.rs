@@ -79,8 +79,9 @@ where
         };
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(self.client.clone());
-        let response_guard = PendingGuard::response(&self.client);
+        // The request before its response (see `ClientInfo::is_waiting_on_response`).
         let request_guard = (!body.is_end_stream()).then(|| PendingGuard::request(&self.client));
+        let response_guard = PendingGuard::response(&self.client);
         let body = RequestBody::new(body, limit, request_guard);
         ResponseFuture::new(
             self.inner.call(Request::from_parts(parts, body)),
@@ -134,9 +135,11 @@ fn screen<B: Body>(req: &Request<B>, options: &Options) -> Option<Response<()>> 
     None
 }
 
-/// RFC 9112 §3.2 (what hyper leaves to the application): HTTP/1.1 needs exactly one `Host`;
-/// HTTP/1.0 at most one; an absolute-form target's authority must match it; the
-/// authority-form (`host:port`) is for `CONNECT` only.
+/// What hyper leaves to the application: HTTP/1.1 needs exactly one `Host`, HTTP/1.0 at most
+/// one (RFC 9112 §3.2); the authority-form (`host:port`) is for `CONNECT` only (§3.2.3). And,
+/// as amphp does, an absolute-form target's authority must match `Host` (default ports
+/// aside): RFC 9112 lets a server ignore `Host` there, but a mismatch is a request smuggled
+/// past proxies that route by `Host`.
 fn valid_target<B>(req: &Request<B>) -> bool {
     let mut hosts = req.headers().get_all(HOST).iter();
     let host = match (hosts.next(), hosts.next()) {
@@ -154,8 +157,19 @@ fn valid_target<B>(req: &Request<B>) -> bool {
     if uri.scheme().is_none() {
         return false; // authority-form without CONNECT
     }
-    host.as_bytes()
-        .eq_ignore_ascii_case(authority.as_str().as_bytes())
+    let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    };
+    let Ok(host) = host.to_str().map(|h| h.parse::<http::uri::Authority>()) else {
+        return false;
+    };
+    host.is_ok_and(|host| {
+        host.host().eq_ignore_ascii_case(authority.host())
+            && host.port_u16().unwrap_or(default_port)
+                == authority.port_u16().unwrap_or(default_port)
+    })
 }
 
 /// Whether every `Transfer-Encoding` the request has is `chunked` (RFC 9112 §6.1: a server

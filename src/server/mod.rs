@@ -70,7 +70,6 @@ use crate::BoxError;
 ///   after [`Options::shutdown_timeout`] (exported clients included).
 /// - `tracing`: a `client` span per connection with its id and remote address; debug events
 ///   for accept, reject, timeout and close (with the reason); nothing per request.
-#[derive(Debug)]
 pub struct Server {
     options: Arc<Options>,
     drivers: Arc<dyn HttpDriverFactory>,
@@ -96,9 +95,13 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-impl std::fmt::Debug for dyn HttpDriverFactory {
+impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HttpDriverFactory")
+        f.debug_struct("Server")
+            .field("options", &self.options)
+            .field("listeners", &self.listeners)
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
     }
 }
 
@@ -256,7 +259,9 @@ impl Server {
             .await
             .is_err()
         {
-            let left = self.shared.registry.list();
+            // From here on, clients registering late (a handshake finishing) are closed at
+            // once, and handshakes and PROXY headers still being read are cut.
+            let left = self.shared.registry.force();
             info!(
                 clients = left.len(),
                 "shutdown deadline passed: closing the rest"
@@ -491,8 +496,10 @@ impl Acceptor {
             }
             drop(slot);
         });
-        if self.shared.registry.insert(&info) {
-            info.shutdown();
+        match self.shared.registry.insert(&info) {
+            registry::State::Running => {}
+            registry::State::ShuttingDown => info.shutdown(),
+            registry::State::Forced => info.close(),
         }
         async {
             debug!("accepted");
@@ -501,8 +508,11 @@ impl Acceptor {
             match &reason {
                 CloseReason::Timeout(TimeoutKind::Http1) => Counters::add(&counters.http1_timeouts),
                 CloseReason::Timeout(TimeoutKind::Http2) => Counters::add(&counters.http2_timeouts),
-                CloseReason::Upgraded => Counters::add(&counters.exported),
                 _ => {}
+            }
+            // Counted from the same flag as `exported_closed`, whatever the close reason.
+            if info.is_exported() {
+                Counters::add(&counters.exported);
             }
             debug!(?reason, "connection ended");
         }
