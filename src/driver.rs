@@ -71,6 +71,9 @@ impl HttpDriver {
             .timer(TokioTimer::new())
             .header_read_timeout(crate::remote::bounded(options.http1_timeout))
             .max_header_size(options.header_size_limit);
+        // Not `pipeline_flush(true)`, though it multiplies pipelined throughput (see
+        // BENCHMARKS.md): it holds back the `101` of an upgrade whose first bytes arrive with the
+        // request head, and the upgrade never completes.
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())

@@ -296,6 +296,16 @@ impl Acceptor {
         let this = Arc::new(self);
         #[cfg(feature = "tls")]
         let tls = listener.tls;
+        // The local address of a listener bound to one IP is every connection's: no
+        // getsockname per connection then.
+        let fixed_local = match &listener.kind {
+            Kind::Tcp(tcp) => tcp
+                .local_addr()
+                .ok()
+                .filter(|addr| !addr.ip().is_unspecified()),
+            #[cfg(unix)]
+            Kind::Unix(_) => None,
+        };
         loop {
             match &listener.kind {
                 Kind::Tcp(tcp) => {
@@ -319,7 +329,7 @@ impl Acceptor {
                     let (this, service) = (this.clone(), service.clone());
                     #[cfg(feature = "tls")]
                     let tls = tls.clone();
-                    tokio::spawn(async move {
+                    let fut = async move {
                         #[cfg(feature = "proxy-protocol")]
                         let mut slot = slot;
                         #[cfg_attr(not(feature = "proxy-protocol"), allow(unused_mut))]
@@ -328,19 +338,25 @@ impl Acceptor {
                         #[cfg(feature = "proxy-protocol")]
                         let (client, unread) = match proxy {
                             Some(proxy) => {
-                                match this.proxy_header(&proxy, &mut stream, &mut slot).await {
+                                match Box::pin(this.proxy_header(&proxy, &mut stream, &mut slot))
+                                    .await
+                                {
                                     Some(accepted) => accepted,
                                     None => return,
                                 }
                             }
-                            None => match ClientInfo::builder_for_tcp(&stream) {
-                                Ok(client) => (client, bytes::Bytes::new()),
+                            None => match fixed_local.map_or_else(|| stream.local_addr(), Ok) {
+                                Ok(local) => {
+                                    (ClientInfo::builder(remote, local), bytes::Bytes::new())
+                                }
                                 Err(_) => return,
                             },
                         };
                         #[cfg(not(feature = "proxy-protocol"))]
-                        let (client, unread) = match ClientInfo::builder_for_tcp(&stream) {
-                            Ok(client) => (client, bytes::Bytes::new()),
+                        let (client, unread) = match fixed_local
+                            .map_or_else(|| stream.local_addr(), Ok)
+                        {
+                            Ok(local) => (ClientInfo::builder(remote, local), bytes::Bytes::new()),
                             Err(_) => return,
                         };
                         let client = client.options(this.options.clone());
@@ -351,15 +367,23 @@ impl Acceptor {
                                 Counters::add(&this.shared.counters.tls_handshake_failures);
                                 return;
                             }
-                            if let Some(client) = this.handshake(tls.accept(stream, client)).await {
-                                this.serve(client, slot, service).await;
-                            }
+                            // Boxed: the TLS futures are large, and a plain connection's task
+                            // should not carry their room.
+                            Box::pin(async move {
+                                if let Some(client) =
+                                    this.handshake(tls.accept(stream, client)).await
+                                {
+                                    this.serve(client, slot, service).await;
+                                }
+                            })
+                            .await;
                             return;
                         }
                         let mut client = RemoteClient::new(stream, client.build());
                         client.io_mut().unread(&unread);
                         this.serve(client, slot, service).await;
-                    });
+                    };
+                    tokio::spawn(fut);
                 }
                 #[cfg(unix)]
                 Kind::Unix(unix) => {
@@ -380,11 +404,11 @@ impl Acceptor {
                     let (this, service) = (this.clone(), service.clone());
                     #[cfg(feature = "tls")]
                     if let Some(tls) = tls.clone() {
-                        tokio::spawn(async move {
+                        tokio::spawn(Box::pin(async move {
                             if let Some(client) = this.handshake(tls.accept(stream, client)).await {
                                 this.serve(client, slot, service).await;
                             }
-                        });
+                        }));
                         continue;
                     }
                     tokio::spawn(async move {
