@@ -155,6 +155,8 @@ pub(crate) struct Inner {
     pub(crate) bytes_written: AtomicU64,
     /// The last write returned `Pending`: the peer is not reading.
     pub(crate) write_blocked: AtomicBool,
+    /// Requests handed to the service so far (written by the task serving the connection).
+    pub(crate) requests_started: AtomicU64,
     /// Request bodies whose last read returned `Pending`: a handler waits for the peer.
     pub(crate) bodies_waiting: AtomicUsize,
     /// Wakes the task that runs the connection on `close()` and `shutdown()`.
@@ -265,6 +267,7 @@ impl ClientInfoBuilder {
                 bytes_read: AtomicU64::new(0),
                 bytes_written: AtomicU64::new(0),
                 write_blocked: AtomicBool::new(false),
+                requests_started: AtomicU64::new(0),
                 bodies_waiting: AtomicUsize::new(0),
                 waker: AtomicWaker::new(),
                 export_socket: Mutex::new(None),

@@ -40,8 +40,8 @@ pub(crate) enum Protocol {
 /// hyper's HTTP/1 and HTTP/2 connection builders, configured from [`Options`], and the versions
 /// to serve with them. Hyper's timer is set on both builders, so hyper's own timeouts work.
 ///
-/// From `Options`: the HTTP/1 builder gets `header_read_timeout = http1_timeout` and
-/// `max_header_size = header_size_limit`; the HTTP/2 builder gets
+/// From `Options`: the HTTP/1 builder gets `max_header_size = header_size_limit` (the
+/// request-head deadline, `http1_timeout`, is `RemoteClient`'s); the HTTP/2 builder gets
 /// `max_concurrent_streams = concurrent_stream_limit` and
 /// `max_header_list_size = header_size_limit`. Tune anything else through
 /// [`http1`](Self::http1) and [`http2`](Self::http2).
@@ -69,7 +69,9 @@ impl HttpDriver {
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(crate::remote::bounded(options.http1_timeout))
+            // The request-head deadline is enforced by `RemoteClient` (without a timer per
+            // request); hyper's own would default to 30 s once a timer is set.
+            .header_read_timeout(None)
             .max_header_size(options.header_size_limit);
         // Not `pipeline_flush(true)`, though it multiplies pipelined throughput (see
         // BENCHMARKS.md): it holds back the `101` of an upgrade whose first bytes arrive with the

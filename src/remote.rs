@@ -227,7 +227,7 @@ async fn sniff<S: AsyncRead + Unpin>(io: &mut ClientIo<S>) -> io::Result<Option<
 /// overflow the clock.
 const LONGEST: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
-pub(crate) fn bounded(timeout: Duration) -> Duration {
+fn bounded(timeout: Duration) -> Duration {
     timeout.min(LONGEST)
 }
 
@@ -267,6 +267,11 @@ struct Watch<'a> {
     sleep: Pin<Box<Sleep>>,
     progress: u64,
     idle_since: Instant,
+    /// HTTP/1 request heads: requests started and bytes read at the last sample, and since
+    /// when bytes have been arriving without a request starting.
+    requests_seen: u64,
+    read_seen: u64,
+    head_since: Option<Instant>,
     shutdown_seen: bool,
 }
 
@@ -283,6 +288,9 @@ impl<'a> Watch<'a> {
             sleep: Box::pin(tokio::time::sleep_until(now + tick)),
             progress: 0,
             idle_since: now,
+            requests_seen: 0,
+            read_seen: 0,
+            head_since: None,
             shutdown_seen: false,
         }
     }
@@ -304,6 +312,27 @@ impl<'a> Watch<'a> {
             fut.as_mut().poll(cx).map(Ok)
         })
         .await
+    }
+
+    /// Whether a request head has been arriving for longer than the timeout (slowloris:
+    /// bytes trickle in, so the connection is never idle, but no request ever starts). This
+    /// replaces hyper's `header_read_timeout`, which costs a timer allocation and registration
+    /// per request.
+    fn head_too_slow(&mut self, now: Instant) -> bool {
+        let inner = &self.client.inner;
+        let requests = inner.requests_started.load(Ordering::Relaxed);
+        let read = self.client.bytes_read();
+        if requests != self.requests_seen {
+            self.requests_seen = requests;
+            self.head_since = None;
+        } else if self.client.pending_responses() != 0 {
+            self.head_since = None;
+        } else if read != self.read_seen && self.head_since.is_none() {
+            self.head_since = Some(now);
+        }
+        self.read_seen = read;
+        self.head_since
+            .is_some_and(|since| now.duration_since(since) >= self.timeout)
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
@@ -332,6 +361,9 @@ impl<'a> Watch<'a> {
                 if waiting_on_peer {
                     return Poll::Ready(Event::TimedOut(self.kind));
                 }
+            }
+            if self.kind == TimeoutKind::Http1 && self.head_too_slow(now) {
+                return Poll::Ready(Event::TimedOut(self.kind));
             }
             self.sleep.as_mut().reset(now + self.tick);
         }

@@ -81,10 +81,11 @@ impl PendingGuard {
     }
 
     pub(crate) fn response(client: &ClientInfo) -> Self {
-        client
-            .inner
-            .pending_responses
-            .fetch_add(1, Ordering::AcqRel);
+        let inner = &client.inner;
+        // One writer, the task serving the connection: load and store are enough.
+        let started = inner.requests_started.load(Ordering::Relaxed);
+        inner.requests_started.store(started + 1, Ordering::Relaxed);
+        inner.pending_responses.fetch_add(1, Ordering::AcqRel);
         PendingGuard {
             client: client.clone(),
             request: false,
