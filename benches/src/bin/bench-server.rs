@@ -25,6 +25,11 @@
 //! its accept thread and system thread, which run.sh pins to the same core.
 //!
 //! Prints `listening on 127.0.0.1:PORT` once bound, then serves until killed.
+//!
+//! Two environment variables for one-off checks (run.sh sets neither):
+//! `BENCH_TLS_NO_RESUMPTION=1` turns TLS session resumption off (no session cache, no tickets)
+//! in the TLS modes; `BENCH_PIPELINE_FLUSH=1` turns hyper's `http1 pipeline_flush` on in the
+//! `bare` modes.
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -65,7 +70,13 @@ fn main() {
         println!("listening on {addr} ({mode})");
         match mode.as_str() {
             "bare" => bare(listener, None).await,
-            "bare-tls" => bare(listener, Some(tokio_rustls::TlsAcceptor::from(tls_config()))).await,
+            "bare-tls" => {
+                bare(
+                    listener,
+                    Some(tokio_rustls::TlsAcceptor::from(tls_config())),
+                )
+                .await
+            }
             "crate" => crate_server(listener, false).await,
             "crate-tls" => crate_server(listener, true).await,
             "axum" => axum(listener).await,
@@ -92,12 +103,24 @@ fn tls_config() -> Arc<rustls::ServerConfig> {
         .with_single_cert(chain, key)
         .expect("certificate");
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if std::env::var_os("BENCH_TLS_NO_RESUMPTION").is_some() {
+        // Every handshake a full one, whatever the client does (a check for run.sh's
+        // handshake workload: h2load does not resume sessions, so this changes nothing there).
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Arc::new(config)
 }
 
 /// Bare hyper-util: a plain accept loop, one task per connection.
 async fn bare(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if std::env::var_os("BENCH_PIPELINE_FLUSH").is_some() {
+        // A check, not a mode run.sh uses: hyper's experimental flush aggregation for pipelined
+        // HTTP/1 responses (off by default).
+        builder.http1().pipeline_flush(true);
+    }
+    let builder = Arc::new(builder);
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,

@@ -1,0 +1,295 @@
+#!/usr/bin/env bash
+# The benchmark harness of hyper-remote-client (issue 6): bare hyper-util, this crate's Server,
+# axum and actix-web, on the same machine, interleaved, server on core 0 and load generator on
+# core 1. See BENCHMARKS.md at the repository root for the method and the latest table.
+#
+#   bash benches/run.sh                      # 5 rounds of 5 s per workload and server
+#   ROUNDS=2 DURATION=2 bash benches/run.sh  # a quick run
+#
+# Environment:
+#   ROUNDS=5        rounds; every round runs every server once per workload, in turn
+#   DURATION=5      seconds per load run (h2load -D, wrk -d)
+#   HS_N=4000       TLS handshakes per handshake run (h2load -n)
+#   IDLE_CONNS=1000 idle connections per idle-memory run
+#   IDLE_ROUNDS     rounds of the idle-memory measurement (default: ROUNDS)
+#   WORKLOADS       which workloads, in order (default: all):
+#                   h2c pipelined keepalive churn tls-h2 tls-handshake idle
+#   BASE_PORT=18180 the servers listen on 127.0.0.1:BASE_PORT+1..+12
+#   OUT             where logs, raw.tsv and results.md go (default: a new /tmp/hrc-bench.XXXX)
+#   CARGO_TARGET_DIR  where the release build goes (default: benches/target)
+#   SKIP_BUILD=1    use the binaries already built in CARGO_TARGET_DIR
+#
+# Everything runs on 127.0.0.1. Every load run is bounded (h2load -D/-n, wrk -d, and `timeout`
+# around each), and every server and client this script starts is killed on exit (trap).
+set -uo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-5}
+HS_N=${HS_N:-4000}
+IDLE_CONNS=${IDLE_CONNS:-1000}
+IDLE_ROUNDS=${IDLE_ROUNDS:-$ROUNDS}
+WORKLOADS=${WORKLOADS:-h2c pipelined keepalive churn tls-h2 tls-handshake idle}
+BASE_PORT=${BASE_PORT:-18180}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HERE/target}
+OUT=${OUT:-$(mktemp -d /tmp/hrc-bench.XXXX)}
+mkdir -p "$OUT/logs"
+RAW=$OUT/raw.tsv
+: >"$RAW"
+BIN=$CARGO_TARGET_DIR/release
+
+SERVERS_PLAIN=(bare crate axum actix)
+SERVERS_TLS=(bare-tls crate-tls)
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- cleanup: kill every process this script started --------------------------------------
+declare -A PID=()       # server name -> pid (the long-running servers)
+EXTRA_PIDS=()           # idle-memory servers and clients
+cleanup() {
+    local p i alive
+    for p in "${PID[@]}" "${EXTRA_PIDS[@]}"; do
+        [ -n "$p" ] && kill "$p" 2>/dev/null
+    done
+    for i in $(seq 20); do # wait up to 2 s for them to go, then SIGKILL what is left
+        alive=0
+        for p in "${PID[@]}" "${EXTRA_PIDS[@]}"; do
+            [ -n "$p" ] && kill -0 "$p" 2>/dev/null && alive=1
+        done
+        [ "$alive" = 0 ] && return 0
+        sleep 0.1
+    done
+    for p in "${PID[@]}" "${EXTRA_PIDS[@]}"; do
+        [ -n "$p" ] && kill -9 "$p" 2>/dev/null
+    done
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+# --- tools -------------------------------------------------------------------------------
+SUDO=
+[ "$(id -u)" = 0 ] || SUDO=sudo
+apt_install() {
+    $SUDO apt-get install -y "$@" >"$OUT/logs/apt.log" 2>&1 && return 0
+    $SUDO apt-get update >>"$OUT/logs/apt.log" 2>&1
+    $SUDO apt-get install -y "$@" >>"$OUT/logs/apt.log" 2>&1
+}
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v taskset >/dev/null || need+=(util-linux)
+command -v python3 >/dev/null || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    apt_install "${need[@]}" || die "apt-get install ${need[*]} failed (see $OUT/logs/apt.log)"
+fi
+
+# --- build -------------------------------------------------------------------------------
+if [ -z "${SKIP_BUILD:-}" ]; then
+    log "building the servers (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    cargo build --release --manifest-path "$HERE/Cargo.toml" >"$OUT/logs/build.log" 2>&1 ||
+        { tail -30 "$OUT/logs/build.log"; die "cargo build failed"; }
+fi
+[ -x "$BIN/bench-server" ] && [ -x "$BIN/bench-idle" ] || die "no binaries in $BIN"
+
+# 1 000 idle connections and connection churn need descriptors.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+[ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((IDLE_CONNS + 200)) ] ||
+    die "ulimit -n is $(ulimit -n), need more than $((IDLE_CONNS + 200))"
+
+# --- servers -----------------------------------------------------------------------------
+port_of() {
+    case $1 in
+        bare) echo $((BASE_PORT + 1)) ;; crate) echo $((BASE_PORT + 2)) ;;
+        bare-tls) echo $((BASE_PORT + 3)) ;; crate-tls) echo $((BASE_PORT + 4)) ;;
+        axum) echo $((BASE_PORT + 5)) ;; actix) echo $((BASE_PORT + 6)) ;;
+    esac
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# start_server MODE PORT LOGFILE: starts it on core 0, waits (at most 10 s) for the port; prints
+# the pid.
+start_server() {
+    local mode=$1 port=$2 logf=$3 pid i
+    port_open "$port" && { log "port $port is already in use"; return 1; }
+    taskset -c 0 "$BIN/bench-server" "$mode" "$port" >"$logf" 2>&1 &
+    pid=$!
+    for i in $(seq 100); do
+        port_open "$port" && { echo "$pid"; return 0; }
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill "$pid" 2>/dev/null
+    log "$mode did not start on port $port: $(tail -3 "$logf")"
+    return 1
+}
+
+# ensure_server NAME: the long-running server NAME is up (started or restarted).
+ensure_server() {
+    local name=$1 pid=${PID[$1]:-}
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then return 0; fi
+    [ -n "$pid" ] && log "WARNING: server $name (pid $pid) died; restarting it (see $OUT/logs/server.$name.log)"
+    pid=$(start_server "$name" "$(port_of "$name")" "$OUT/logs/server.$name.log") || die "cannot start $name"
+    PID[$name]=$pid
+}
+
+cpu_ticks() { # utime + stime of a live process, in clock ticks (all its threads)
+    local f
+    read -r -a f <"/proc/$1/stat" || { echo 0; return; }
+    echo $((f[13] + f[14]))
+}
+sys_busy() { # busy ticks of all CPUs: user nice system irq softirq steal
+    local c u n s idle io irq sirq st rest
+    read -r c u n s idle io irq sirq st rest </proc/stat
+    echo $((u + n + s + irq + sirq + st))
+}
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+now() { date +%s.%N; }
+
+# run_load WORKLOAD SERVER ROUND COMMAND...: runs the load generator on core 1 and appends a
+# line to raw.tsv: workload server round log server_ticks loadgen_ticks other_ticks wall exit.
+run_load() {
+    local wl=$1 srv=$2 round=$3
+    shift 3
+    ensure_server "$srv"
+    local pid=${PID[$srv]} logf="$OUT/logs/$wl.$srv.$round.log"
+    local s0 b0 t0 s1 b1 t1 lg rc
+    s0=$(cpu_ticks "$pid"); b0=$(sys_busy); t0=$(now)
+    # The wrapping bash reports the CPU time of the load generator it waited for (cutime +
+    # cstime of its own /proc entry), so the CPU used by anything else can be told apart.
+    taskset -c 1 bash -c '
+        timeout "$TMO" "$@"; rc=$?
+        read -r -a st < /proc/$$/stat
+        echo "LOADGEN_TICKS $((st[15] + st[16]))"
+        exit $rc' _ "$@" >"$logf" 2>&1
+    rc=$?
+    s1=$(cpu_ticks "$pid"); b1=$(sys_busy); t1=$(now)
+    lg=$(awk '/^LOADGEN_TICKS/ {print $2}' "$logf")
+    lg=${lg:-0}
+    kill -0 "$pid" 2>/dev/null || rc=99
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$wl" "$srv" "$round" "$logf" $((s1 - s0)) "$lg" \
+        $((b1 - b0 - (s1 - s0) - lg)) "$(awk "BEGIN {print $t1 - $t0}")" "$rc" >>"$RAW"
+    [ "$rc" = 0 ] || log "WARNING: $wl $srv round $round: exit $rc (see $logf)"
+    sleep 0.5
+}
+export TMO=$((DURATION + 60))
+
+url() { # SERVER -> its URL
+    case $1 in *-tls) echo "https://127.0.0.1:$(port_of "$1")/" ;; *) echo "http://127.0.0.1:$(port_of "$1")/" ;; esac
+}
+
+workload() { # WORKLOAD ROUND: one round of a workload over its servers, in turn
+    local wl=$1 round=$2 srv
+    case $wl in
+        h2c)
+            for srv in "${SERVERS_PLAIN[@]}"; do
+                run_load "$wl" "$srv" "$round" h2load -t1 -c16 -m32 -D "$DURATION" "$(url "$srv")"
+            done ;;
+        pipelined)
+            for srv in "${SERVERS_PLAIN[@]}"; do
+                run_load "$wl" "$srv" "$round" wrk -t1 -c64 -d"${DURATION}s" -s "$HERE/pipeline.lua" "$(url "$srv")" -- 16
+            done ;;
+        keepalive)
+            for srv in "${SERVERS_PLAIN[@]}"; do
+                run_load "$wl" "$srv" "$round" wrk -t1 -c64 -d"${DURATION}s" "$(url "$srv")"
+            done ;;
+        churn)
+            for srv in "${SERVERS_PLAIN[@]}"; do
+                run_load "$wl" "$srv" "$round" wrk -t1 -c64 -d"${DURATION}s" -H 'Connection: close' "$(url "$srv")"
+            done ;;
+        tls-h2)
+            for srv in "${SERVERS_TLS[@]}"; do
+                run_load "$wl" "$srv" "$round" h2load -t1 -c16 -m32 -D "$DURATION" "$(url "$srv")"
+            done ;;
+        tls-handshake)
+            for srv in "${SERVERS_TLS[@]}"; do
+                run_load "$wl" "$srv" "$round" h2load -t1 -c16 -n "$HS_N" --h1 -H 'Connection: close' "$(url "$srv")"
+            done ;;
+        idle)
+            for srv in "${SERVERS_PLAIN[@]}"; do
+                idle_run h1 "$srv" "$round"
+                idle_run h2 "$srv" "$round"
+            done ;;
+        *) die "unknown workload $wl" ;;
+    esac
+}
+
+# idle_run h1|h2 SERVER ROUND: a fresh server, one warm-up connection, RSS; then IDLE_CONNS
+# idle connections (each made one request), RSS again after 1 s. Appends to raw.tsv:
+# idle-PROTO server round log rss_before rss_after count - exit.
+idle_run() {
+    local proto=$1 srv=$2 round=$3 port=$((BASE_PORT + 11)) spid cpid i rc=0 before after
+    local logf="$OUT/logs/idle-$proto.$srv.$round.log"
+    spid=$(start_server "$srv" "$port" "$OUT/logs/idle-server.$srv.log") || die "cannot start $srv for idle"
+    EXTRA_PIDS+=("$spid")
+    timeout 20 taskset -c 1 "$BIN/bench-idle" "$proto" "127.0.0.1:$port" 1 0 >"$logf" 2>&1 || rc=1
+    sleep 0.5
+    before=$(rss_kib "$spid")
+    taskset -c 1 "$BIN/bench-idle" "$proto" "127.0.0.1:$port" "$IDLE_CONNS" 10 >>"$logf" 2>&1 &
+    cpid=$!
+    EXTRA_PIDS+=("$cpid")
+    for i in $(seq 300); do # at most 30 s
+        grep -q "^ready $IDLE_CONNS" "$logf" && break
+        kill -0 "$cpid" 2>/dev/null || break
+        sleep 0.1
+    done
+    grep -q "^ready $IDLE_CONNS" "$logf" || rc=1
+    sleep 1
+    after=$(rss_kib "$spid")
+    kill -0 "$spid" 2>/dev/null || rc=99
+    kill "$cpid" "$spid" 2>/dev/null
+    wait "$cpid" "$spid" 2>/dev/null
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t-\t%s\n' "idle-$proto" "$srv" "$round" "$logf" "${before:-0}" "${after:-0}" \
+        "$IDLE_CONNS" "$rc" >>"$RAW"
+    [ "$rc" = 0 ] || log "WARNING: idle-$proto $srv round $round failed (see $logf)"
+    sleep 0.3
+}
+
+# --- run ---------------------------------------------------------------------------------
+{
+    echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "nproc: $(nproc)"
+    echo "cpu: $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+    echo "kernel: $(uname -sr)"
+    echo "rounds: $ROUNDS, duration: ${DURATION}s, handshakes per run: $HS_N, idle connections: $IDLE_CONNS, idle rounds: $IDLE_ROUNDS"
+    echo "wrk: $(wrk -v 2>&1 | head -1)"
+    echo "h2load: $(h2load --version 2>&1 | head -1)"
+    echo "rustc: $(rustc --version 2>/dev/null)"
+    if commit=$(git -C "$HERE/.." rev-parse --short HEAD 2>/dev/null); then
+        git -C "$HERE/.." diff --quiet HEAD -- src Cargo.toml 2>/dev/null || commit="$commit + uncommitted changes in src/ or Cargo.toml"
+        echo "crate: $commit"
+    fi
+    echo "loadavg at start: $(cat /proc/loadavg)"
+} >"$OUT/meta.txt"
+cat "$OUT/meta.txt" >&2
+log "results in $OUT"
+
+needs_persistent=0
+for wl in $WORKLOADS; do [ "$wl" != idle ] && needs_persistent=1; done
+if [ "$needs_persistent" = 1 ]; then
+    for srv in "${SERVERS_PLAIN[@]}" "${SERVERS_TLS[@]}"; do
+        ensure_server "$srv"
+    done
+    # Warm-up: one second of keep-alive load on each (results discarded).
+    for srv in "${SERVERS_PLAIN[@]}"; do
+        timeout 10 taskset -c 1 wrk -t1 -c16 -d1s "$(url "$srv")" >/dev/null 2>&1
+    done
+    for srv in "${SERVERS_TLS[@]}"; do
+        timeout 10 taskset -c 1 h2load -t1 -c4 -m8 -n 2000 "$(url "$srv")" >/dev/null 2>&1
+    done
+fi
+
+for wl in $WORKLOADS; do
+    rounds=$ROUNDS
+    [ "$wl" = idle ] && rounds=$IDLE_ROUNDS
+    for round in $(seq "$rounds"); do
+        log "$wl: round $round/$rounds"
+        workload "$wl" "$round"
+    done
+done
+echo "loadavg at end: $(cat /proc/loadavg)" >>"$OUT/meta.txt"
+
+python3 "$HERE/report.py" "$OUT" | tee "$OUT/results.md"
+log "raw results: $RAW; table: $OUT/results.md"
