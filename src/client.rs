@@ -137,10 +137,11 @@ pub(crate) struct Inner {
     id: ClientId,
     remote: Address,
     local: Address,
-    tls: Option<TlsInfo>,
+    // Boxed: most connections have neither, and every byte here is per connection.
+    tls: Option<Box<TlsInfo>>,
     peer_credentials: Option<PeerCredentials>,
     #[cfg(feature = "proxy-protocol")]
-    proxy: Option<crate::proxy::ProxyInfo>,
+    proxy: Option<Box<crate::proxy::ProxyInfo>>,
     options: Arc<Options>,
     pub(crate) pending_requests: AtomicUsize,
     pub(crate) pending_responses: AtomicUsize,
@@ -253,10 +254,10 @@ impl ClientInfoBuilder {
                 id: ClientId::next(),
                 remote: self.remote,
                 local: self.local,
-                tls: self.tls,
+                tls: self.tls.map(Box::new),
                 peer_credentials: self.peer_credentials,
                 #[cfg(feature = "proxy-protocol")]
-                proxy: self.proxy,
+                proxy: self.proxy.map(Box::new),
                 options: self.options.unwrap_or_default(),
                 pending_requests: AtomicUsize::new(0),
                 pending_responses: AtomicUsize::new(0),
@@ -360,7 +361,7 @@ impl ClientInfo {
 
     /// The TLS session: protocol, cipher, ALPN, SNI, peer certificates. `None` without TLS.
     pub fn tls(&self) -> Option<&TlsInfo> {
-        self.inner.tls.as_ref()
+        self.inner.tls.as_deref()
     }
 
     /// The credentials of the peer process, for a unix socket where the platform gives them.
@@ -373,7 +374,7 @@ impl ClientInfo {
     /// the ones the proxy reported.
     #[cfg(feature = "proxy-protocol")]
     pub fn proxy(&self) -> Option<&crate::proxy::ProxyInfo> {
-        self.inner.proxy.as_ref()
+        self.inner.proxy.as_deref()
     }
 
     /// Requests whose body is still being read: counted from the moment the service gets the
