@@ -130,7 +130,10 @@ type Callback = Box<dyn FnOnce(&ClientInfo) + Send>;
 #[derive(Default)]
 struct Callbacks {
     fired: bool,
-    list: Vec<Callback>,
+    /// The first callback, kept inline: a server registers one per connection, and a `Vec`
+    /// would allocate room for four.
+    first: Option<Callback>,
+    rest: Vec<Callback>,
 }
 
 pub(crate) struct Inner {
@@ -437,7 +440,11 @@ impl ClientInfo {
             drop(callbacks);
             callback(self);
         } else {
-            callbacks.list.push(Box::new(callback));
+            let callback: Callback = Box::new(callback);
+            match callbacks.first {
+                None => callbacks.first = Some(callback),
+                Some(_) => callbacks.rest.push(callback),
+            }
         }
     }
 
@@ -514,9 +521,9 @@ impl ClientInfo {
                 return;
             }
             callbacks.fired = true;
-            std::mem::take(&mut callbacks.list)
+            (callbacks.first.take(), std::mem::take(&mut callbacks.rest))
         };
-        for callback in list {
+        for callback in list.0.into_iter().chain(list.1) {
             // One panicking callback must not skip the others, nor unwind into whoever closed
             // the connection (a drop, the server's shutdown).
             let run = std::panic::AssertUnwindSafe(|| callback(self));
