@@ -12,6 +12,12 @@
 //!   timeouts, header and body size limits, allowed methods, HTTP/2 stream limit.
 //! - [`ClientIo`] wraps the stream: it tracks the status bits and byte counts, refuses I/O after
 //!   [`ClientInfo::close`], and closes the client when it is dropped.
+//! - [`Server`] is the accept loop over `RemoteClient`s: TCP and unix listeners, either under
+//!   TLS (`TlsAcceptor`, feature `tls`) and PROXY protocol (`ProxyProtocol`, feature
+//!   `proxy-protocol`), connection and per-IP limits, a live registry, counters and graceful
+//!   shutdown, through a [`ServerHandle`].
+//! - [`detach()`] takes the raw connection over after an HTTP/1 upgrade, with the client still
+//!   tracked until it is dropped.
 //!
 //! ```no_run
 //! use std::convert::Infallible;
