@@ -87,7 +87,7 @@ pub use layer::{ClientLayer, ClientService, RequestBody, ResponseBody};
 pub use options::Options;
 #[cfg(feature = "proxy-protocol")]
 pub use proxy::{IpNet, ProxyError, ProxyInfo, ProxyMode, ProxyProtocol};
-pub use remote::{CloseReason, RemoteClient, TimeoutKind};
+pub use remote::{CloseReason, Handler, HandlerBody, RemoteClient, TimeoutKind};
 pub use server::{Listener, Server, ServerHandle, Stats};
 pub use tls::TlsInfo;
 #[cfg(feature = "tls")]

@@ -27,6 +27,38 @@ use crate::BoxError;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// A tower service that serves a client's requests: what [`RemoteClient::start`] and
+/// [`Server::serve`](crate::Server::serve) take. Implemented for every service that fits
+/// (a `service_fn`, an axum `Router`, a tower-http stack); not to be implemented by hand.
+pub trait Handler<B>:
+    Service<
+        Request<RequestBody>,
+        Response = Response<B>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> Handler<B> for S where
+    S: Service<
+            Request<RequestBody>,
+            Response = Response<B>,
+            Error: Into<BoxError>,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// A response body a [`Handler`] may answer with: implemented for every body that fits.
+pub trait HandlerBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> HandlerBody for B where B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
 /// How a connection ended, as returned by [`RemoteClient::start`].
 #[derive(Debug)]
 #[non_exhaustive]
@@ -144,12 +176,8 @@ where
     pub async fn start<F, Svc, B>(self, factory: &F, service: Svc) -> CloseReason
     where
         F: HttpDriverFactory + ?Sized,
-        Svc: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
-        Svc::Future: Send + 'static,
-        Svc::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        Svc: Handler<B>,
+        B: HandlerBody,
     {
         let client = self.io.client().clone();
         // Keeps the client open while the connection is served, even once hyper has let go of

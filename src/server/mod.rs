@@ -37,12 +37,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
-use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tower_service::Service;
 use tracing::{debug, info, warn, Instrument};
 
 use self::admission::{Admission, Rejection, Slot};
@@ -52,10 +49,8 @@ use self::stats::Counters;
 use crate::client::{ClientId, ClientInfo};
 use crate::driver::{DefaultHttpDriverFactory, HttpDriverFactory};
 use crate::io::StreamSocket;
-use crate::layer::RequestBody;
 use crate::options::Options;
-use crate::remote::{CloseReason, RemoteClient, TimeoutKind};
-use crate::BoxError;
+use crate::remote::{CloseReason, Handler, HandlerBody, RemoteClient, TimeoutKind};
 
 /// A server: accepts on its [`Listener`]s and serves every connection as a [`RemoteClient`]
 /// with one tower service, under [`Options`].
@@ -204,12 +199,8 @@ impl Server {
     /// [`ServerHandle::shutdown`] has finished.
     pub async fn serve<S, B>(self, service: S)
     where
-        S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        S: Handler<B>,
+        B: HandlerBody,
     {
         let mut shutdown = self.shared.shutdown.subscribe();
         self.serve_with_shutdown(service, async move {
@@ -222,12 +213,8 @@ impl Server {
     /// down gracefully, and returns once every client has closed.
     pub async fn serve_with_shutdown<S, B, F>(self, service: S, signal: F)
     where
-        S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        S: Handler<B>,
+        B: HandlerBody,
         F: Future<Output = ()>,
     {
         let mut accepting = JoinSet::new();
@@ -286,12 +273,8 @@ struct Acceptor {
 impl Acceptor {
     async fn run<S, B>(self, listener: Listener, service: S)
     where
-        S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        S: Handler<B>,
+        B: HandlerBody,
     {
         let this = Arc::new(self);
         #[cfg(feature = "tls")]
@@ -502,12 +485,8 @@ impl Acceptor {
     async fn serve<T, S, B>(&self, client: RemoteClient<T>, slot: Slot, service: S)
     where
         T: AsyncRead + AsyncWrite + StreamSocket + Unpin + Send + 'static,
-        S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        S: Handler<B>,
+        B: HandlerBody,
     {
         let info = client.client().clone();
         let span = tracing::debug_span!("client", id = %info.id(), remote = %info.remote_address());

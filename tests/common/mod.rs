@@ -19,14 +19,13 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_remote_client::{
-    BoxError, ClientInfo, CloseReason, DefaultHttpDriverFactory, Options, RemoteClient, RequestBody,
+    ClientInfo, CloseReason, DefaultHttpDriverFactory, Handler, HandlerBody, Options, RemoteClient,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tower_service::Service;
 
 /// Upper bound for anything that could hang.
 pub const LIMIT: Duration = Duration::from_secs(10);
@@ -106,12 +105,8 @@ impl Harness {
 /// `RemoteClient::tcp`, its `ClientInfo` is sent to the harness, and its `CloseReason` recorded.
 pub async fn serve<S, B>(options: Options, service: S) -> Harness
 where
-    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: Handler<B>,
+    B: HandlerBody,
 {
     let options = Arc::new(options);
     let drivers = Arc::new(DefaultHttpDriverFactory::new(&options));
