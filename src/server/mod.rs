@@ -352,15 +352,8 @@ impl Acceptor {
                             }
                             // Boxed: the TLS futures are large, and a plain connection's task
                             // should not carry their room.
-                            Box::pin(async move {
-                                if let Some(client) =
-                                    this.handshake(tls.accept(stream, client)).await
-                                {
-                                    this.serve(client, slot, service).await;
-                                }
-                            })
-                            .await;
-                            return;
+                            return Box::pin(this.serve_tls(tls, stream, client, slot, service))
+                                .await;
                         }
                         let mut client = RemoteClient::new(stream, client.build());
                         client.io_mut().unread(&unread);
@@ -387,11 +380,9 @@ impl Acceptor {
                     let (this, service) = (this.clone(), service.clone());
                     #[cfg(feature = "tls")]
                     if let Some(tls) = tls.clone() {
-                        tokio::spawn(Box::pin(async move {
-                            if let Some(client) = this.handshake(tls.accept(stream, client)).await {
-                                this.serve(client, slot, service).await;
-                            }
-                        }));
+                        tokio::spawn(async move {
+                            this.serve_tls(tls, stream, client, slot, service).await;
+                        });
                         continue;
                     }
                     tokio::spawn(async move {
@@ -455,20 +446,28 @@ impl Acceptor {
         }
     }
 
-    /// Runs a TLS handshake (bounded by the TLS setup timeout), counting failures; cut short
-    /// when a shutdown passes its deadline.
+    /// Runs the TLS handshake (bounded by the TLS setup timeout, cut short when a shutdown
+    /// passes its deadline; failures counted), then serves the client.
     #[cfg(feature = "tls")]
-    async fn handshake<T>(
+    async fn serve_tls<T, S, B>(
         &self,
-        accept: impl Future<Output = Result<RemoteClient<T>, crate::tls::TlsError>>,
-    ) -> Option<RemoteClient<T>> {
+        tls: crate::tls::TlsAcceptor,
+        stream: T,
+        client: crate::client::ClientInfoBuilder,
+        slot: Slot,
+        service: S,
+    ) where
+        T: AsyncRead + AsyncWrite + StreamSocket + Unpin + Send + 'static,
+        S: Handler<B>,
+        B: HandlerBody,
+    {
         let mut forced = self.shared.forced.subscribe();
         let result = tokio::select! {
-            result = accept => result,
-            _ = forced.wait_for(|forced| *forced) => return None,
+            result = tls.accept(stream, client) => result,
+            _ = forced.wait_for(|forced| *forced) => return,
         };
         match result {
-            Ok(client) => Some(client),
+            Ok(client) => self.serve(client, slot, service).await,
             Err(error) => {
                 let counter = match error {
                     crate::tls::TlsError::Timeout => &self.shared.counters.tls_handshake_timeouts,
@@ -476,7 +475,6 @@ impl Acceptor {
                 };
                 Counters::add(counter);
                 debug!(%error, "TLS handshake failed");
-                None
             }
         }
     }
