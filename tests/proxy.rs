@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const LIMIT: Duration = Duration::from_secs(10);
+
+mod common;
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
 
 async fn describe(req: Request<RequestBody>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -237,26 +239,11 @@ async fn per_ip_limit_applies_to_the_original_client() {
 #[cfg(feature = "tls")]
 #[tokio::test]
 async fn proxy_header_comes_before_the_tls_handshake() {
-    use hyper_remote_client::rustls::pki_types::{PrivateKeyDer, ServerName};
-    use hyper_remote_client::rustls::{self, RootCertStore};
-    use hyper_remote_client::{server_config, ClientAuth, TlsAcceptor};
-    use std::sync::Arc;
-
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let config = server_config(
-        vec![cert.der().clone()],
-        PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-        ClientAuth::None,
-    )
-    .unwrap();
+    let (acceptor, connector) = common::tls::self_signed();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let listener = Listener::tcp(listener)
-        .with_tls(TlsAcceptor::new(Arc::new(config)))
+        .with_tls(acceptor)
         .with_proxy_protocol(ProxyProtocol::required(loopback()));
     tokio::spawn(
         Server::new(Options::default())
@@ -264,18 +251,10 @@ async fn proxy_header_comes_before_the_tls_handshake() {
             .serve(tower::service_fn(describe)),
     );
 
-    let mut roots = RootCertStore::empty();
-    roots.add(cert.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(&v2_header(false)).await.unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+    let mut tls = connector
+        .connect(common::tls::localhost(), tcp)
         .await
         .unwrap();
     tls.write_all(REQUEST).await.unwrap();

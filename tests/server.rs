@@ -17,6 +17,8 @@ use tokio::task::JoinHandle;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
+mod common;
+
 /// `/` answers at once with the client id; `/slow?ms=N` after N ms; `/hang` never; `/started`
 /// tells the test (through `started`) that it runs, then answers after `ms`.
 async fn handler(
@@ -421,25 +423,13 @@ async fn registry_and_counters_exact_after_2000_abrupt_disconnects() {
 #[cfg(feature = "tls")]
 #[tokio::test]
 async fn tls_listener_counts_failed_and_stalled_handshakes() {
-    use hyper_remote_client::rustls::pki_types::PrivateKeyDer;
-    use hyper_remote_client::{server_config, ClientAuth, Listener, TlsAcceptor};
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let config = server_config(
-        vec![cert.der().clone()],
-        PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-        ClientAuth::None,
-    )
-    .unwrap();
+    use hyper_remote_client::Listener;
+    let (acceptor, _) = common::tls::self_signed();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut options = Options::default();
     options.tls_setup_timeout = Duration::from_millis(200);
-    let server = Server::new(options)
-        .listener(Listener::tcp(listener).with_tls(TlsAcceptor::new(std::sync::Arc::new(config))));
+    let server = Server::new(options).listener(Listener::tcp(listener).with_tls(acceptor));
     let handle = server.handle();
     let (started, _rx) = mpsc::unbounded_channel();
     tokio::spawn(server.serve(tower::service_fn(move |req| handler(req, started.clone()))));

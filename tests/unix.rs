@@ -19,6 +19,8 @@ use tokio::sync::mpsc;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
+mod common;
+
 async fn describe(req: Request<RequestBody>) -> Result<Response<Full<Bytes>>, Infallible> {
     let client = req.extensions().get::<ClientInfo>().unwrap();
     let cred = client.peer_credentials();
@@ -162,24 +164,9 @@ async fn a_named_client_socket_is_the_remote_address() {
 #[cfg(feature = "tls")]
 #[tokio::test]
 async fn tls_over_a_unix_socket() {
-    use hyper_remote_client::rustls::pki_types::{PrivateKeyDer, ServerName};
-    use hyper_remote_client::rustls::{self, RootCertStore};
-    use hyper_remote_client::{server_config, ClientAuth, TlsAcceptor};
-
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tls.sock");
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let config = server_config(
-        vec![cert.der().clone()],
-        PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-        ClientAuth::None,
-    )
-    .unwrap();
-    let acceptor = TlsAcceptor::new(Arc::new(config));
+    let (acceptor, connector) = common::tls::self_signed();
     let listener = UnixListener::bind(&path).unwrap();
     let options = Arc::new(Options::default());
     tokio::spawn(async move {
@@ -189,17 +176,9 @@ async fn tls_over_a_unix_socket() {
         client.start(&drivers, tower::service_fn(describe)).await;
     });
 
-    let mut roots = RootCertStore::empty();
-    roots.add(cert.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     let stream = UnixStream::connect(&path).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), stream)
+    let tls = connector
+        .connect(common::tls::localhost(), stream)
         .await
         .unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))

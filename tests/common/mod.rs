@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod example;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
