@@ -6,10 +6,7 @@ use http_body_util::Limited;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
-use std::sync::atomic::Ordering;
-
 use super::PendingGuard;
-use crate::client::ClientInfo;
 use crate::BoxError;
 
 pin_project! {
@@ -24,25 +21,6 @@ pin_project! {
         #[pin]
         inner: Limited<B>,
         guard: Option<PendingGuard>,
-        // Set while the last read returned `Pending`: the handler waits for the peer.
-        waiting: Option<WaitingGuard>,
-    }
-}
-
-/// Counts a request body as waiting for the peer (for the HTTP timeouts) while it lives.
-#[derive(Debug)]
-struct WaitingGuard(ClientInfo);
-
-impl WaitingGuard {
-    fn new(client: &ClientInfo) -> Self {
-        client.inner.bodies_waiting.fetch_add(1, Ordering::AcqRel);
-        WaitingGuard(client.clone())
-    }
-}
-
-impl Drop for WaitingGuard {
-    fn drop(&mut self) {
-        self.0.inner.bodies_waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -51,7 +29,6 @@ impl<B> RequestBody<B> {
         RequestBody {
             inner: Limited::new(body, limit),
             guard,
-            waiting: None,
         }
     }
 }
@@ -72,15 +49,17 @@ where
         let result = this.inner.as_mut().poll_frame(cx);
         match &result {
             Poll::Pending => {
-                if this.waiting.is_none() {
-                    *this.waiting = this.guard.as_ref().map(|g| WaitingGuard::new(g.client()));
+                if let Some(guard) = this.guard.as_mut() {
+                    guard.set_waiting(true);
                 }
-                return result;
             }
-            Poll::Ready(Some(Ok(_))) if !this.inner.is_end_stream() => {}
+            Poll::Ready(Some(Ok(_))) if !this.inner.is_end_stream() => {
+                if let Some(guard) = this.guard.as_mut() {
+                    guard.set_waiting(false);
+                }
+            }
             Poll::Ready(_) => drop(this.guard.take()),
         }
-        *this.waiting = None;
         result
     }
 

@@ -69,6 +69,9 @@ use crate::client::ClientInfo;
 pub(crate) struct PendingGuard {
     client: ClientInfo,
     request: bool,
+    /// A request body whose last read returned `Pending`: its handler waits for the peer
+    /// (counted in `bodies_waiting`, for the HTTP timeouts).
+    waiting: bool,
 }
 
 impl PendingGuard {
@@ -77,6 +80,7 @@ impl PendingGuard {
         PendingGuard {
             client: client.clone(),
             request: true,
+            waiting: false,
         }
     }
 
@@ -89,6 +93,20 @@ impl PendingGuard {
         PendingGuard {
             client: client.clone(),
             request: false,
+            waiting: false,
+        }
+    }
+
+    /// Marks the request body as waiting for the peer, or not.
+    pub(crate) fn set_waiting(&mut self, waiting: bool) {
+        if self.waiting != waiting {
+            self.waiting = waiting;
+            let counter = &self.client.inner.bodies_waiting;
+            if waiting {
+                counter.fetch_add(1, Ordering::AcqRel);
+            } else {
+                counter.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 
@@ -106,5 +124,6 @@ impl Drop for PendingGuard {
             &inner.pending_responses
         };
         counter.fetch_sub(1, Ordering::AcqRel);
+        self.set_waiting(false);
     }
 }
