@@ -118,14 +118,16 @@ impl Args {
             options.connections_per_ip = n;
         }
         if let Some(s) = self.http1_timeout {
-            options.http1_timeout = secs(s);
+            options.http1_timeout = Some(secs(s));
         }
         if let Some(s) = self.http2_timeout {
-            options.http2_timeout = secs(s);
+            options.http2_timeout = Some(secs(s));
         }
         if let Some(s) = self.tls_setup_timeout {
-            options.tls_setup_timeout = secs(s);
+            options.tls_setup_timeout = Some(secs(s));
         }
+        // The raw echo after `/upgrade` is cut after the HTTP/1 timeout without a byte.
+        options.detached_timeout = options.http1_timeout;
         if let Some(n) = self.header_size_limit {
             options.header_size_limit = n;
         }
@@ -381,7 +383,7 @@ fn client_json(client: &ClientInfo, version: Option<Version>) -> Value {
         "is_unix": client.is_unix(),
         "is_encrypted": client.is_encrypted(),
         "crypto": crypto,
-        "http_version": version.map(|v| format!("{v:?}")),
+        "http_version": version.or(client.http_version()).map(|v| format!("{v:?}")),
         "pending_requests": client.pending_requests(),
         "pending_responses": client.pending_responses(),
         "is_waiting_on_response": client.is_waiting_on_response(),
@@ -405,6 +407,11 @@ fn stats_json(stats: &Stats) -> Value {
         "tls_handshake_timeouts": stats.tls_handshake_timeouts,
         "http1_timeouts": stats.http1_timeouts,
         "http2_timeouts": stats.http2_timeouts,
+        "idle_timeouts": stats.idle_timeouts,
+        "request_head_timeouts": stats.request_head_timeouts,
+        "request_body_timeouts": stats.request_body_timeouts,
+        "response_timeouts": stats.response_timeouts,
+        "detached_timeouts": stats.detached_timeouts,
         "exported": stats.exported,
         "exported_active": stats.exported_active,
         "closed": stats.closed,

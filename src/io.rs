@@ -3,8 +3,7 @@
 use std::fmt;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -85,6 +84,7 @@ impl<S: StreamSocket> ClientIo<S> {
     ///
     /// Create exactly one `ClientIo` per client: dropping it closes the client.
     pub fn new(stream: S, client: ClientInfo) -> Self {
+        client.state().attach();
         ClientIo {
             stream,
             prefix: Bytes::new(),
@@ -144,52 +144,34 @@ impl<S> ClientIo<S> {
     }
 
     fn closed(&self) -> bool {
-        self.guard.0.inner.closed.load(Ordering::Relaxed)
+        self.client().state().is_closing()
     }
 
     /// Once the connection is exported, keeps a duplicate of its socket where `close()` finds
     /// it. Checked on writes: hyper writes the `101` after the export is marked.
     fn check_export(&mut self) {
-        if self.export_seen || !self.guard.0.is_exported() {
+        if self.export_seen || !self.client().is_exported() {
             return;
         }
         self.export_seen = true;
         if let Some(socket) = (self.socket)(&self.stream).and_then(|s| s.try_clone().ok()) {
-            let mut slot = self
-                .guard
-                .0
-                .inner
-                .export_socket
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            // A client closed meanwhile needs no handle; the duplicate is dropped here.
-            if !self.closed() {
-                *slot = Some(socket);
-            }
+            self.client().state().keep_export_socket(socket);
         }
     }
 
     fn count_written(&mut self, n: usize) {
-        let inner = &self.guard.0.inner;
-        // One writer (this stream), so load + store is enough and cheaper than fetch_add.
-        let written = inner.bytes_written.load(Ordering::Relaxed);
-        inner
-            .bytes_written
-            .store(written + n as u64, Ordering::Relaxed);
+        let state = self.guard.0.state();
+        state.written(n);
         if self.write_blocked {
             self.write_blocked = false;
-            inner.write_blocked.store(false, Ordering::Relaxed);
+            state.set_write_blocked(false);
         }
     }
 
     fn note_write_pending(&mut self) {
         if !self.write_blocked {
             self.write_blocked = true;
-            self.guard
-                .0
-                .inner
-                .write_blocked
-                .store(true, Ordering::Relaxed);
+            self.guard.0.state().set_write_blocked(true);
         }
     }
 }
@@ -221,14 +203,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
             Poll::Ready(Ok(())) => {
                 let n = buf.filled().len() - before;
                 if n == 0 && wanted > 0 {
-                    this.client().set_status(Status::CLOSED_RD);
+                    this.client().state().set_status(Status::CLOSED_RD);
                 } else {
-                    let inner = &this.guard.0.inner;
-                    let read = inner.bytes_read.load(Ordering::Relaxed);
-                    inner.bytes_read.store(read + n as u64, Ordering::Relaxed);
+                    this.client().state().read(n);
                 }
             }
-            Poll::Ready(Err(_)) => this.client().set_status(Status::CLOSED_RD),
+            Poll::Ready(Err(_)) => this.client().state().set_status(Status::CLOSED_RD),
             Poll::Pending => {}
         }
         result
@@ -249,7 +229,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         let result = Pin::new(&mut this.stream).poll_write(cx, buf);
         match &result {
             Poll::Ready(Ok(n)) => this.count_written(*n),
-            Poll::Ready(Err(_)) => this.client().set_status(Status::CLOSED_WR),
+            Poll::Ready(Err(_)) => this.client().state().set_status(Status::CLOSED_WR),
             Poll::Pending => this.note_write_pending(),
         }
         result
@@ -268,7 +248,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
         match &result {
             Poll::Ready(Ok(n)) => this.count_written(*n),
-            Poll::Ready(Err(_)) => this.client().set_status(Status::CLOSED_WR),
+            Poll::Ready(Err(_)) => this.client().state().set_status(Status::CLOSED_WR),
             Poll::Pending => this.note_write_pending(),
         }
         result
@@ -285,7 +265,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         }
         let result = Pin::new(&mut this.stream).poll_flush(cx);
         if let Poll::Ready(Err(_)) = &result {
-            this.client().set_status(Status::CLOSED_WR);
+            this.client().state().set_status(Status::CLOSED_WR);
         }
         result
     }
@@ -297,7 +277,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         }
         let result = Pin::new(&mut this.stream).poll_shutdown(cx);
         if result.is_ready() {
-            this.client().set_status(Status::CLOSED_WR);
+            this.client().state().set_status(Status::CLOSED_WR);
         }
         result
     }

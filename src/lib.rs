@@ -70,11 +70,13 @@ mod driver;
 mod extract;
 mod io;
 pub mod layer;
+mod lifecycle;
 mod options;
 #[cfg(feature = "proxy-protocol")]
 pub mod proxy;
 mod remote;
 pub mod server;
+#[cfg(feature = "tls")]
 mod tls;
 
 pub use client::{Address, ClientId, ClientInfo, ClientInfoBuilder, PeerCredentials, Status};
@@ -84,12 +86,13 @@ pub use driver::{DefaultHttpDriverFactory, HttpDriver, HttpDriverFactory, Protoc
 pub use extract::MissingClientInfo;
 pub use io::{ClientIo, StreamSocket};
 pub use layer::{ClientLayer, ClientService, RequestBody, ResponseBody};
-pub use options::Options;
+pub use lifecycle::TimeoutKind;
+pub use options::{MinDataRate, Options};
 #[cfg(feature = "proxy-protocol")]
 pub use proxy::{IpNet, ProxyError, ProxyInfo, ProxyMode, ProxyProtocol};
-pub use remote::{CloseReason, Handler, HandlerBody, RemoteClient, TimeoutKind};
+pub use remote::{CloseReason, Handler, HandlerBody, RemoteClient};
 pub use server::{Listener, Server, ServerHandle, Stats};
-pub use tls::TlsInfo;
+pub use client::TlsInfo;
 #[cfg(feature = "tls")]
 pub use tls::{server_config, ClientAuth, TlsAcceptor, TlsError};
 

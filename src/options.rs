@@ -13,7 +13,8 @@ use http::Method;
 /// use hyper_remote_client::Options;
 ///
 /// let mut options = Options::default();
-/// options.http1_timeout = Duration::from_secs(5);
+/// options.http1_timeout = Some(Duration::from_secs(5));
+/// options.min_response_rate = None; // no rate clock on responses
 /// options.body_size_limit = 1024 * 1024;
 /// ```
 #[derive(Clone, Debug)]
@@ -27,18 +28,32 @@ pub struct Options {
     pub connections_per_ip: usize,
     /// Apply `connections_per_ip` to loopback addresses (127.0.0.0/8, ::1) too. Default off.
     pub per_ip_limit_on_loopback: bool,
-    /// HTTP/1 timeout: a connection that makes no progress (no byte read or written) for this
-    /// long while it waits on the peer is closed: idle between requests (the keep-alive idle
-    /// timeout), before the first byte, in a request body a handler is reading, or in a
-    /// response the peer does not read. A handler that takes long to answer is not cut off
-    /// (unless it left a request body read pending and went on with other work while holding
-    /// it: the body still counts as waiting for the peer).
-    /// Also the time allowed for a whole request head. Default 15 s.
-    pub http1_timeout: Duration,
-    /// HTTP/2 timeout: as `http1_timeout`, for HTTP/2 connections. Default 60 s.
-    pub http2_timeout: Duration,
-    /// Time allowed for a TLS handshake. Default 5 s.
-    pub tls_setup_timeout: Duration,
+    /// HTTP/1 timeout (nginx's `keepalive_timeout` and `client_header_timeout`, Go's
+    /// `IdleTimeout` and `ReadHeaderTimeout`): how long an HTTP/1 connection may wait for its
+    /// first byte or sit idle between requests, and how long a request head may take from its
+    /// first byte to its last. `None`: no limit. Default 15 s (amphp's).
+    pub http1_timeout: Option<Duration>,
+    /// HTTP/2 timeout: how long an HTTP/2 connection may have no stream open. Control frames
+    /// (`PING`, `SETTINGS`, `WINDOW_UPDATE`) are not activity. `None`: no limit. Default 60 s
+    /// (amphp's).
+    pub http2_timeout: Option<Duration>,
+    /// While a handler waits for request body bytes, the peer must send them at this rate
+    /// (Kestrel's `MinRequestBodyDataRate`). Time the handler spends on other work does not
+    /// count. `None`: no limit. Default 240 bytes/s after a 5 s grace.
+    pub min_request_body_rate: Option<MinDataRate>,
+    /// While a response waits on the peer (a write that does not go through, or an HTTP/2
+    /// flow-control window held at 0), the peer must take it at this rate (Kestrel's
+    /// `MinResponseDataRate`, nginx's `send_timeout`). A handler slow to produce its response
+    /// is not the peer's fault and is never cut. `None`: no limit. Default 240 bytes/s after a
+    /// 5 s grace.
+    pub min_response_rate: Option<MinDataRate>,
+    /// Time allowed for a TLS handshake. `None`: no limit. Default 5 s.
+    pub tls_setup_timeout: Option<Duration>,
+    /// Idle clock of a connection handed over after an upgrade ([`detach`](crate::detach)):
+    /// no byte read or written for this long and the client is closed (between 1 and 1.25
+    /// times this after the last byte). `None` (the default): the user's protocol decides;
+    /// the shutdown deadline still closes detached connections.
+    pub detached_timeout: Option<Duration>,
     /// Largest request head in bytes (request line and headers): HTTP/1 answers 431 over it,
     /// HTTP/2 refuses the header block. Default 32 KiB.
     pub header_size_limit: usize,
@@ -65,9 +80,12 @@ impl Default for Options {
             connection_limit: 10_000,
             connections_per_ip: 30,
             per_ip_limit_on_loopback: false,
-            http1_timeout: Duration::from_secs(15),
-            http2_timeout: Duration::from_secs(60),
-            tls_setup_timeout: Duration::from_secs(5),
+            http1_timeout: Some(Duration::from_secs(15)),
+            http2_timeout: Some(Duration::from_secs(60)),
+            min_request_body_rate: Some(MinDataRate::KESTREL),
+            min_response_rate: Some(MinDataRate::KESTREL),
+            tls_setup_timeout: Some(Duration::from_secs(5)),
+            detached_timeout: None,
             header_size_limit: 32 * 1024,
             body_size_limit: 128 * 1024,
             concurrent_stream_limit: 256,
@@ -91,5 +109,46 @@ impl Options {
     pub fn allow_header(&self) -> String {
         let names: Vec<&str> = self.allowed_methods.iter().map(Method::as_str).collect();
         names.join(", ")
+    }
+}
+
+/// A minimum data rate: after `grace` of waiting on the peer, the bytes it moved must average at
+/// least `bytes_per_second` over the time spent waiting on it (Kestrel's `MinDataRate`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MinDataRate {
+    bytes_per_second: u64,
+    grace: Duration,
+}
+
+impl MinDataRate {
+    /// Kestrel's default: 240 bytes/s after 5 s.
+    pub const KESTREL: MinDataRate = MinDataRate {
+        bytes_per_second: 240,
+        grace: Duration::from_secs(5),
+    };
+
+    /// At least `bytes_per_second` (at least 1), measured once the peer has been waited on for
+    /// `grace`.
+    pub fn new(bytes_per_second: u64, grace: Duration) -> Self {
+        MinDataRate {
+            bytes_per_second: bytes_per_second.max(1),
+            grace,
+        }
+    }
+
+    /// The rate in bytes per second.
+    pub fn bytes_per_second(&self) -> u64 {
+        self.bytes_per_second
+    }
+
+    /// The waiting time before the rate is enforced.
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
+    /// How long `bytes` may take at this rate (never less than the grace).
+    pub(crate) fn allowance(&self, bytes: u64) -> Duration {
+        let at_rate = Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
+        at_rate.max(self.grace)
     }
 }

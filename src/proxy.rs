@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 
 pub use ipnet::IpNet;
 
+pub use crate::client::ProxyInfo;
 use crate::client::{Address, ClientInfo, ClientInfoBuilder};
 
 const V1_SIGNATURE: &[u8] = b"PROXY ";
@@ -155,69 +156,6 @@ impl ProxyProtocol {
             Found::None(_) if self.mode == ProxyMode::Required => Err(ProxyError::Missing),
             Found::None(unread) => Ok((ClientInfo::builder(peer, local), unread)),
         }
-    }
-}
-
-/// The PROXY header a connection came with: amphp has no equivalent; see
-/// [`ClientInfo::proxy`](crate::ClientInfo::proxy).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProxyInfo {
-    version: u8,
-    local_command: bool,
-    peer: Address,
-    socket_local: Address,
-    tlvs: Vec<(u8, Bytes)>,
-}
-
-impl ProxyInfo {
-    /// The protocol version: 1 (text) or 2 (binary).
-    pub fn version(&self) -> u8 {
-        self.version
-    }
-
-    /// Whether the header was a v2 `LOCAL` command (a health check from the proxy itself):
-    /// the socket's own addresses are kept.
-    pub fn is_local(&self) -> bool {
-        self.local_command
-    }
-
-    /// The actual socket peer: the proxy.
-    pub fn peer_address(&self) -> &Address {
-        &self.peer
-    }
-
-    /// The actual socket's local address.
-    pub fn socket_local_address(&self) -> &Address {
-        &self.socket_local
-    }
-
-    /// The v2 type-length-values, in order (empty for v1).
-    pub fn tlvs(&self) -> &[(u8, Bytes)] {
-        &self.tlvs
-    }
-
-    /// The value of the first TLV of type `kind`.
-    pub fn tlv(&self, kind: u8) -> Option<&[u8]> {
-        self.tlvs
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, v)| v.as_ref())
-    }
-
-    /// `PP2_TYPE_AUTHORITY`: the host name the client asked for (e.g. SNI).
-    pub fn authority(&self) -> Option<&str> {
-        self.tlv(v2::Type::Authority as u8)
-            .and_then(|v| std::str::from_utf8(v).ok())
-    }
-
-    /// `PP2_TYPE_UNIQUE_ID`: the proxy's id for the connection.
-    pub fn unique_id(&self) -> Option<&[u8]> {
-        self.tlv(v2::Type::UniqueId as u8)
-    }
-
-    /// `PP2_TYPE_ALPN`: the protocol the client negotiated with the proxy.
-    pub fn alpn(&self) -> Option<&[u8]> {
-        self.tlv(v2::Type::ALPN as u8)
     }
 }
 

@@ -1,27 +1,22 @@
 //! [`RemoteClient`]: one accepted connection, served with hyper until it closes.
 
-use std::future::{poll_fn, Future};
 use std::io;
-use std::pin::{pin, Pin};
-use std::sync::atomic::Ordering;
+use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
 use http_body::Body;
 use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
-use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::client::ClientInfo;
-use crate::driver::{HttpDriverFactory, Protocol, Protocols};
+use crate::driver::{HttpDriverFactory, Protocols};
 use crate::io::{ClientIo, StreamSocket};
-use crate::layer::{ClientLayer, RequestBody};
+use crate::layer::{RequestBody, Serve};
+use crate::lifecycle::{Event, Protocol, TimeoutKind, Watch};
 use crate::options::Options;
 use crate::BoxError;
 
@@ -69,24 +64,13 @@ pub enum CloseReason {
     Closed,
     /// [`ClientInfo::shutdown`] was called, and the connection finished its work.
     Shutdown,
-    /// A timeout fired.
+    /// A clock of the connection's lifecycle ran out (see [`TimeoutKind`]).
     Timeout(TimeoutKind),
     /// The connection was handed over after an HTTP upgrade; the client stays open until the
     /// upgraded I/O is dropped.
     Upgraded,
     /// An I/O error or an HTTP protocol error ended the connection.
     Error(BoxError),
-}
-
-/// Which timeout closed a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum TimeoutKind {
-    /// No progress within [`Options::http1_timeout`] (also: nothing sent at all, an idle
-    /// keep-alive connection, a request head that took longer than that).
-    Http1,
-    /// No progress within [`Options::http2_timeout`].
-    Http2,
 }
 
 /// One accepted connection and its [`ClientInfo`] (amphp's `RemoteClient`).
@@ -167,12 +151,14 @@ where
         &mut self.io
     }
 
-    /// Serves the connection with the driver `factory` selects and `service` behind a
-    /// [`ClientLayer`], until it ends, [`ClientInfo::close`] is called, a timeout fires, or a
-    /// [`ClientInfo::shutdown`] has finished.
+    /// Serves the connection with the driver `factory` selects and `service` (every request
+    /// screened, counted and given its [`ClientInfo`], as [`ClientLayer`](crate::ClientLayer)
+    /// does), until it ends, [`ClientInfo::close`] is called, a clock of its lifecycle runs out
+    /// (see [`Options`]), or a [`ClientInfo::shutdown`] has finished.
     ///
     /// The client is closed (and its `on_close` callbacks have run) when this returns, unless
-    /// the connection was upgraded: then it closes when the upgraded I/O is dropped.
+    /// the connection was upgraded: then it closes when the upgraded I/O is dropped, or when
+    /// [`Options::detached_timeout`] passes without a byte either way.
     pub async fn start<F, Svc, B>(self, factory: &F, service: Svc) -> CloseReason
     where
         F: HttpDriverFactory + ?Sized,
@@ -186,42 +172,89 @@ where
         let mut io = self.io;
         let options = client.options();
         let driver = factory.select(&client);
-        let mut watch = Watch::new(&client, options.http1_timeout);
+        let state = client.state();
 
-        let protocol = match driver.protocols() {
-            Protocols::Http1 => Protocol::Http1,
-            Protocols::Http2 => Protocol::Http2,
-            Protocols::Auto => {
-                let mut sniff = pin!(sniff(&mut io));
-                match watch.run(sniff.as_mut()).await {
-                    Err(event) => return event.reason(),
-                    Ok(Ok(Some(protocol))) => protocol,
-                    Ok(Ok(None)) => return CloseReason::Finished,
-                    Ok(Err(error)) => return CloseReason::Error(error.into()),
-                }
-            }
+        let (protocol, sniffing) = match driver.protocols() {
+            Protocols::Http1 => (Protocol::Http1, false),
+            Protocols::Http2 => (Protocol::Http2, false),
+            Protocols::Auto => (Protocol::Http1, true),
         };
+        let mut watch = Watch::new(state, options, protocol);
+        let protocol = if sniffing {
+            let mut sniff = pin!(sniff(&mut io));
+            match watch.run(sniff.as_mut()).await {
+                Err(event) => return reason(event),
+                Ok(Ok(Some(protocol))) => protocol,
+                Ok(Ok(None)) => return CloseReason::Finished,
+                Ok(Err(error)) => return CloseReason::Error(error.into()),
+            }
+        } else {
+            protocol
+        };
+        watch.set_protocol(protocol);
         if protocol == Protocol::Http2 {
-            watch.set_timeout(options.http2_timeout, TimeoutKind::Http2);
+            state.set_version(http::Version::HTTP_2);
         }
 
-        let service = TowerToHyperService::new(ClientLayer::new(client.clone()).layer(service));
+        let service = Serve::new(service, client.clone());
         let mut conn = pin!(driver.serve(protocol, TokioIo::new(io), service));
         loop {
             let result = watch.run(conn.as_mut()).await;
-            if client.inner.closed.load(Ordering::Acquire) {
+            if state.is_closing() {
                 // hyper may have noticed first: the I/O refuses everything after close().
                 return CloseReason::Closed;
             }
             match result {
                 Err(Event::Shutdown) => conn.as_mut().graceful_shutdown(),
-                Err(event) => return event.reason(),
-                Ok(Ok(())) if client.is_exported() => return CloseReason::Upgraded,
-                Ok(Ok(())) if watch.shutdown_seen => return CloseReason::Shutdown,
+                Err(event) => return reason(event),
+                Ok(Ok(())) if client.is_exported() => {
+                    if let Some(timeout) = options.detached_timeout {
+                        tokio::spawn(watch_detached(client.clone(), timeout));
+                    }
+                    return CloseReason::Upgraded;
+                }
+                Ok(Ok(())) if watch.shutdown_seen() => return CloseReason::Shutdown,
                 Ok(Ok(())) => return CloseReason::Finished,
-                Ok(Err(error)) if error.is_timeout() => return CloseReason::Timeout(watch.kind),
                 Ok(Err(error)) => return CloseReason::Error(error.into()),
             }
+        }
+    }
+}
+
+fn reason(event: Event) -> CloseReason {
+    match event {
+        Event::Closed => CloseReason::Closed,
+        Event::Shutdown => CloseReason::Shutdown,
+        Event::TimedOut(kind) => CloseReason::Timeout(kind),
+    }
+}
+
+/// The idle clock of a detached connection: closes it once no byte has moved either way for
+/// `timeout` (sampled every quarter of it, so between 1 and 1.25 times `timeout` after the
+/// last byte). Ends when the client closes.
+async fn watch_detached(client: ClientInfo, timeout: Duration) {
+    let tick = (timeout / 4).max(Duration::from_millis(1));
+    let progress = |client: &ClientInfo| client.bytes_read() + client.bytes_written();
+    let mut last = progress(&client);
+    let mut quiet = Duration::ZERO;
+    let closed = client.closed();
+    tokio::pin!(closed);
+    loop {
+        tokio::select! {
+            () = &mut closed => return,
+            () = tokio::time::sleep(tick) => {}
+        }
+        let now = progress(&client);
+        if now != last {
+            last = now;
+            quiet = Duration::ZERO;
+            continue;
+        }
+        quiet += tick;
+        if quiet >= timeout {
+            client.state().set_detached_timed_out();
+            client.close();
+            return;
         }
     }
 }
@@ -249,152 +282,4 @@ async fn sniff<S: AsyncRead + Unpin>(io: &mut ClientIo<S>) -> io::Result<Option<
     };
     io.unread(&buf[..filled]);
     Ok(Some(protocol))
-}
-
-/// The longest timeout taken literally: longer ones (`Duration::MAX` for "never") would
-/// overflow the clock.
-const LONGEST: Duration = Duration::from_secs(365 * 24 * 60 * 60);
-
-fn bounded(timeout: Duration) -> Duration {
-    timeout.min(LONGEST)
-}
-
-/// How often progress is sampled: a quarter of the timeout, at least every millisecond.
-fn tick(timeout: Duration) -> Duration {
-    (timeout / 4).max(Duration::from_millis(1))
-}
-
-/// What interrupts serving a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Event {
-    Closed,
-    Shutdown,
-    TimedOut(TimeoutKind),
-}
-
-impl Event {
-    fn reason(self) -> CloseReason {
-        match self {
-            Event::Closed => CloseReason::Closed,
-            Event::Shutdown => CloseReason::Shutdown,
-            Event::TimedOut(kind) => CloseReason::Timeout(kind),
-        }
-    }
-}
-
-/// Watches a connection for `close()`, `shutdown()` and lack of progress.
-///
-/// Progress is the byte counters of the client's I/O, sampled every quarter of the timeout, so
-/// an idle connection is closed between 1 and 1.25 timeouts after its last byte; the I/O itself
-/// pays no clock reads.
-struct Watch<'a> {
-    client: &'a ClientInfo,
-    timeout: Duration,
-    kind: TimeoutKind,
-    tick: Duration,
-    sleep: Pin<Box<Sleep>>,
-    progress: u64,
-    idle_since: Instant,
-    /// HTTP/1 request heads: requests started and bytes read at the last sample, and since
-    /// when bytes have been arriving without a request starting.
-    requests_seen: u64,
-    read_seen: u64,
-    head_since: Option<Instant>,
-    shutdown_seen: bool,
-}
-
-impl<'a> Watch<'a> {
-    fn new(client: &'a ClientInfo, timeout: Duration) -> Self {
-        let now = Instant::now();
-        let timeout = bounded(timeout);
-        let tick = tick(timeout);
-        Watch {
-            client,
-            timeout,
-            kind: TimeoutKind::Http1,
-            tick,
-            sleep: Box::pin(tokio::time::sleep_until(now + tick)),
-            progress: 0,
-            idle_since: now,
-            requests_seen: 0,
-            read_seen: 0,
-            head_since: None,
-            shutdown_seen: false,
-        }
-    }
-
-    fn set_timeout(&mut self, timeout: Duration, kind: TimeoutKind) {
-        self.timeout = bounded(timeout);
-        self.kind = kind;
-        self.tick = tick(self.timeout);
-        let deadline = Instant::now() + self.tick;
-        self.sleep.as_mut().reset(deadline);
-    }
-
-    /// Drives `fut` until it completes, or until an event interrupts it.
-    async fn run<T>(&mut self, mut fut: Pin<&mut impl Future<Output = T>>) -> Result<T, Event> {
-        poll_fn(|cx| {
-            if let Poll::Ready(event) = self.poll_event(cx) {
-                return Poll::Ready(Err(event));
-            }
-            fut.as_mut().poll(cx).map(Ok)
-        })
-        .await
-    }
-
-    /// Whether a request head has been arriving for longer than the timeout (slowloris:
-    /// bytes trickle in, so the connection is never idle, but no request ever starts). This
-    /// replaces hyper's `header_read_timeout`, which costs a timer allocation and registration
-    /// per request.
-    fn head_too_slow(&mut self, now: Instant) -> bool {
-        let inner = &self.client.inner;
-        let requests = inner.requests_started.load(Ordering::Relaxed);
-        let read = self.client.bytes_read();
-        if requests != self.requests_seen {
-            self.requests_seen = requests;
-            self.head_since = None;
-        } else if self.client.pending_responses() != 0 {
-            self.head_since = None;
-        } else if read != self.read_seen && self.head_since.is_none() {
-            self.head_since = Some(now);
-        }
-        self.read_seen = read;
-        self.head_since
-            .is_some_and(|since| now.duration_since(since) >= self.timeout)
-    }
-
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
-        let inner = &self.client.inner;
-        inner.waker.register(cx.waker());
-        if inner.closed.load(Ordering::Acquire) {
-            return Poll::Ready(Event::Closed);
-        }
-        if !self.shutdown_seen && inner.shutdown.load(Ordering::Acquire) {
-            self.shutdown_seen = true;
-            return Poll::Ready(Event::Shutdown);
-        }
-        while self.sleep.as_mut().poll(cx).is_ready() {
-            let now = Instant::now();
-            let progress = self.client.bytes_read() + self.client.bytes_written();
-            if progress != self.progress {
-                self.progress = progress;
-                self.idle_since = now;
-            } else if now.duration_since(self.idle_since) >= self.timeout {
-                // Idle is the peer's doing: no request in flight, or a handler waiting for
-                // request body bytes that do not come, or a response the peer does not read.
-                // A handler busy with its response (read the body or not) is not idle.
-                let waiting_on_peer = self.client.pending_responses() == 0
-                    || inner.bodies_waiting.load(Ordering::Acquire) > 0
-                    || inner.write_blocked.load(Ordering::Relaxed);
-                if waiting_on_peer {
-                    return Poll::Ready(Event::TimedOut(self.kind));
-                }
-            }
-            if self.kind == TimeoutKind::Http1 && self.head_too_slow(now) {
-                return Poll::Ready(Event::TimedOut(self.kind));
-            }
-            self.sleep.as_mut().reset(now + self.tick);
-        }
-        Poll::Pending
-    }
 }

@@ -1,300 +1,202 @@
-//! [`TlsInfo`]: the TLS session of a connection (amphp's crypto context).
+//! The TLS acceptor (feature `tls`): handshakes with tokio-rustls, bounded in time, and fills
+//! [`TlsInfo`](crate::TlsInfo) from the session.
+
+use std::io;
+use std::sync::Arc;
 
 use bytes::Bytes;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ServerConnection, WebPkiClientVerifier};
+use rustls::{ProtocolVersion, RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
-/// The TLS session of a connection: amphp's `getCryptoContext()`, plus the client certificates.
-#[derive(Clone, PartialEq, Eq)]
-pub struct TlsInfo {
-    protocol: String,
-    cipher_name: String,
-    cipher_bits: u16,
-    alpn_protocol: Option<Bytes>,
-    server_name: Option<String>,
-    peer_certificates: Vec<Bytes>,
+use crate::client::TlsInfo;
+use crate::client::ClientInfoBuilder;
+use crate::io::StreamSocket;
+use crate::options::Options;
+use crate::remote::RemoteClient;
+
+/// Why a TLS connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The handshake did not finish within [`Options::tls_setup_timeout`].
+    #[error("TLS handshake timed out")]
+    Timeout,
+    /// The handshake failed: not TLS, no shared protocol or cipher, a bad certificate...
+    #[error("TLS handshake failed: {0}")]
+    Handshake(#[source] io::Error),
+    /// The socket's addresses could not be read.
+    #[error("could not read the socket's addresses: {0}")]
+    Io(#[source] io::Error),
 }
 
-impl std::fmt::Debug for TlsInfo {
-    /// Short enough for a log line: the certificates are counted, not printed.
+/// Whether the server asks the client for a certificate.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// No client certificates.
+    None,
+    /// Ask for a certificate signed by one of these roots; accept clients without one.
+    Request(RootCertStore),
+    /// Require a certificate signed by one of these roots.
+    Require(RootCertStore),
+}
+
+/// A rustls server configuration for `cert_chain` and `key`, using the ring crypto
+/// provider, TLS 1.3 and 1.2, offering ALPN `h2` and `http/1.1`, and verifying client
+/// certificates as `client_auth` says.
+pub fn server_config(
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_auth: ClientAuth,
+) -> Result<ServerConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let verifier = |roots: RootCertStore| {
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    };
+    let builder = match client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Request(roots) => builder.with_client_cert_verifier(
+            verifier(roots)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?,
+        ),
+        ClientAuth::Require(roots) => builder.with_client_cert_verifier(
+            verifier(roots)
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?,
+        ),
+    };
+    let mut config = builder.with_single_cert(cert_chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Accepts TLS on any stream (TCP, unix) and makes a [`RemoteClient`] of it, with the
+/// session's [`TlsInfo`] in its [`ClientInfo`](crate::ClientInfo).
+///
+/// The handshake is bounded by [`Options::tls_setup_timeout`]. Run it in the connection's
+/// own task, not in the accept loop, so a slow handshake delays nobody else.
+#[derive(Clone)]
+pub struct TlsAcceptor {
+    inner: tokio_rustls::TlsAcceptor,
+}
+
+impl std::fmt::Debug for TlsAcceptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsInfo")
-            .field("protocol", &self.protocol)
-            .field("cipher_name", &self.cipher_name)
-            .field("cipher_bits", &self.cipher_bits)
-            .field(
-                "alpn_protocol",
-                &self.alpn_protocol.as_deref().map(String::from_utf8_lossy),
-            )
-            .field("server_name", &self.server_name)
-            .field("peer_certificates", &self.peer_certificates.len())
-            .finish()
+        f.debug_struct("TlsAcceptor").finish_non_exhaustive()
     }
 }
 
-impl TlsInfo {
-    /// A session with `protocol` (e.g. `"TLSv1.3"`) and a cipher suite of `cipher_bits` bits.
-    pub fn new(
-        protocol: impl Into<String>,
-        cipher_name: impl Into<String>,
-        cipher_bits: u16,
-    ) -> Self {
-        TlsInfo {
-            protocol: protocol.into(),
-            cipher_name: cipher_name.into(),
-            cipher_bits,
-            alpn_protocol: None,
-            server_name: None,
-            peer_certificates: Vec::new(),
+impl TlsAcceptor {
+    /// An acceptor for `config` (see [`server_config`]; a config of your own needs its ALPN
+    /// protocols set for HTTP/2 to be chosen).
+    pub fn new(config: Arc<ServerConfig>) -> Self {
+        TlsAcceptor {
+            inner: tokio_rustls::TlsAcceptor::from(config),
         }
     }
 
-    /// Sets the negotiated ALPN protocol.
-    pub fn with_alpn_protocol(mut self, alpn: impl Into<Bytes>) -> Self {
-        self.alpn_protocol = Some(alpn.into());
-        self
-    }
-
-    /// Sets the server name the client asked for (SNI).
-    pub fn with_server_name(mut self, name: impl Into<String>) -> Self {
-        self.server_name = Some(name.into());
-        self
-    }
-
-    /// Sets the peer's certificate chain (DER, end entity first).
-    pub fn with_peer_certificates(mut self, chain: Vec<Bytes>) -> Self {
-        self.peer_certificates = chain;
-        self
-    }
-
-    /// The protocol version: `"TLSv1.3"` or `"TLSv1.2"`.
-    pub fn protocol(&self) -> &str {
-        &self.protocol
-    }
-
-    /// The cipher suite's IANA name, e.g. `"TLS13_AES_128_GCM_SHA256"`.
-    pub fn cipher_name(&self) -> &str {
-        &self.cipher_name
-    }
-
-    /// The cipher's key size in bits.
-    pub fn cipher_bits(&self) -> u16 {
-        self.cipher_bits
-    }
-
-    /// The negotiated ALPN protocol (`b"h2"`, `b"http/1.1"`), if any.
-    pub fn alpn_protocol(&self) -> Option<&[u8]> {
-        self.alpn_protocol.as_deref()
-    }
-
-    /// The server name the client asked for (SNI), if any.
-    pub fn server_name(&self) -> Option<&str> {
-        self.server_name.as_deref()
-    }
-
-    /// The certificate chain the client presented (DER, end entity first); empty without a
-    /// client certificate.
-    pub fn peer_certificates(&self) -> &[Bytes] {
-        &self.peer_certificates
-    }
-}
-
-#[cfg(feature = "tls")]
-pub use self::acceptor::{server_config, ClientAuth, TlsAcceptor, TlsError};
-
-#[cfg(feature = "tls")]
-mod acceptor {
-    use std::io;
-    use std::sync::Arc;
-
-    use bytes::Bytes;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    use rustls::server::{ServerConnection, WebPkiClientVerifier};
-    use rustls::{ProtocolVersion, RootCertStore, ServerConfig};
-    use tokio::io::{AsyncRead, AsyncWrite};
-    use tokio::net::TcpStream;
-    use tokio_rustls::server::TlsStream;
-
-    use super::TlsInfo;
-    use crate::client::ClientInfoBuilder;
-    use crate::io::StreamSocket;
-    use crate::options::Options;
-    use crate::remote::RemoteClient;
-
-    /// Why a TLS connection could not be set up.
-    #[derive(Debug, thiserror::Error)]
-    #[non_exhaustive]
-    pub enum TlsError {
-        /// The handshake did not finish within [`Options::tls_setup_timeout`].
-        #[error("TLS handshake timed out")]
-        Timeout,
-        /// The handshake failed: not TLS, no shared protocol or cipher, a bad certificate...
-        #[error("TLS handshake failed: {0}")]
-        Handshake(#[source] io::Error),
-        /// The socket's addresses could not be read.
-        #[error("could not read the socket's addresses: {0}")]
-        Io(#[source] io::Error),
-    }
-
-    /// Whether the server asks the client for a certificate.
-    #[derive(Clone, Debug)]
-    #[non_exhaustive]
-    pub enum ClientAuth {
-        /// No client certificates.
-        None,
-        /// Ask for a certificate signed by one of these roots; accept clients without one.
-        Request(RootCertStore),
-        /// Require a certificate signed by one of these roots.
-        Require(RootCertStore),
-    }
-
-    /// A rustls server configuration for `cert_chain` and `key`, using the ring crypto
-    /// provider, TLS 1.3 and 1.2, offering ALPN `h2` and `http/1.1`, and verifying client
-    /// certificates as `client_auth` says.
-    pub fn server_config(
-        cert_chain: Vec<CertificateDer<'static>>,
-        key: PrivateKeyDer<'static>,
-        client_auth: ClientAuth,
-    ) -> Result<ServerConfig, rustls::Error> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
-        let verifier = |roots: RootCertStore| {
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        };
-        let builder = match client_auth {
-            ClientAuth::None => builder.with_no_client_auth(),
-            ClientAuth::Request(roots) => builder.with_client_cert_verifier(
-                verifier(roots)
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(|e| rustls::Error::General(e.to_string()))?,
-            ),
-            ClientAuth::Require(roots) => builder.with_client_cert_verifier(
-                verifier(roots)
-                    .build()
-                    .map_err(|e| rustls::Error::General(e.to_string()))?,
-            ),
-        };
-        let mut config = builder.with_single_cert(cert_chain, key)?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(config)
-    }
-
-    /// Accepts TLS on any stream (TCP, unix) and makes a [`RemoteClient`] of it, with the
-    /// session's [`TlsInfo`] in its [`ClientInfo`](crate::ClientInfo).
-    ///
-    /// The handshake is bounded by [`Options::tls_setup_timeout`]. Run it in the connection's
-    /// own task, not in the accept loop, so a slow handshake delays nobody else.
-    #[derive(Clone)]
-    pub struct TlsAcceptor {
-        inner: tokio_rustls::TlsAcceptor,
-    }
-
-    impl std::fmt::Debug for TlsAcceptor {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("TlsAcceptor").finish_non_exhaustive()
-        }
-    }
-
-    impl TlsAcceptor {
-        /// An acceptor for `config` (see [`server_config`]; a config of your own needs its ALPN
-        /// protocols set for HTTP/2 to be chosen).
-        pub fn new(config: Arc<ServerConfig>) -> Self {
-            TlsAcceptor {
-                inner: tokio_rustls::TlsAcceptor::from(config),
-            }
-        }
-
-        /// Runs the handshake on `stream`, then builds the client from `client` (addresses
-        /// and options, captured before the handshake) plus the session.
-        pub async fn accept<S>(
-            &self,
-            stream: S,
-            client: ClientInfoBuilder,
-        ) -> Result<RemoteClient<TlsStream<S>>, TlsError>
-        where
-            S: AsyncRead + AsyncWrite + StreamSocket + Unpin + Send + 'static,
-        {
-            let deadline = client.options_ref().map_or_else(
-                || Options::default().tls_setup_timeout,
-                |o| o.tls_setup_timeout,
-            );
-            let stream = tokio::time::timeout(deadline, self.inner.accept(stream))
+    /// Runs the handshake on `stream`, then builds the client from `client` (addresses
+    /// and options, captured before the handshake) plus the session.
+    pub async fn accept<S>(
+        &self,
+        stream: S,
+        client: ClientInfoBuilder,
+    ) -> Result<RemoteClient<TlsStream<S>>, TlsError>
+    where
+        S: AsyncRead + AsyncWrite + StreamSocket + Unpin + Send + 'static,
+    {
+        let deadline = client.options_ref().map_or_else(
+            || Options::default().tls_setup_timeout,
+            |o| o.tls_setup_timeout,
+        );
+        let handshake = self.inner.accept(stream);
+        let stream = match deadline {
+            Some(deadline) => tokio::time::timeout(deadline, handshake)
                 .await
-                .map_err(|_| TlsError::Timeout)?
-                .map_err(TlsError::Handshake)?;
-            let tls = session_info(stream.get_ref().1);
-            Ok(RemoteClient::new(stream, client.tls(tls).build()))
+                .map_err(|_| TlsError::Timeout)?,
+            None => handshake.await,
         }
-
-        /// [`accept`](Self::accept) for an accepted TCP stream: captures its addresses, sets
-        /// `TCP_NODELAY`.
-        pub async fn accept_tcp(
-            &self,
-            stream: TcpStream,
-            options: Arc<Options>,
-        ) -> Result<RemoteClient<TlsStream<TcpStream>>, TlsError> {
-            stream.set_nodelay(true).map_err(TlsError::Io)?;
-            let client = crate::ClientInfo::builder_for_tcp(&stream).map_err(TlsError::Io)?;
-            self.accept(stream, client.options(options)).await
-        }
-
-        /// [`accept`](Self::accept) for an accepted unix stream: captures its paths and the
-        /// peer's credentials.
-        #[cfg(unix)]
-        pub async fn accept_unix(
-            &self,
-            stream: tokio::net::UnixStream,
-            options: Arc<Options>,
-        ) -> Result<RemoteClient<TlsStream<tokio::net::UnixStream>>, TlsError> {
-            let client = crate::ClientInfo::builder_for_unix(&stream).map_err(TlsError::Io)?;
-            self.accept(stream, client.options(options)).await
-        }
+        .map_err(TlsError::Handshake)?;
+        let tls = session_info(stream.get_ref().1);
+        Ok(RemoteClient::new(stream, client.tls(tls).build()))
     }
 
-    fn session_info(conn: &ServerConnection) -> TlsInfo {
-        let protocol = match conn.protocol_version() {
-            Some(ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
-            Some(ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
-            Some(other) => format!("{other:?}"),
-            None => String::new(),
-        };
-        let (cipher_name, cipher_bits) = match conn.negotiated_cipher_suite() {
-            Some(suite) => {
-                let name = suite
-                    .suite()
-                    .as_str()
-                    .map_or_else(|| format!("{:?}", suite.suite()), str::to_owned);
-                let bits = cipher_bits(&name);
-                (name, bits)
-            }
-            None => (String::new(), 0),
-        };
-        let mut info = TlsInfo::new(protocol, cipher_name, cipher_bits);
-        if let Some(alpn) = conn.alpn_protocol() {
-            info = info.with_alpn_protocol(Bytes::copy_from_slice(alpn));
-        }
-        if let Some(name) = conn.server_name() {
-            info = info.with_server_name(name);
-        }
-        if let Some(chain) = conn.peer_certificates() {
-            info = info.with_peer_certificates(
-                chain
-                    .iter()
-                    .map(|cert| Bytes::copy_from_slice(cert.as_ref()))
-                    .collect(),
-            );
-        }
-        info
+    /// [`accept`](Self::accept) for an accepted TCP stream: captures its addresses, sets
+    /// `TCP_NODELAY`.
+    pub async fn accept_tcp(
+        &self,
+        stream: TcpStream,
+        options: Arc<Options>,
+    ) -> Result<RemoteClient<TlsStream<TcpStream>>, TlsError> {
+        stream.set_nodelay(true).map_err(TlsError::Io)?;
+        let client = crate::ClientInfo::builder_for_tcp(&stream).map_err(TlsError::Io)?;
+        self.accept(stream, client.options(options)).await
     }
 
-    /// The key size of a cipher suite, from its IANA name.
-    fn cipher_bits(name: &str) -> u16 {
-        if name.contains("AES_128") {
-            128
-        } else if name.contains("AES_256") || name.contains("CHACHA20") {
-            256
-        } else {
-            0
+    /// [`accept`](Self::accept) for an accepted unix stream: captures its paths and the
+    /// peer's credentials.
+    #[cfg(unix)]
+    pub async fn accept_unix(
+        &self,
+        stream: tokio::net::UnixStream,
+        options: Arc<Options>,
+    ) -> Result<RemoteClient<TlsStream<tokio::net::UnixStream>>, TlsError> {
+        let client = crate::ClientInfo::builder_for_unix(&stream).map_err(TlsError::Io)?;
+        self.accept(stream, client.options(options)).await
+    }
+}
+
+fn session_info(conn: &ServerConnection) -> TlsInfo {
+    let protocol = match conn.protocol_version() {
+        Some(ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
+        Some(ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    };
+    let (cipher_name, cipher_bits) = match conn.negotiated_cipher_suite() {
+        Some(suite) => {
+            let name = suite
+                .suite()
+                .as_str()
+                .map_or_else(|| format!("{:?}", suite.suite()), str::to_owned);
+            let bits = cipher_bits(&name);
+            (name, bits)
         }
+        None => (String::new(), 0),
+    };
+    let mut info = TlsInfo::new(protocol, cipher_name, cipher_bits);
+    if let Some(alpn) = conn.alpn_protocol() {
+        info = info.with_alpn_protocol(Bytes::copy_from_slice(alpn));
+    }
+    if let Some(name) = conn.server_name() {
+        info = info.with_server_name(name);
+    }
+    if let Some(chain) = conn.peer_certificates() {
+        info = info.with_peer_certificates(
+            chain
+                .iter()
+                .map(|cert| Bytes::copy_from_slice(cert.as_ref()))
+                .collect(),
+        );
+    }
+    info
+}
+
+/// The key size of a cipher suite, from its IANA name.
+fn cipher_bits(name: &str) -> u16 {
+    if name.contains("AES_128") {
+        128
+    } else if name.contains("AES_256") || name.contains("CHACHA20") {
+        256
+    } else {
+        0
     }
 }

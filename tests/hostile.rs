@@ -15,7 +15,9 @@ use bytes::Bytes;
 use common::{eventually, within};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_remote_client::{detach, ClientInfo, Options, RequestBody, Server, ServerHandle};
+use hyper_remote_client::{
+    detach, ClientInfo, MinDataRate, Options, RequestBody, Server, ServerHandle,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -231,7 +233,10 @@ async fn amphp_bad_input_table_gets_the_right_status_and_a_closed_connection() {
 #[tokio::test]
 async fn slow_and_silent_attackers_are_cut_while_a_good_client_is_served() {
     let mut options = Options::default();
-    options.http1_timeout = Duration::from_millis(500);
+    options.http1_timeout = Some(Duration::from_millis(500));
+    let rate = MinDataRate::new(240, Duration::from_millis(500));
+    options.min_request_body_rate = Some(rate);
+    options.min_response_rate = Some(rate);
     let server = run(options).await;
     let addr = server.addr;
     let started = Instant::now();
@@ -590,8 +595,8 @@ fn arbitrary_bytes_end_to_end_never_panic_or_leak() {
         .build()
         .unwrap();
     let mut options = Options::default();
-    options.http1_timeout = Duration::from_millis(200);
-    options.http2_timeout = Duration::from_millis(200);
+    options.http1_timeout = Some(Duration::from_millis(200));
+    options.http2_timeout = Some(Duration::from_millis(200));
     let server = runtime.block_on(run(options));
     let config = ProptestConfig {
         cases: 64,

@@ -428,7 +428,7 @@ async fn tls_listener_counts_failed_and_stalled_handshakes() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut options = Options::default();
-    options.tls_setup_timeout = Duration::from_millis(200);
+    options.tls_setup_timeout = Some(Duration::from_millis(200));
     let server = Server::new(options).listener(Listener::tcp(listener).with_tls(acceptor));
     let handle = server.handle();
     let (started, _rx) = mpsc::unbounded_channel();

@@ -14,7 +14,7 @@ use common::*;
 use http::{Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
-use hyper_remote_client::{ClientInfo, CloseReason, Options, RequestBody, TimeoutKind};
+use hyper_remote_client::{ClientInfo, CloseReason, MinDataRate, Options, RequestBody, TimeoutKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TIMEOUT: Duration = Duration::from_millis(400);
@@ -22,8 +22,10 @@ const UPPER: Duration = Duration::from_secs(5);
 
 fn short_options() -> Options {
     let mut options = Options::default();
-    options.http1_timeout = TIMEOUT;
-    options.http2_timeout = TIMEOUT;
+    options.http1_timeout = Some(TIMEOUT);
+    options.http2_timeout = Some(TIMEOUT);
+    options.min_request_body_rate = Some(MinDataRate::new(240, TIMEOUT));
+    options.min_response_rate = Some(MinDataRate::new(240, TIMEOUT));
     options
 }
 
@@ -98,7 +100,7 @@ async fn silent_client_is_closed() {
     assert_between(at - start, "silent client");
     let reason = h.reason_of(client.id().get()).await;
     assert!(
-        matches!(reason, CloseReason::Timeout(TimeoutKind::Http1)),
+        matches!(reason, CloseReason::Timeout(TimeoutKind::Idle)),
         "{reason:?}"
     );
     assert_eq!(closes.load(Ordering::SeqCst), 1);
@@ -123,7 +125,7 @@ async fn idle_keep_alive_connection_is_closed() {
     assert_between(at - idle_from, "idle keep-alive");
     let reason = h.reason_of(client.id().get()).await;
     assert!(
-        matches!(reason, CloseReason::Timeout(TimeoutKind::Http1)),
+        matches!(reason, CloseReason::Timeout(TimeoutKind::Idle)),
         "{reason:?}"
     );
     assert_eq!(closes.load(Ordering::SeqCst), 1);
@@ -222,7 +224,7 @@ async fn slow_handler_still_delivers_its_response_h2() {
 #[tokio::test]
 async fn idle_h2c_connection_is_closed() {
     let mut options = short_options();
-    options.http1_timeout = Duration::from_secs(30); // only the HTTP/2 timeout applies
+    options.http1_timeout = Some(Duration::from_secs(30)); // only the HTTP/2 timeout applies
     let mut h = server(options).await;
     let mut c = h2_client(h.addr).await;
     let client = h.next_client().await;
@@ -241,7 +243,7 @@ async fn idle_h2c_connection_is_closed() {
     assert_between(elapsed, "idle h2c");
     let reason = h.reason_of(client.id().get()).await;
     assert!(
-        matches!(reason, CloseReason::Timeout(TimeoutKind::Http2)),
+        matches!(reason, CloseReason::Timeout(TimeoutKind::Idle)),
         "{reason:?}"
     );
     assert_eq!(closes.load(Ordering::SeqCst), 1);
@@ -263,7 +265,7 @@ async fn unfinished_request_head_is_closed() {
     assert_between(at - start, "unfinished head");
     let reason = h.reason_of(client.id().get()).await;
     assert!(
-        matches!(reason, CloseReason::Timeout(TimeoutKind::Http1)),
+        matches!(reason, CloseReason::Timeout(TimeoutKind::RequestHead)),
         "{reason:?}"
     );
 }
@@ -300,7 +302,7 @@ async fn trickled_request_head_is_bounded_by_the_timeout() {
     assert!(at - start >= TIMEOUT, "closed after {:?}", at - start);
     let reason = h.reason_of(client.id().get()).await;
     assert!(
-        matches!(reason, CloseReason::Timeout(TimeoutKind::Http1)),
+        matches!(reason, CloseReason::Timeout(TimeoutKind::RequestHead)),
         "{reason:?}"
     );
 }
@@ -324,7 +326,7 @@ async fn stalled_request_body_is_closed() {
     assert_between(at - start, "stalled body");
     let reason = h.reason_of(client.id().get()).await;
     assert!(
-        matches!(reason, CloseReason::Timeout(TimeoutKind::Http1)),
+        matches!(reason, CloseReason::Timeout(TimeoutKind::RequestBody)),
         "{reason:?}"
     );
     assert_eq!(
@@ -372,7 +374,7 @@ async fn peer_that_does_not_read_is_closed() {
     assert!(start.elapsed() < UPPER);
     let reason = h.reason_of(client.id().get()).await;
     assert!(
-        matches!(reason, CloseReason::Timeout(TimeoutKind::Http1)),
+        matches!(reason, CloseReason::Timeout(TimeoutKind::Response)),
         "{reason:?}"
     );
     assert_eq!(client.pending_responses(), 0);
@@ -383,8 +385,8 @@ async fn extreme_timeouts_neither_spin_nor_overflow() {
     // Duration::MAX means "never"; zero means "at once"; neither may panic or hang the server.
     for timeout in [Duration::MAX, Duration::ZERO] {
         let mut options = Options::default();
-        options.http1_timeout = timeout;
-        options.http2_timeout = timeout;
+        options.http1_timeout = Some(timeout);
+        options.http2_timeout = Some(timeout);
         let mut h = server(options).await;
         let mut stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
         stream

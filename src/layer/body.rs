@@ -2,11 +2,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Limited;
+use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
-use super::PendingGuard;
+use super::{RequestGuard, ResponseGuard};
 use crate::BoxError;
 
 pin_project! {
@@ -14,18 +14,19 @@ pin_project! {
     ///
     /// It is the connection's body (`hyper::body::Incoming` by default), limited to
     /// [`Options::body_size_limit`](crate::Options::body_size_limit): past it, reading fails with
-    /// `http_body_util::LengthLimitError` (axum answers that with 413). The request counts as
-    /// pending until the body has been read to the end, has failed, or is dropped.
+    /// `http_body_util::LengthLimitError` (axum answers that with 413; over HTTP/1 the
+    /// connection is closed after the response). The request counts as pending until the body
+    /// has been read to the end, has failed, or is dropped.
     #[derive(Debug)]
     pub struct RequestBody<B = Incoming> {
         #[pin]
         inner: Limited<B>,
-        guard: Option<PendingGuard>,
+        guard: Option<RequestGuard>,
     }
 }
 
 impl<B> RequestBody<B> {
-    pub(crate) fn new(body: B, limit: usize, guard: Option<PendingGuard>) -> Self {
+    pub(crate) fn new(body: B, limit: usize, guard: Option<RequestGuard>) -> Self {
         RequestBody {
             inner: Limited::new(body, limit),
             guard,
@@ -58,6 +59,13 @@ where
                     guard.set_waiting(false);
                 }
             }
+            Poll::Ready(Some(Err(error))) => {
+                if let Some(guard) = this.guard.take() {
+                    if error.downcast_ref::<LengthLimitError>().is_some() {
+                        guard.client().state().hit_body_limit();
+                    }
+                }
+            }
             Poll::Ready(_) => drop(this.guard.take()),
         }
         result
@@ -80,19 +88,28 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         inner: Option<B>,
-        guard: Option<PendingGuard>,
+        guard: Option<ResponseGuard>,
     }
 }
 
-impl<B> ResponseBody<B> {
-    pub(crate) fn new(body: B, guard: Option<PendingGuard>) -> Self {
+impl<B: Body> ResponseBody<B> {
+    pub(crate) fn new(body: B, mut guard: Option<ResponseGuard>) -> Self {
+        if body.is_end_stream() {
+            guard = None;
+        } else if let Some(guard) = guard.as_mut() {
+            // Until hyper asks for it, the body waits on the peer (HTTP/2: its window).
+            guard.set_owed(true);
+        }
         ResponseBody {
             inner: Some(body),
             guard,
         }
     }
+}
 
-    pub(crate) fn empty() -> Self {
+impl<B> ResponseBody<B> {
+    pub(crate) fn empty(guard: Option<ResponseGuard>) -> Self {
+        drop(guard);
         ResponseBody {
             inner: None,
             guard: None,
@@ -108,13 +125,25 @@ impl<B: Body> Body for ResponseBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let Some(body) = this.inner.as_pin_mut() else {
+        let mut this = self.project();
+        let Some(mut body) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Ready(None);
         };
-        let result = body.poll_frame(cx);
-        if let Poll::Ready(None | Some(Err(_))) = &result {
-            drop(this.guard.take());
+        let result = body.as_mut().poll_frame(cx);
+        match &result {
+            // The handler is producing: not the peer's doing.
+            Poll::Pending => {
+                if let Some(guard) = this.guard.as_mut() {
+                    guard.set_owed(false);
+                }
+            }
+            Poll::Ready(Some(Ok(_))) if !body.is_end_stream() => {
+                if let Some(guard) = this.guard.as_mut() {
+                    guard.set_owed(true);
+                }
+            }
+            // The last frame, an error, or the end: nothing more to write.
+            Poll::Ready(_) => drop(this.guard.take()),
         }
         result
     }

@@ -2,10 +2,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use http::header::{HeaderValue, CONNECTION};
 use http::{Response, StatusCode};
+use http_body::Body;
 use pin_project_lite::pin_project;
 
-use super::{PendingGuard, ResponseBody};
+use super::{ResponseBody, ResponseGuard};
 
 pin_project! {
     /// The response future of [`ClientService`](super::ClientService).
@@ -23,21 +25,24 @@ pin_project! {
         Inner {
             #[pin]
             future: F,
-            guard: Option<PendingGuard>,
+            guard: Option<ResponseGuard>,
             upgrade: Upgrade,
+            http1: bool,
         },
         Local {
             response: Option<Response<()>>,
+            guard: Option<ResponseGuard>,
         },
     }
 }
 
-/// Which responses hand an HTTP/1 connection over (an upgrade).
+/// Which responses hand an HTTP/1 connection over (an upgrade), as hyper decides it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Upgrade {
-    /// HTTP/2: no response exports the connection.
+    /// HTTP/2, or an HTTP/1 request that asked for no upgrade: no response exports the
+    /// connection (hyper writes a `101` to such a request and closes).
     Never,
-    /// `101 Switching Protocols`.
+    /// A request with `Upgrade`: `101 Switching Protocols`.
     Switching,
     /// A `CONNECT` request: `2xx` (and `101`).
     Connect,
@@ -54,20 +59,22 @@ impl Upgrade {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(future: F, guard: PendingGuard, upgrade: Upgrade) -> Self {
+    pub(crate) fn new(future: F, guard: ResponseGuard, upgrade: Upgrade, http1: bool) -> Self {
         ResponseFuture {
             kind: Kind::Inner {
                 future,
                 guard: Some(guard),
                 upgrade,
+                http1,
             },
         }
     }
 
-    pub(crate) fn local(response: Response<()>) -> Self {
+    pub(crate) fn local(response: Response<()>, guard: ResponseGuard) -> Self {
         ResponseFuture {
             kind: Kind::Local {
                 response: Some(response),
+                guard: Some(guard),
             },
         }
     }
@@ -76,6 +83,7 @@ impl<F> ResponseFuture<F> {
 impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
 {
     type Output = Result<Response<ResponseBody<B>>, E>;
 
@@ -85,22 +93,30 @@ where
                 future,
                 guard,
                 upgrade,
+                http1,
             } => {
                 // On error the guard is dropped with this future: the response is done.
-                let response = ready!(future.poll(cx))?;
-                if upgrade.exports(response.status()) {
-                    if let Some(guard) = guard.as_ref() {
+                let mut response = ready!(future.poll(cx))?;
+                if let Some(guard) = guard.as_ref() {
+                    let state = guard.client().state();
+                    if upgrade.exports(response.status()) {
                         // hyper hands the connection over once this response is written.
-                        guard.client().set_exported();
+                        state.set_exported();
+                    } else if *http1 && state.body_limit_hit() {
+                        // The rest of a body over the limit is not read: the connection
+                        // cannot be reused.
+                        response
+                            .headers_mut()
+                            .insert(CONNECTION, HeaderValue::from_static("close"));
                     }
                 }
                 Poll::Ready(Ok(
                     response.map(|body| ResponseBody::new(body, guard.take()))
                 ))
             }
-            KindProj::Local { response } => {
+            KindProj::Local { response, guard } => {
                 let response = response.take().unwrap_or_default();
-                Poll::Ready(Ok(response.map(|()| ResponseBody::empty())))
+                Poll::Ready(Ok(response.map(|()| ResponseBody::empty(guard.take()))))
             }
         }
     }

@@ -53,77 +53,94 @@ mod body;
 mod future;
 #[allow(clippy::module_inception)]
 mod layer;
+mod serve;
 mod service;
 
 pub use body::{RequestBody, ResponseBody};
 pub use future::ResponseFuture;
 pub use layer::ClientLayer;
+pub(crate) use serve::Serve;
 pub use service::ClientService;
 
-use std::sync::atomic::Ordering;
-
+use crate::client::state::{OWED, REQUEST, RESPONSE};
 use crate::client::ClientInfo;
 
-/// Counts one request (or response) as pending while it lives.
+/// Counts one request body as pending while it lives, and whether its handler waits for the
+/// peer (for the request body clock).
 #[derive(Debug)]
-pub(crate) struct PendingGuard {
+pub(crate) struct RequestGuard {
     client: ClientInfo,
-    request: bool,
-    /// A request body whose last read returned `Pending`: its handler waits for the peer
-    /// (counted in `bodies_waiting`, for the HTTP timeouts).
     waiting: bool,
 }
 
-impl PendingGuard {
-    pub(crate) fn request(client: &ClientInfo) -> Self {
-        client.inner.pending_requests.fetch_add(1, Ordering::AcqRel);
-        PendingGuard {
+impl RequestGuard {
+    /// For a request already counted by `State::request_started`.
+    fn new(client: &ClientInfo) -> Self {
+        RequestGuard {
             client: client.clone(),
-            request: true,
             waiting: false,
         }
     }
 
-    pub(crate) fn response(client: &ClientInfo) -> Self {
-        let inner = &client.inner;
-        // One writer, the task serving the connection: load and store are enough.
-        let started = inner.requests_started.load(Ordering::Relaxed);
-        inner.requests_started.store(started + 1, Ordering::Relaxed);
-        inner.pending_responses.fetch_add(1, Ordering::AcqRel);
-        PendingGuard {
-            client: client.clone(),
-            request: false,
-            waiting: false,
-        }
-    }
-
-    /// Marks the request body as waiting for the peer, or not.
-    pub(crate) fn set_waiting(&mut self, waiting: bool) {
+    /// Marks the body as waiting for the peer, or not.
+    fn set_waiting(&mut self, waiting: bool) {
         if self.waiting != waiting {
             self.waiting = waiting;
-            let counter = &self.client.inner.bodies_waiting;
-            if waiting {
-                counter.fetch_add(1, Ordering::AcqRel);
-            } else {
-                counter.fetch_sub(1, Ordering::AcqRel);
-            }
+            self.client.state().body_waiting(waiting);
         }
     }
 
-    pub(crate) fn client(&self) -> &ClientInfo {
+    fn client(&self) -> &ClientInfo {
         &self.client
     }
 }
 
-impl Drop for PendingGuard {
+impl Drop for RequestGuard {
     fn drop(&mut self) {
-        let inner = &self.client.inner;
-        let counter = if self.request {
-            &inner.pending_requests
-        } else {
-            &inner.pending_responses
-        };
-        counter.fetch_sub(1, Ordering::AcqRel);
         self.set_waiting(false);
+        self.client.state().done(REQUEST);
+    }
+}
+
+/// Counts one response as pending while it lives; over HTTP/2, also whether its body waits for
+/// hyper to ask for more (the peer's window is closed: the response clock runs).
+#[derive(Debug)]
+pub(crate) struct ResponseGuard {
+    client: ClientInfo,
+    track_owed: bool,
+    owed: bool,
+}
+
+impl ResponseGuard {
+    /// For a request already counted by `State::request_started`.
+    fn new(client: &ClientInfo, track_owed: bool) -> Self {
+        ResponseGuard {
+            client: client.clone(),
+            track_owed,
+            owed: false,
+        }
+    }
+
+    fn client(&self) -> &ClientInfo {
+        &self.client
+    }
+
+    fn set_owed(&mut self, owed: bool) {
+        if self.track_owed && self.owed != owed {
+            self.owed = owed;
+            let state = self.client.state();
+            if owed {
+                state.owe();
+            } else {
+                state.done(OWED);
+            }
+        }
+    }
+}
+
+impl Drop for ResponseGuard {
+    fn drop(&mut self) {
+        let owed = if self.owed { OWED } else { 0 };
+        self.client.state().done(RESPONSE + owed);
     }
 }

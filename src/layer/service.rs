@@ -3,10 +3,11 @@ use std::task::{Context, Poll};
 use http::header::{HeaderValue, ALLOW, CONNECTION, HOST, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
+use hyper::upgrade::OnUpgrade;
 use tower_service::Service;
 
 use super::future::Upgrade;
-use super::{ClientLayer, PendingGuard, RequestBody, ResponseBody, ResponseFuture};
+use super::{ClientLayer, RequestBody, RequestGuard, ResponseBody, ResponseFuture, ResponseGuard};
 use crate::client::ClientInfo;
 use crate::options::Options;
 
@@ -54,6 +55,7 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ClientService<S>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
     ReqBody: Body,
+    ResBody: Body,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
@@ -64,31 +66,51 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let options = self.client.options();
-        if let Some(response) = screen(&req, options) {
-            return ResponseFuture::local(response);
+        match prepare(&self.client, req) {
+            Prepared::Local(response, guard) => ResponseFuture::local(response, guard),
+            Prepared::Forward(req, guard, upgrade) => {
+                let http1 = req.version() <= Version::HTTP_11;
+                ResponseFuture::new(self.inner.call(req), guard, upgrade, http1)
+            }
         }
-        let limit = options.body_size_limit;
-        let upgrade = match (
-            req.version() <= Version::HTTP_11,
-            req.method() == Method::CONNECT,
-        ) {
-            (false, _) => Upgrade::Never,
-            (true, false) => Upgrade::Switching,
-            (true, true) => Upgrade::Connect,
-        };
-        let (mut parts, body) = req.into_parts();
-        parts.extensions.insert(self.client.clone());
-        // The request before its response (see `ClientInfo::is_waiting_on_response`).
-        let request_guard = (!body.is_end_stream()).then(|| PendingGuard::request(&self.client));
-        let response_guard = PendingGuard::response(&self.client);
-        let body = RequestBody::new(body, limit, request_guard);
-        ResponseFuture::new(
-            self.inner.call(Request::from_parts(parts, body)),
-            response_guard,
-            upgrade,
-        )
     }
+}
+
+/// A request, counted and screened: answered by the crate, or on its way to the service.
+pub(crate) enum Prepared<B> {
+    Local(Response<()>, ResponseGuard),
+    Forward(Request<RequestBody<B>>, ResponseGuard, Upgrade),
+}
+
+/// Counts the request as handed over (its response pending, and its body if it has one),
+/// answers it if it must not reach the service, and otherwise gives it its [`ClientInfo`],
+/// its body limit and its guards.
+pub(crate) fn prepare<B: Body>(client: &ClientInfo, req: Request<B>) -> Prepared<B> {
+    let state = client.state();
+    let with_body = !req.body().is_end_stream();
+    let http2 = req.version() >= Version::HTTP_2;
+    state.set_version(req.version());
+    state.request_started(with_body);
+    let response_guard = ResponseGuard::new(client, http2);
+    let request_guard = with_body.then(|| RequestGuard::new(client));
+    let options = client.options();
+    if let Some(response) = screen(&req, options) {
+        // The body is never read: dropping its guard counts it done.
+        drop(request_guard);
+        return Prepared::Local(response, response_guard);
+    }
+    // hyper marks the requests it would upgrade (HTTP/1.1 with `Upgrade`, or CONNECT).
+    let upgrade = if http2 || req.extensions().get::<OnUpgrade>().is_none() {
+        Upgrade::Never
+    } else if req.method() == Method::CONNECT {
+        Upgrade::Connect
+    } else {
+        Upgrade::Switching
+    };
+    let (mut parts, body) = req.into_parts();
+    parts.extensions.insert(client.clone());
+    let body = RequestBody::new(body, options.body_size_limit, request_guard);
+    Prepared::Forward(Request::from_parts(parts, body), response_guard, upgrade)
 }
 
 /// The answer to a request that must not reach the service, if it is one.
@@ -102,7 +124,12 @@ fn screen<B: Body>(req: &Request<B>, options: &Options) -> Option<Response<()>> 
         insert_allow(&mut response, options);
         return Some(response);
     }
-    if req.version() <= Version::HTTP_11 && !valid_target(req) {
+    let valid = if req.version() <= Version::HTTP_11 {
+        valid_target(req)
+    } else {
+        valid_authority(req)
+    };
+    if !valid {
         let mut response = status(StatusCode::BAD_REQUEST);
         response
             .headers_mut()
@@ -147,6 +174,9 @@ fn valid_target<B>(req: &Request<B>) -> bool {
         (None, None) => return req.version() != Version::HTTP_11,
         (Some(host), None) => host,
     };
+    if !valid_host(host.as_bytes()) {
+        return false;
+    }
     let uri = req.uri();
     let Some(authority) = uri.authority() else {
         return true;
@@ -157,7 +187,16 @@ fn valid_target<B>(req: &Request<B>) -> bool {
     if uri.scheme().is_none() {
         return false; // authority-form without CONNECT
     }
-    let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+    same_authority(host, authority, uri.scheme())
+}
+
+/// Whether a `Host` value names the same host and port as `authority` (default ports aside).
+fn same_authority(
+    host: &HeaderValue,
+    authority: &http::uri::Authority,
+    scheme: Option<&http::uri::Scheme>,
+) -> bool {
+    let default_port = if scheme == Some(&http::uri::Scheme::HTTPS) {
         443
     } else {
         80
@@ -170,6 +209,66 @@ fn valid_target<B>(req: &Request<B>) -> bool {
             && host.port_u16().unwrap_or(default_port)
                 == authority.port_u16().unwrap_or(default_port)
     })
+}
+
+/// HTTP/2 (RFC 9113 §8.3.1): at most one `host`, well formed, naming the same host as
+/// `:authority` when both are there.
+fn valid_authority<B>(req: &Request<B>) -> bool {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => false,
+        (None, None) => true,
+        (Some(host), None) => {
+            valid_host(host.as_bytes())
+                && req
+                    .uri()
+                    .authority()
+                    .is_none_or(|authority| same_authority(host, authority, req.uri().scheme()))
+        }
+    }
+}
+
+/// RFC 9112 §3.2 and RFC 3986 §3.2.2: `host [":" port]`, where host is an IP literal in
+/// brackets, or a name of unreserved characters and sub-delimiters. Stricter than RFC 3986
+/// in two places no real host name needs: no comma (a comma means two `Host` values were
+/// joined) and no percent-encoding (a way to smuggle bytes such as NUL past a proxy).
+/// An empty value is allowed (RFC 9112: for a target without a host).
+fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.first() {
+        None => return true,
+        Some(b'[') => {
+            let Some(end) = value.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let literal = std::str::from_utf8(&value[1..end]).ok();
+            if literal.and_then(|l| l.parse::<std::net::Ipv6Addr>().ok()).is_none() {
+                return false;
+            }
+            match &value[end + 1..] {
+                [] => (None, None),
+                [b':', port @ ..] => (None, Some(port)),
+                _ => return false,
+            }
+        }
+        Some(_) => match value.iter().rposition(|&b| b == b':') {
+            Some(colon) => (Some(&value[..colon]), Some(&value[colon + 1..])),
+            None => (Some(value), None),
+        },
+    };
+    let name_ok = host.is_none_or(|name| {
+        !name.is_empty()
+            && name.iter().all(|&b| {
+                b.is_ascii_alphanumeric() || b"-._~!$&'()*+;=".contains(&b)
+            })
+    });
+    let port_ok = port.is_none_or(|port| {
+        port.len() <= 5
+            && port.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(port)
+                .ok()
+                .is_none_or(|p| p.is_empty() || p.parse::<u16>().is_ok())
+    });
+    name_ok && port_ok
 }
 
 /// Whether every `Transfer-Encoding` the request has is `chunked` (RFC 9112 §6.1: a server

@@ -50,7 +50,8 @@ use crate::client::{ClientId, ClientInfo};
 use crate::driver::{DefaultHttpDriverFactory, HttpDriverFactory};
 use crate::io::StreamSocket;
 use crate::options::Options;
-use crate::remote::{CloseReason, Handler, HandlerBody, RemoteClient, TimeoutKind};
+use crate::lifecycle::TimeoutKind;
+use crate::remote::{CloseReason, Handler, HandlerBody, RemoteClient};
 
 /// A server: accepts on its [`Listener`]s and serves every connection as a [`RemoteClient`]
 /// with one tower service, under [`Options`].
@@ -257,7 +258,18 @@ impl Server {
             for client in left {
                 client.close();
             }
-            self.shared.admission.wait_idle().await;
+            // Served connections close at once. A detached one closes when user code drops
+            // its stream (its socket is shut down already, so reads and writes fail); code
+            // that holds it regardless gets one more deadline before `serve` returns anyway.
+            if tokio::time::timeout(deadline, self.shared.admission.wait_idle())
+                .await
+                .is_err()
+            {
+                warn!(
+                    open = self.shared.admission.active(),
+                    "shutdown: detached connections still held by user code"
+                );
+            }
         }
         info!("shut down");
     }
@@ -495,6 +507,11 @@ impl Acceptor {
             if client.is_exported() {
                 Counters::add(&shared.counters.exported_closed);
             }
+            if client.state().detached_timed_out() {
+                Counters::add(&shared.counters.detached_timeouts);
+            }
+            // Runs once the socket is closed: the number of open sockets never exceeds the
+            // connection limit.
             drop(slot);
         });
         match self.shared.registry.insert(&info) {
@@ -506,10 +523,20 @@ impl Acceptor {
             debug!("accepted");
             let reason = client.start(&*self.drivers, service).await;
             let counters = &self.shared.counters;
-            match &reason {
-                CloseReason::Timeout(TimeoutKind::Http1) => Counters::add(&counters.http1_timeouts),
-                CloseReason::Timeout(TimeoutKind::Http2) => Counters::add(&counters.http2_timeouts),
-                _ => {}
+            if let CloseReason::Timeout(kind) = &reason {
+                let by_phase = match kind {
+                    TimeoutKind::Idle => &counters.idle_timeouts,
+                    TimeoutKind::RequestHead => &counters.request_head_timeouts,
+                    TimeoutKind::RequestBody => &counters.request_body_timeouts,
+                    TimeoutKind::Response => &counters.response_timeouts,
+                };
+                Counters::add(by_phase);
+                let by_protocol = if info.http_version() == Some(http::Version::HTTP_2) {
+                    &counters.http2_timeouts
+                } else {
+                    &counters.http1_timeouts
+                };
+                Counters::add(by_protocol);
             }
             // Counted from the same flag as `exported_closed`, whatever the close reason.
             if info.is_exported() {
@@ -522,8 +549,21 @@ impl Acceptor {
     }
 }
 
-/// Accepting failed (e.g. too many open files): say so, and pause instead of spinning.
+/// Accepting failed. An error about one connection (it was reset or aborted before we took it)
+/// is retried at once, as hyper's and axum's loops do; any other (too many open files, out of
+/// memory) is logged and waited out briefly instead of spinning.
 async fn accept_error(error: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::Interrupted
+    ) {
+        debug!(%error, "accept: connection gone before it was taken");
+        return;
+    }
     warn!(%error, "accept failed");
     tokio::time::sleep(Duration::from_millis(50)).await;
 }

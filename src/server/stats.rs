@@ -22,10 +22,20 @@ pub struct Stats {
     /// Connections closed because of their PROXY protocol header: untrusted, malformed,
     /// missing where required, or late.
     pub proxy_rejected: u64,
-    /// Connections closed by the HTTP/1 timeout.
+    /// HTTP/1 connections closed by a clock (any of the four below).
     pub http1_timeouts: u64,
-    /// Connections closed by the HTTP/2 timeout.
+    /// HTTP/2 connections closed by a clock (any of the four below).
     pub http2_timeouts: u64,
+    /// Connections closed for sitting idle: no first byte, no request, no HTTP/2 stream.
+    pub idle_timeouts: u64,
+    /// HTTP/1 connections closed because a request head took too long.
+    pub request_head_timeouts: u64,
+    /// Connections closed because a request body came slower than the minimum rate.
+    pub request_body_timeouts: u64,
+    /// Connections closed because the peer took a response slower than the minimum rate.
+    pub response_timeouts: u64,
+    /// Detached connections closed by [`Options::detached_timeout`](crate::Options::detached_timeout).
+    pub detached_timeouts: u64,
     /// Connections handed over after an upgrade.
     pub exported: u64,
     /// Exported connections still open.
@@ -44,6 +54,11 @@ pub(crate) struct Counters {
     pub(crate) proxy_rejected: AtomicU64,
     pub(crate) http1_timeouts: AtomicU64,
     pub(crate) http2_timeouts: AtomicU64,
+    pub(crate) idle_timeouts: AtomicU64,
+    pub(crate) request_head_timeouts: AtomicU64,
+    pub(crate) request_body_timeouts: AtomicU64,
+    pub(crate) response_timeouts: AtomicU64,
+    pub(crate) detached_timeouts: AtomicU64,
     pub(crate) exported: AtomicU64,
     pub(crate) exported_closed: AtomicU64,
     pub(crate) closed: AtomicU64,
@@ -67,6 +82,11 @@ impl Counters {
             proxy_rejected: get(&self.proxy_rejected),
             http1_timeouts: get(&self.http1_timeouts),
             http2_timeouts: get(&self.http2_timeouts),
+            idle_timeouts: get(&self.idle_timeouts),
+            request_head_timeouts: get(&self.request_head_timeouts),
+            request_body_timeouts: get(&self.request_body_timeouts),
+            response_timeouts: get(&self.response_timeouts),
+            detached_timeouts: get(&self.detached_timeouts),
             exported,
             exported_active: exported.saturating_sub(get(&self.exported_closed)),
             closed: get(&self.closed),

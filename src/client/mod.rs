@@ -1,16 +1,25 @@
-//! The client handle: [`ClientInfo`], what a handler sees of its connection.
+//! The client handle: [`ClientInfo`], what a handler sees of its connection, and the plain data
+//! it is made of. No I/O here: the connection's live state is in [`state`], which is the only
+//! code that changes it; the lifecycle, the I/O wrapper and the layer call its methods.
+
+#[cfg(feature = "proxy-protocol")]
+mod proxy_info;
+pub(crate) mod state;
+mod tls_info;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use atomic_waker::AtomicWaker;
 use bitflags::bitflags;
 
+#[cfg(feature = "proxy-protocol")]
+pub use self::proxy_info::ProxyInfo;
+use self::state::State;
+pub use self::tls_info::TlsInfo;
 use crate::options::Options;
-use crate::tls::TlsInfo;
 
 /// A process-wide unique client id. Ids start at 1 and are never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -144,30 +153,9 @@ pub(crate) struct Inner {
     tls: Option<Box<TlsInfo>>,
     peer_credentials: Option<PeerCredentials>,
     #[cfg(feature = "proxy-protocol")]
-    proxy: Option<Box<crate::proxy::ProxyInfo>>,
+    proxy: Option<Box<ProxyInfo>>,
     options: Arc<Options>,
-    pub(crate) pending_requests: AtomicUsize,
-    pub(crate) pending_responses: AtomicUsize,
-    status: AtomicU8,
-    /// `close()` was called: refuse all I/O from now on.
-    pub(crate) closed: AtomicBool,
-    /// `shutdown()` was called: finish in-flight requests, take no new ones.
-    pub(crate) shutdown: AtomicBool,
-    exported: AtomicBool,
-    /// Written only by the one `ClientIo` that owns the stream.
-    pub(crate) bytes_read: AtomicU64,
-    pub(crate) bytes_written: AtomicU64,
-    /// The last write returned `Pending`: the peer is not reading.
-    pub(crate) write_blocked: AtomicBool,
-    /// Requests handed to the service so far (written by the task serving the connection).
-    pub(crate) requests_started: AtomicU64,
-    /// Request bodies whose last read returned `Pending`: a handler waits for the peer.
-    pub(crate) bodies_waiting: AtomicUsize,
-    /// Wakes the task that runs the connection on `close()` and `shutdown()`.
-    pub(crate) waker: AtomicWaker,
-    /// A duplicate of the socket of an exported client, so `close()` can shut it down while
-    /// user code owns the stream. Ours, so never a descriptor that was closed and reused.
-    pub(crate) export_socket: Mutex<Option<socket2::Socket>>,
+    pub(crate) state: State,
     callbacks: Mutex<Callbacks>,
 }
 
@@ -210,7 +198,7 @@ pub struct ClientInfoBuilder {
     tls: Option<TlsInfo>,
     peer_credentials: Option<PeerCredentials>,
     #[cfg(feature = "proxy-protocol")]
-    proxy: Option<crate::proxy::ProxyInfo>,
+    proxy: Option<ProxyInfo>,
     options: Option<Arc<Options>>,
 }
 
@@ -235,7 +223,7 @@ impl ClientInfoBuilder {
 
     /// The PROXY protocol header the connection came with (its addresses are the builder's).
     #[cfg(feature = "proxy-protocol")]
-    pub fn proxy(mut self, proxy: crate::proxy::ProxyInfo) -> Self {
+    pub fn proxy(mut self, proxy: ProxyInfo) -> Self {
         self.proxy = Some(proxy);
         self
     }
@@ -262,19 +250,7 @@ impl ClientInfoBuilder {
                 #[cfg(feature = "proxy-protocol")]
                 proxy: self.proxy.map(Box::new),
                 options: self.options.unwrap_or_default(),
-                pending_requests: AtomicUsize::new(0),
-                pending_responses: AtomicUsize::new(0),
-                status: AtomicU8::new(0),
-                closed: AtomicBool::new(false),
-                shutdown: AtomicBool::new(false),
-                exported: AtomicBool::new(false),
-                bytes_read: AtomicU64::new(0),
-                bytes_written: AtomicU64::new(0),
-                write_blocked: AtomicBool::new(false),
-                requests_started: AtomicU64::new(0),
-                bodies_waiting: AtomicUsize::new(0),
-                waker: AtomicWaker::new(),
-                export_socket: Mutex::new(None),
+                state: State::default(),
                 callbacks: Mutex::new(Callbacks::default()),
             }),
         }
@@ -376,39 +352,37 @@ impl ClientInfo {
     /// version, the v2 TLVs. `None` without one. The remote and local addresses above are
     /// the ones the proxy reported.
     #[cfg(feature = "proxy-protocol")]
-    pub fn proxy(&self) -> Option<&crate::proxy::ProxyInfo> {
+    pub fn proxy(&self) -> Option<&ProxyInfo> {
         self.inner.proxy.as_deref()
     }
 
-    /// Requests whose body is still being read: counted from the moment the service gets the
-    /// request until its body has been read to the end or dropped. A request without a body is
-    /// never pending.
+    /// Requests whose body is still being read: counted from the moment the connection hands
+    /// the request over until its body has been read to the end or dropped. A request without
+    /// a body is never pending.
     pub fn pending_requests(&self) -> usize {
-        self.inner.pending_requests.load(Ordering::Acquire)
+        self.inner.state.pending_requests()
     }
 
-    /// Requests handed to the service whose response has not been fully written: counted until
-    /// the response body has ended or is dropped (also when the service fails).
+    /// Requests handed over whose response has not been fully written: counted from the moment
+    /// the connection has read the request head (also while the service is not ready yet)
+    /// until the response body has ended or is dropped (also when the service fails).
     pub fn pending_responses(&self) -> usize {
-        self.inner.pending_responses.load(Ordering::Acquire)
+        self.inner.state.pending_responses()
     }
 
     /// `pending_responses() > pending_requests()`: a handler is producing or writing a response.
     pub fn is_waiting_on_response(&self) -> bool {
-        // Responses first: a request is counted before its response, so a response seen here
-        // has its request counted too.
-        let responses = self.pending_responses();
-        responses > self.pending_requests()
+        self.inner.state.is_waiting_on_response()
     }
 
     /// Whether the connection has been handed over to user code after an HTTP upgrade.
     pub fn is_exported(&self) -> bool {
-        self.inner.exported.load(Ordering::Acquire)
+        self.inner.state.is_exported()
     }
 
     /// Which sides of the connection are closed.
     pub fn status(&self) -> Status {
-        Status::from_bits_truncate(self.inner.status.load(Ordering::Acquire))
+        self.inner.state.status()
     }
 
     /// Whether the connection is closed both ways (`status() == CLOSED_RDWR`).
@@ -416,18 +390,45 @@ impl ClientInfo {
         self.status() == Status::CLOSED_RDWR
     }
 
+    /// The HTTP version the connection speaks: `HTTP_2`, or the version of the latest HTTP/1
+    /// request (`HTTP_11`, `HTTP_10`). `None` until it is known.
+    pub fn http_version(&self) -> Option<http::Version> {
+        self.inner.state.version()
+    }
+
     /// Bytes read from the peer so far (after TLS decryption, where there is TLS).
     pub fn bytes_read(&self) -> u64 {
-        self.inner.bytes_read.load(Ordering::Relaxed)
+        self.inner.state.bytes_read()
     }
 
     /// Bytes written to the peer so far (before TLS encryption, where there is TLS).
     pub fn bytes_written(&self) -> u64 {
-        self.inner.bytes_written.load(Ordering::Relaxed)
+        self.inner.state.bytes_written()
+    }
+
+    /// Resolves once the connection is closed for good (its socket closed, its `on_close`
+    /// callbacks run). Any number of tasks may wait; nothing is allocated per waiter.
+    ///
+    /// ```
+    /// # async fn run(client: hyper_remote_client::ClientInfo) {
+    /// let watcher = client.clone();
+    /// tokio::spawn(async move {
+    ///     watcher.closed().await;
+    ///     println!("client {} is gone", watcher.id());
+    /// });
+    /// # }
+    /// ```
+    pub async fn closed(&self) {
+        self.inner.state.finished().await;
     }
 
     /// Runs `callback` once, when the connection closes, whoever closes it. If the connection
     /// is already closed, runs it at once, on this thread.
+    ///
+    /// The connection counts as closed when its socket is: when the task serving it has let go
+    /// of it, or, for a detached connection, when user code drops the stream. Callbacks are
+    /// kept until then: register one per connection (for example where you accept it), not
+    /// one per request, or await [`closed`](Self::closed) instead.
     ///
     /// Callbacks run on the thread that closes the connection: keep them short and do not block.
     /// A callback that panics is logged and does not keep the others from running.
@@ -449,27 +450,22 @@ impl ClientInfo {
     }
 
     /// Closes the connection at once: no more bytes are read or written, the task serving it
-    /// drops it (the peer sees the connection end; a request in progress gets no response), and
-    /// the [`on_close`](Self::on_close) callbacks run (here, unless another thread is already
-    /// running them). Idempotent.
+    /// drops it (the peer sees the connection end; a request in progress gets no response).
+    /// Idempotent. [`status`](Self::status) says `CLOSED_RDWR` from here on.
     ///
-    /// Works from any thread and from inside a handler of this very connection. After an
-    /// upgrade it shuts the socket down even while user code holds it without reading. With
-    /// hyper's builders and your own loop instead of [`RemoteClient::start`](crate::RemoteClient::start),
+    /// The [`on_close`](Self::on_close) callbacks run once the socket is closed: right after
+    /// this for a connection being served, when user code drops the stream for a detached one
+    /// (whose socket is shut down here, so the peer sees the end and reads fail now), and here
+    /// for a handle that never had a connection (one built for a test).
+    ///
+    /// Works from any thread and from inside a handler of this very connection. With hyper's
+    /// builders and your own loop instead of [`RemoteClient::start`](crate::RemoteClient::start),
     /// nothing watches for the close: it takes effect at the connection's next read or write.
     pub fn close(&self) {
-        if self.inner.closed.swap(true, Ordering::AcqRel) {
-            return;
+        let state = &self.inner.state;
+        if state.close() && !state.is_attached() {
+            self.finish();
         }
-        self.set_status(Status::CLOSED_RDWR);
-        // Before an upgrade: the task serving the connection wakes and drops it.
-        self.inner.waker.wake();
-        // After an upgrade: user code owns the stream and may not be polling it; shutting the
-        // socket down makes the peer see the end now and wakes any reader.
-        if let Some(socket) = self.take_export_socket() {
-            let _ = socket.shutdown(std::net::Shutdown::Both);
-        }
-        self.fire_callbacks();
     }
 
     /// Starts a graceful shutdown of the connection: requests in flight are finished, no new
@@ -477,32 +473,18 @@ impl ClientInfo {
     /// connection then closes. An idle connection closes at once. Use [`close`](Self::close) to
     /// cut it off.
     pub fn shutdown(&self) {
-        if !self.inner.shutdown.swap(true, Ordering::AcqRel) {
-            self.inner.waker.wake();
-        }
+        self.inner.state.shutdown();
     }
 
-    pub(crate) fn set_status(&self, status: Status) {
-        self.inner.status.fetch_or(status.bits(), Ordering::AcqRel);
-    }
-
-    pub(crate) fn set_exported(&self) {
-        self.inner.exported.store(true, Ordering::Release);
+    pub(crate) fn state(&self) -> &State {
+        &self.inner.state
     }
 
     /// The last owner of the connection is gone: the connection is closed for good.
     pub(crate) fn finish(&self) {
-        drop(self.take_export_socket());
-        self.set_status(Status::CLOSED_RDWR);
-        self.fire_callbacks();
-    }
-
-    fn take_export_socket(&self) -> Option<socket2::Socket> {
-        self.inner
-            .export_socket
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        if self.inner.state.finish() {
+            self.fire_callbacks();
+        }
     }
 
     fn lock_callbacks(&self) -> std::sync::MutexGuard<'_, Callbacks> {
@@ -517,9 +499,6 @@ impl ClientInfo {
     fn fire_callbacks(&self) {
         let list = {
             let mut callbacks = self.lock_callbacks();
-            if callbacks.fired {
-                return;
-            }
             callbacks.fired = true;
             (callbacks.first.take(), std::mem::take(&mut callbacks.rest))
         };

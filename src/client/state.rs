@@ -1,0 +1,354 @@
+//! [`State`]: the live state of one connection, as atomics, and the only code that writes it.
+//!
+//! Everything [`ClientInfo`](crate::ClientInfo) reports that changes while the connection
+//! lives (pending counts, status bits, byte counts, flags) is here, and changes only through
+//! the methods below: the I/O wrapper, the request and response guards and the watch call them.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use atomic_waker::AtomicWaker;
+use http::Version;
+use tokio::sync::Notify;
+
+use super::Status;
+
+/// Three counts packed in one word, so they change together: pending requests (bodies being
+/// read), pending responses (requests handed to the service, response not written), and
+/// responses owed by the peer (HTTP/2: a response body hyper does not ask for, because the
+/// peer's flow-control window is closed).
+const FIELD: u32 = 21;
+const MASK: u64 = (1 << FIELD) - 1;
+pub(crate) const REQUEST: u64 = 1;
+pub(crate) const RESPONSE: u64 = 1 << FIELD;
+pub(crate) const OWED: u64 = 1 << (2 * FIELD);
+
+/// `close()` was called: refuse all I/O from now on.
+const CLOSING: u8 = 1;
+/// `shutdown()` was called: finish in-flight requests, take no new ones.
+const SHUTDOWN: u8 = 1 << 1;
+/// The connection was handed over after an upgrade.
+const EXPORTED: u8 = 1 << 2;
+/// A `ClientIo` owns the stream: the client finishes when it is dropped.
+const ATTACHED: u8 = 1 << 3;
+/// The last owner of the connection is gone: closed for good, callbacks run.
+const FINISHED: u8 = 1 << 4;
+/// A request body went over the body size limit: HTTP/1 closes after the response.
+const BODY_LIMIT: u8 = 1 << 5;
+/// The detached idle clock closed the connection.
+const DETACHED_TIMEOUT: u8 = 1 << 6;
+
+/// A snapshot of what the watch decides on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub(crate) work: u64,
+    pub(crate) requests: u64,
+    pub(crate) bodies_waiting: u32,
+    pub(crate) write_blocked: bool,
+    pub(crate) bytes_read: u64,
+    pub(crate) bytes_written: u64,
+}
+
+impl Snapshot {
+    pub(crate) fn pending_requests(&self) -> u64 {
+        self.work & MASK
+    }
+
+    pub(crate) fn pending_responses(&self) -> u64 {
+        (self.work >> FIELD) & MASK
+    }
+
+    pub(crate) fn owed(&self) -> u64 {
+        (self.work >> (2 * FIELD)) & MASK
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    work: AtomicU64,
+    /// Requests handed over so far.
+    requests: AtomicU64,
+    /// Request bodies whose handler waits for the peer (the last read returned `Pending`).
+    bodies_waiting: AtomicU32,
+    status: AtomicU8,
+    flags: AtomicU8,
+    version: AtomicU8,
+    /// The last write returned `Pending`: the peer is not reading.
+    write_blocked: AtomicBool,
+    /// Written only by the one `ClientIo` that owns the stream.
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    /// The task serving the connection, woken by `close()`, `shutdown()` and state changes
+    /// made on other tasks that start a clock.
+    waker: AtomicWaker,
+    /// Wakes [`ClientInfo::closed`](crate::ClientInfo::closed) waiters.
+    finished: Notify,
+    /// A duplicate of the socket of an exported client, so `close()` can shut it down while
+    /// user code owns the stream. Ours, so never a descriptor that was closed and reused.
+    export_socket: Mutex<Option<socket2::Socket>>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            work: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            bodies_waiting: AtomicU32::new(0),
+            status: AtomicU8::new(0),
+            flags: AtomicU8::new(0),
+            version: AtomicU8::new(0),
+            write_blocked: AtomicBool::new(false),
+            bytes_read: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            waker: AtomicWaker::new(),
+            finished: Notify::new(),
+            export_socket: Mutex::new(None),
+        }
+    }
+}
+
+impl State {
+    // ---- reading -------------------------------------------------------------------------
+
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            work: self.work.load(Ordering::Acquire),
+            requests: self.requests.load(Ordering::Relaxed),
+            bodies_waiting: self.bodies_waiting.load(Ordering::Acquire),
+            write_blocked: self.write_blocked.load(Ordering::Relaxed),
+            bytes_read: self.bytes_read.load(Ordering::Relaxed),
+            bytes_written: self.bytes_written.load(Ordering::Relaxed),
+        }
+    }
+
+    fn work(&self) -> Snapshot {
+        Snapshot {
+            work: self.work.load(Ordering::Acquire),
+            requests: 0,
+            bodies_waiting: 0,
+            write_blocked: false,
+            bytes_read: 0,
+            bytes_written: 0,
+        }
+    }
+
+    pub(crate) fn pending_requests(&self) -> usize {
+        self.work().pending_requests() as usize
+    }
+
+    pub(crate) fn pending_responses(&self) -> usize {
+        self.work().pending_responses() as usize
+    }
+
+    /// Both counts from one load, so they are consistent with each other.
+    pub(crate) fn is_waiting_on_response(&self) -> bool {
+        let work = self.work();
+        work.pending_responses() > work.pending_requests()
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        Status::from_bits_truncate(self.status.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    fn flag(&self, flag: u8) -> bool {
+        self.flags.load(Ordering::Acquire) & flag != 0
+    }
+
+    /// `close()` was called.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.flag(CLOSING)
+    }
+
+    pub(crate) fn is_shutdown(&self) -> bool {
+        self.flag(SHUTDOWN)
+    }
+
+    pub(crate) fn is_exported(&self) -> bool {
+        self.flag(EXPORTED)
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.flag(FINISHED)
+    }
+
+    pub(crate) fn body_limit_hit(&self) -> bool {
+        self.flag(BODY_LIMIT)
+    }
+
+    pub(crate) fn detached_timed_out(&self) -> bool {
+        self.flag(DETACHED_TIMEOUT)
+    }
+
+    pub(crate) fn version(&self) -> Option<Version> {
+        match self.version.load(Ordering::Relaxed) {
+            1 => Some(Version::HTTP_10),
+            2 => Some(Version::HTTP_11),
+            3 => Some(Version::HTTP_2),
+            _ => None,
+        }
+    }
+
+    // ---- the serving task ----------------------------------------------------------------
+
+    pub(crate) fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Waits until the connection is closed for good.
+    pub(crate) async fn finished(&self) {
+        loop {
+            let notified = self.finished.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_finished() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub(crate) fn set_version(&self, version: Version) {
+        let code = match version {
+            Version::HTTP_10 | Version::HTTP_09 => 1,
+            Version::HTTP_11 => 2,
+            Version::HTTP_2 => 3,
+            _ => 0,
+        };
+        if self.version.load(Ordering::Relaxed) != code {
+            self.version.store(code, Ordering::Relaxed);
+        }
+    }
+
+    // ---- requests and responses ----------------------------------------------------------
+
+    /// A request was handed over: its response is pending, and so is its body, if it has one.
+    pub(crate) fn request_started(&self, with_body: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let add = if with_body { RESPONSE | REQUEST } else { RESPONSE };
+        self.work.fetch_add(add, Ordering::AcqRel);
+    }
+
+    /// Takes `counts` (a sum of [`REQUEST`], [`RESPONSE`], [`OWED`]) off the pending work.
+    pub(crate) fn done(&self, counts: u64) {
+        self.work.fetch_sub(counts, Ordering::AcqRel);
+    }
+
+    /// A response body waits for hyper to ask for more: the peer is not taking it.
+    pub(crate) fn owe(&self) {
+        self.work.fetch_add(OWED, Ordering::AcqRel);
+    }
+
+    /// A request body's handler waits for the peer (or no longer does).
+    pub(crate) fn body_waiting(&self, waiting: bool) {
+        if waiting {
+            if self.bodies_waiting.fetch_add(1, Ordering::AcqRel) == 0 {
+                // HTTP/2 bodies are read on other tasks: the watch starts the body clock.
+                self.waker.wake();
+            }
+        } else {
+            self.bodies_waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    pub(crate) fn hit_body_limit(&self) {
+        self.flags.fetch_or(BODY_LIMIT, Ordering::AcqRel);
+    }
+
+    // ---- I/O -----------------------------------------------------------------------------
+
+    pub(crate) fn attach(&self) {
+        self.flags.fetch_or(ATTACHED, Ordering::AcqRel);
+    }
+
+    pub(crate) fn is_attached(&self) -> bool {
+        self.flag(ATTACHED)
+    }
+
+    pub(crate) fn set_status(&self, status: Status) {
+        self.status.fetch_or(status.bits(), Ordering::AcqRel);
+    }
+
+    /// `n` bytes read (one writer, the stream's owner: load and store are enough).
+    pub(crate) fn read(&self, n: usize) {
+        let read = self.bytes_read.load(Ordering::Relaxed);
+        self.bytes_read.store(read + n as u64, Ordering::Relaxed);
+    }
+
+    /// `n` bytes written (one writer, the stream's owner).
+    pub(crate) fn written(&self, n: usize) {
+        let written = self.bytes_written.load(Ordering::Relaxed);
+        self.bytes_written
+            .store(written + n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_write_blocked(&self, blocked: bool) {
+        self.write_blocked.store(blocked, Ordering::Relaxed);
+    }
+
+    // ---- closing -------------------------------------------------------------------------
+
+    /// Marks the close; `false` if it was marked already. Wakes the serving task, and shuts
+    /// down the socket of an exported client, which user code may not be polling.
+    pub(crate) fn close(&self) -> bool {
+        if self.flags.fetch_or(CLOSING, Ordering::AcqRel) & CLOSING != 0 {
+            return false;
+        }
+        self.set_status(Status::CLOSED_RDWR);
+        self.waker.wake();
+        if let Some(socket) = self.lock_export_socket().as_ref() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+        true
+    }
+
+    /// Marks the graceful shutdown and wakes the serving task.
+    pub(crate) fn shutdown(&self) {
+        if self.flags.fetch_or(SHUTDOWN, Ordering::AcqRel) & SHUTDOWN == 0 {
+            self.waker.wake();
+        }
+    }
+
+    pub(crate) fn set_exported(&self) {
+        self.flags.fetch_or(EXPORTED, Ordering::AcqRel);
+    }
+
+    pub(crate) fn set_detached_timed_out(&self) {
+        self.flags.fetch_or(DETACHED_TIMEOUT, Ordering::AcqRel);
+    }
+
+    /// Keeps a duplicate of an exported client's socket where `close()` finds it.
+    pub(crate) fn keep_export_socket(&self, socket: socket2::Socket) {
+        let mut slot = self.lock_export_socket();
+        if self.is_closing() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        } else {
+            *slot = Some(socket);
+        }
+    }
+
+    fn lock_export_socket(&self) -> std::sync::MutexGuard<'_, Option<socket2::Socket>> {
+        self.export_socket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The last owner of the connection is gone; `false` if that was marked already.
+    pub(crate) fn finish(&self) -> bool {
+        drop(self.lock_export_socket().take());
+        self.set_status(Status::CLOSED_RDWR);
+        let first = self.flags.fetch_or(FINISHED, Ordering::AcqRel) & FINISHED == 0;
+        if first {
+            self.finished.notify_waiters();
+            self.waker.wake();
+        }
+        first
+    }
+}

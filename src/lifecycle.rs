@@ -1,0 +1,350 @@
+//! The lifecycle of a served connection: its phases, and the clock of each.
+//!
+//! | phase | clock | the peer keeps the connection by |
+//! |---|---|---|
+//! | waiting for the first bytes, idle between requests (HTTP/1) | [`Options::http1_timeout`] from the start of the wait | sending a request |
+//! | reading a request head (HTTP/1) | [`Options::http1_timeout`] from the head's first byte | finishing the head |
+//! | no stream open (HTTP/2) | [`Options::http2_timeout`]; control frames are not activity | opening a stream |
+//! | in service, handler working or service not ready | none: never the peer's fault | — |
+//! | in service, a handler waits for request body bytes | [`Options::min_request_body_rate`], over the time spent waiting | sending at that rate |
+//! | in service, a response waits on the peer (write blocked, HTTP/2 window at 0) | [`Options::min_response_rate`], over the time spent waiting | reading at that rate |
+//!
+//! A half-closed connection (the peer sent EOF after a complete request) stays in service
+//! under the response clock until it is answered. Detached connections are watched by
+//! [`RemoteClient`](crate::RemoteClient) with [`Options::detached_timeout`].
+//!
+//! The [`Watch`] reads the connection's state (see `client::state`) after every poll of the
+//! connection, which costs a few atomic loads; the clock is read only when the phase changes
+//! or while a rate clock runs, and one deadline is armed per connection. A deadline that moved
+//! later is not re-armed at once: the timer fires early, once, and is re-armed then.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+use crate::client::state::{Snapshot, State};
+use crate::options::{MinDataRate, Options};
+
+/// The HTTP version a connection turned out to speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Which clock closed a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TimeoutKind {
+    /// Nothing to do for too long: no first byte, idle between HTTP/1 requests, or no HTTP/2
+    /// stream open ([`Options::http1_timeout`], [`Options::http2_timeout`]).
+    Idle,
+    /// An HTTP/1 request head took longer than [`Options::http1_timeout`] from its first byte.
+    RequestHead,
+    /// A handler waited for request body bytes that came slower than
+    /// [`Options::min_request_body_rate`].
+    RequestBody,
+    /// A response waited on a peer that took it slower than [`Options::min_response_rate`].
+    Response,
+}
+
+/// What interrupts serving a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    Closed,
+    Shutdown,
+    TimedOut(TimeoutKind),
+}
+
+/// What a look at the connection found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Quiet,
+    /// The timer was armed for an earlier deadline: poll it to register.
+    Rearmed,
+    TimedOut(TimeoutKind),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Head,
+    Service,
+}
+
+/// A minimum-rate clock: counts the time spent waiting on the peer (from the first wait until
+/// the work in that direction is done) and the bytes moved meanwhile.
+#[derive(Debug, Default)]
+struct RateClock {
+    running: bool,
+    waiting: bool,
+    last: Option<Instant>,
+    waited: Duration,
+    base: u64,
+}
+
+impl RateClock {
+    fn stop(&mut self) {
+        *self = RateClock::default();
+    }
+
+    fn update(&mut self, now: Instant, waiting: bool, bytes: u64) {
+        if !self.running {
+            if !waiting {
+                return;
+            }
+            self.running = true;
+            self.base = bytes;
+            self.waited = Duration::ZERO;
+        } else if let (true, Some(last)) = (self.waiting, self.last) {
+            self.waited += now.saturating_duration_since(last);
+        }
+        self.waiting = waiting;
+        self.last = Some(now);
+    }
+
+    /// When the rate would be missed if nothing more moves, while waiting on the peer.
+    fn deadline(&self, rate: &MinDataRate, bytes: u64) -> Option<Instant> {
+        if !self.running || !self.waiting {
+            return None;
+        }
+        let last = self.last?;
+        let allowance = bounded(rate.allowance(bytes.saturating_sub(self.base)));
+        match allowance.checked_sub(self.waited) {
+            Some(rest) => last.checked_add(rest),
+            None => Some(last),
+        }
+    }
+}
+
+/// The longest clock taken literally: longer ones would overflow `Instant`.
+const LONGEST: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+fn bounded(timeout: Duration) -> Duration {
+    timeout.min(LONGEST)
+}
+
+fn earliest(
+    a: Option<(Instant, TimeoutKind)>,
+    b: Option<(Instant, TimeoutKind)>,
+) -> Option<(Instant, TimeoutKind)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// Watches a connection for `close()`, `shutdown()` and its clocks, while it is served.
+pub(crate) struct Watch<'a> {
+    state: &'a State,
+    options: &'a Options,
+    protocol: Protocol,
+    sleep: Pin<Box<Sleep>>,
+    armed: Option<Instant>,
+    phase: Phase,
+    since: Instant,
+    /// Requests handed over, at the last look.
+    requests: u64,
+    /// Bytes read when the connection went idle: more means a request head has begun.
+    read_base: u64,
+    body: RateClock,
+    response: RateClock,
+    shutdown_seen: bool,
+}
+
+impl<'a> Watch<'a> {
+    /// A watch for a connection that starts now, waiting for its first bytes.
+    pub(crate) fn new(state: &'a State, options: &'a Options, protocol: Protocol) -> Self {
+        let now = Instant::now();
+        let mut watch = Watch {
+            state,
+            options,
+            protocol,
+            sleep: Box::pin(tokio::time::sleep_until(now)),
+            armed: None,
+            phase: Phase::Idle,
+            since: now,
+            requests: 0,
+            read_base: 0,
+            body: RateClock::default(),
+            response: RateClock::default(),
+            shutdown_seen: false,
+        };
+        let deadline = watch.phase_deadline();
+        watch.arm(deadline.map(|(at, _)| at));
+        watch
+    }
+
+    /// The connection turned out to speak `protocol` (after the sniff).
+    pub(crate) fn set_protocol(&mut self, protocol: Protocol) {
+        if self.protocol != protocol {
+            self.protocol = protocol;
+            let deadline = self.phase_deadline();
+            self.arm(deadline.map(|(at, _)| at));
+        }
+    }
+
+    pub(crate) fn shutdown_seen(&self) -> bool {
+        self.shutdown_seen
+    }
+
+    /// Drives `fut` until it completes, or until an event interrupts it.
+    pub(crate) async fn run<T>(
+        &mut self,
+        mut fut: Pin<&mut impl Future<Output = T>>,
+    ) -> Result<T, Event> {
+        poll_fn(|cx| {
+            if let Poll::Ready(event) = self.poll_event(cx) {
+                return Poll::Ready(Err(event));
+            }
+            let output = fut.as_mut().poll(cx);
+            if output.is_pending() && self.evaluate(false) == Verdict::Rearmed {
+                if let Poll::Ready(event) = self.poll_timer(cx) {
+                    return Poll::Ready(Err(event));
+                }
+            }
+            output.map(Ok)
+        })
+        .await
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        self.state.register(cx.waker());
+        if self.state.is_closing() {
+            return Poll::Ready(Event::Closed);
+        }
+        if !self.shutdown_seen && self.state.is_shutdown() {
+            self.shutdown_seen = true;
+            return Poll::Ready(Event::Shutdown);
+        }
+        self.poll_timer(cx)
+    }
+
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        while self.armed.is_some() && self.sleep.as_mut().poll(cx).is_ready() {
+            self.armed = None;
+            if let Verdict::TimedOut(kind) = self.evaluate(true) {
+                return Poll::Ready(Event::TimedOut(kind));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Arms the timer for `deadline` if that is earlier than what is armed; whether it did.
+    fn arm(&mut self, deadline: Option<Instant>) -> bool {
+        match deadline {
+            Some(at) if self.armed.is_none_or(|armed| at < armed) => {
+                self.sleep.as_mut().reset(at);
+                self.armed = Some(at);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn idle_timeout(&self) -> Option<Duration> {
+        match self.protocol {
+            Protocol::Http1 => self.options.http1_timeout,
+            Protocol::Http2 => self.options.http2_timeout,
+        }
+    }
+
+    /// The deadline of the idle and head phases.
+    fn phase_deadline(&self) -> Option<(Instant, TimeoutKind)> {
+        let (timeout, kind) = match self.phase {
+            Phase::Idle => (self.idle_timeout(), TimeoutKind::Idle),
+            Phase::Head => (self.options.http1_timeout, TimeoutKind::RequestHead),
+            Phase::Service => return None,
+        };
+        let at = self.since.checked_add(bounded(timeout?))?;
+        Some((at, kind))
+    }
+
+    /// Looks at the connection's state: moves to its phase, runs the rate clocks, arms the
+    /// timer. With `fired` (the timer went off), also says whether a clock ran out.
+    fn evaluate(&mut self, fired: bool) -> Verdict {
+        let snap = self.state.snapshot();
+        let mut now = fired.then(Instant::now);
+        let output_waiting = snap.write_blocked || snap.owed() > 0;
+        let input_waiting = snap.bodies_waiting > 0;
+        let busy = snap.pending_responses() > 0 || snap.pending_requests() > 0 || output_waiting;
+        // Requests came (and maybe went) since the last look.
+        let restarted = snap.requests != self.requests;
+        self.requests = snap.requests;
+        let phase = if busy {
+            Phase::Service
+        } else if !restarted
+            && self.protocol == Protocol::Http1
+            && snap.bytes_read != self.read_base
+        {
+            Phase::Head
+        } else {
+            Phase::Idle
+        };
+        let mut changed = false;
+        if phase != self.phase || (restarted && phase == Phase::Idle) {
+            let at = *now.get_or_insert_with(Instant::now);
+            self.phase = phase;
+            self.since = at;
+            changed = true;
+            if phase == Phase::Idle {
+                self.read_base = snap.bytes_read;
+            }
+            if phase != Phase::Service {
+                self.body.stop();
+                self.response.stop();
+            }
+        }
+        let deadline = match self.phase {
+            Phase::Service => self.rate_deadline(&snap, &mut now, input_waiting, output_waiting),
+            _ if changed || fired => self.phase_deadline(),
+            _ => return Verdict::Quiet,
+        };
+        if let (true, Some((at, kind)), Some(now)) = (fired, deadline, now) {
+            if at <= now {
+                return Verdict::TimedOut(kind);
+            }
+        }
+        if self.arm(deadline.map(|(at, _)| at)) {
+            Verdict::Rearmed
+        } else {
+            Verdict::Quiet
+        }
+    }
+
+    fn rate_deadline(
+        &mut self,
+        snap: &Snapshot,
+        now: &mut Option<Instant>,
+        input_waiting: bool,
+        output_waiting: bool,
+    ) -> Option<(Instant, TimeoutKind)> {
+        let mut deadline = None;
+        if let Some(rate) = self.options.min_request_body_rate {
+            if snap.pending_requests() == 0 && !input_waiting {
+                self.body.stop();
+            } else if input_waiting || self.body.running {
+                let at = *now.get_or_insert_with(Instant::now);
+                self.body.update(at, input_waiting, snap.bytes_read);
+                let body = self.body.deadline(&rate, snap.bytes_read);
+                deadline = earliest(deadline, body.map(|at| (at, TimeoutKind::RequestBody)));
+            }
+        }
+        if let Some(rate) = self.options.min_response_rate {
+            if snap.pending_responses() == 0 && !output_waiting {
+                self.response.stop();
+            } else if output_waiting || self.response.running {
+                let at = *now.get_or_insert_with(Instant::now);
+                self.response
+                    .update(at, output_waiting, snap.bytes_written);
+                let response = self.response.deadline(&rate, snap.bytes_written);
+                deadline = earliest(deadline, response.map(|at| (at, TimeoutKind::Response)));
+            }
+        }
+        deadline
+    }
+}
