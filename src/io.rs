@@ -209,7 +209,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
                 }
             }
             Poll::Ready(Err(_)) => this.client().state().set_status(Status::CLOSED_RD),
-            Poll::Pending => {}
+            // `close()` wakes whoever waits here, also without `RemoteClient`'s watch (a
+            // user's own accept loop): the read then fails and the connection ends.
+            Poll::Pending => this.client().state().register(cx.waker()),
         }
         result
     }

@@ -245,6 +245,18 @@ async fn close_on_an_exported_client_ends_the_socket_while_nobody_reads_it() {
         .unwrap();
 
     client.close();
+    // The peer sees the connection end at once, though the I/O is still held.
+    expect_eof(&mut stream).await;
+    // Reads and writes on the detached I/O fail cleanly.
+    assert!(conn.write_all(b"too late").await.is_err());
+    let mut buf = [0u8; 8];
+    assert!(conn.read(&mut buf).await.is_err());
+    // The socket is still open (held here): the client is not closed for good yet.
+    assert!(
+        server.closed.try_recv().is_err(),
+        "on_close waits for the socket"
+    );
+    drop(conn);
     assert_eq!(
         tokio::time::timeout(LIMIT, server.closed.recv())
             .await
@@ -253,13 +265,6 @@ async fn close_on_an_exported_client_ends_the_socket_while_nobody_reads_it() {
             .1,
         1
     );
-    // The peer sees the connection end at once, though the I/O is still held.
-    expect_eof(&mut stream).await;
-    // Reads and writes on the detached I/O fail cleanly.
-    assert!(conn.write_all(b"too late").await.is_err());
-    let mut buf = [0u8; 8];
-    assert!(conn.read(&mut buf).await.is_err());
-    drop(conn);
     client.close();
     assert!(server.closed.try_recv().is_err(), "on_close ran once only");
 }

@@ -375,6 +375,9 @@ async fn exported_clients_count_until_closed_and_are_closed_at_the_deadline() {
         "{:?}",
         String::from_utf8_lossy(&buf)
     );
+    // Its socket stays open until the detached I/O is dropped, and so does its slot.
+    assert_eq!(handle.stats().active, 1);
+    drop(_conn);
     tokio::time::timeout(LIMIT, done).await.unwrap().unwrap();
     let stats = handle.stats();
     assert_eq!(
