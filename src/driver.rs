@@ -34,8 +34,9 @@ pub enum Protocols {
 /// hyper's HTTP/1 and HTTP/2 connection builders, configured from [`Options`], and the versions
 /// to serve with them. Hyper's timer is set on both builders, so hyper's own timeouts work.
 ///
-/// From `Options`: the HTTP/1 builder gets `max_header_size = header_size_limit` and
-/// `half_close(true)` (the clocks are `RemoteClient`'s); the HTTP/2 builder gets
+/// From `Options`: the HTTP/1 builder gets `max_header_size = header_size_limit` (the clocks
+/// are `RemoteClient`'s; HTTP/1 half-close is [`ClientIo`](crate::ClientIo)'s); the HTTP/2
+/// builder gets
 /// `max_concurrent_streams = concurrent_stream_limit` and
 /// `max_header_list_size = header_size_limit`. Tune anything else through
 /// [`http1`](Self::http1) and [`http2`](Self::http2).
@@ -66,9 +67,6 @@ impl HttpDriver {
             // The request-head deadline is enforced by `RemoteClient` (without a timer per
             // request); hyper's own would default to 30 s once a timer is set.
             .header_read_timeout(None)
-            // A peer that sends a complete request and shuts its write side down still gets
-            // its answer (status `CLOSED_RD` meanwhile); an EOF inside a head ends it.
-            .half_close(true)
             .max_header_size(options.header_size_limit);
         // Not `pipeline_flush(true)`, though it multiplies pipelined throughput (see
         // BENCHMARKS.md): it holds back the `101` of an upgrade whose first bytes arrive with the

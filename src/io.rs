@@ -27,6 +27,8 @@ pub struct ClientIo<S> {
     write_blocked: bool,
     /// The export has been seen and the socket duplicated for `close()`.
     export_seen: bool,
+    /// The peer's EOF, held back until the response is written (HTTP/1 half-close).
+    eof_deferred: bool,
     socket: SocketFn<S>,
     guard: Arc<CloseGuard>,
 }
@@ -90,6 +92,7 @@ impl<S: StreamSocket> ClientIo<S> {
             prefix: Bytes::new(),
             write_blocked: false,
             export_seen: false,
+            eof_deferred: false,
             socket: S::socket_ref,
             guard: Arc::new(CloseGuard(client)),
         }
@@ -196,6 +199,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
             this.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
+        if this.eof_deferred {
+            if this.client().state().eof_due() {
+                return Poll::Ready(Ok(()));
+            }
+            this.client().state().register(cx.waker());
+            return Poll::Pending;
+        }
         let wanted = buf.remaining();
         let before = buf.filled().len();
         let result = Pin::new(&mut this.stream).poll_read(cx, buf);
@@ -203,7 +213,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
             Poll::Ready(Ok(())) => {
                 let n = buf.filled().len() - before;
                 if n == 0 && wanted > 0 {
-                    this.client().state().set_status(Status::CLOSED_RD);
+                    let state = this.client().state();
+                    state.set_status(Status::CLOSED_RD);
+                    if state.defer_eof() {
+                        // hyper would drop the connection at this EOF; the peer only closed
+                        // its write side and waits for its answer.
+                        state.register(cx.waker());
+                        this.eof_deferred = true;
+                        return Poll::Pending;
+                    }
                 } else {
                     this.client().state().read(n);
                 }

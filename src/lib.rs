@@ -79,6 +79,7 @@ pub mod server;
 #[cfg(feature = "tls")]
 mod tls;
 
+pub use client::TlsInfo;
 pub use client::{Address, ClientId, ClientInfo, ClientInfoBuilder, PeerCredentials, Status};
 pub use detach::{detach, DetachError, Detached, DetachedParts, OnDetach};
 pub use driver::{DefaultHttpDriverFactory, HttpDriver, HttpDriverFactory, Protocols};
@@ -92,7 +93,6 @@ pub use options::{MinDataRate, Options};
 pub use proxy::{IpNet, ProxyError, ProxyInfo, ProxyMode, ProxyProtocol};
 pub use remote::{CloseReason, Handler, HandlerBody, RemoteClient};
 pub use server::{Listener, Server, ServerHandle, Stats};
-pub use client::TlsInfo;
 #[cfg(feature = "tls")]
 pub use tls::{server_config, ClientAuth, TlsAcceptor, TlsError};
 

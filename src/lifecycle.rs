@@ -339,8 +339,7 @@ impl<'a> Watch<'a> {
                 self.response.stop();
             } else if output_waiting || self.response.running {
                 let at = *now.get_or_insert_with(Instant::now);
-                self.response
-                    .update(at, output_waiting, snap.bytes_written);
+                self.response.update(at, output_waiting, snap.bytes_written);
                 let response = self.response.deadline(&rate, snap.bytes_written);
                 deadline = earliest(deadline, response.map(|at| (at, TimeoutKind::Response)));
             }

@@ -12,8 +12,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use crate::client::TlsInfo;
 use crate::client::ClientInfoBuilder;
+use crate::client::TlsInfo;
 use crate::io::StreamSocket;
 use crate::options::Options;
 use crate::remote::RemoteClient;

@@ -14,7 +14,9 @@ use common::*;
 use http::{Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
-use hyper_remote_client::{ClientInfo, CloseReason, MinDataRate, Options, RequestBody, TimeoutKind};
+use hyper_remote_client::{
+    ClientInfo, CloseReason, MinDataRate, Options, RequestBody, TimeoutKind,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TIMEOUT: Duration = Duration::from_millis(400);

@@ -52,8 +52,7 @@ impl ProxyInfo {
 
     /// `PP2_TYPE_AUTHORITY`: the host name the client asked for (e.g. SNI).
     pub fn authority(&self) -> Option<&str> {
-        self.tlv(0x02)
-            .and_then(|v| std::str::from_utf8(v).ok())
+        self.tlv(0x02).and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// `PP2_TYPE_UNIQUE_ID`: the proxy's id for the connection.

@@ -37,6 +37,9 @@ const FINISHED: u8 = 1 << 4;
 const BODY_LIMIT: u8 = 1 << 5;
 /// The detached idle clock closed the connection.
 const DETACHED_TIMEOUT: u8 = 1 << 6;
+/// HTTP/1 half-close: the peer's EOF came after a complete request, and is held back from
+/// hyper until the response is written.
+const EOF_DEFERRED: u8 = 1 << 7;
 
 /// A snapshot of what the watch decides on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,13 +235,43 @@ impl State {
     /// A request was handed over: its response is pending, and so is its body, if it has one.
     pub(crate) fn request_started(&self, with_body: bool) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let add = if with_body { RESPONSE | REQUEST } else { RESPONSE };
+        let add = if with_body {
+            RESPONSE | REQUEST
+        } else {
+            RESPONSE
+        };
         self.work.fetch_add(add, Ordering::AcqRel);
     }
 
     /// Takes `counts` (a sum of [`REQUEST`], [`RESPONSE`], [`OWED`]) off the pending work.
     pub(crate) fn done(&self, counts: u64) {
-        self.work.fetch_sub(counts, Ordering::AcqRel);
+        let before = self.work.fetch_sub(counts, Ordering::AcqRel);
+        let after = before.wrapping_sub(counts);
+        if (after >> FIELD) & MASK == 0 && self.flag(EOF_DEFERRED) {
+            // The last response of a half-closed connection: hand hyper its EOF now.
+            self.waker.wake();
+        }
+    }
+
+    /// The peer sent EOF. Whether to hold it back from hyper: over HTTP/1, after a complete
+    /// request whose response is still pending (a half-close: `shutdown(SHUT_WR)`, `nc -N`).
+    /// Not inside a head or a body, where the EOF ends the connection.
+    pub(crate) fn defer_eof(&self) -> bool {
+        let work = self.work();
+        let http1 = matches!(self.version.load(Ordering::Relaxed), 1 | 2);
+        let deferred = http1
+            && !self.is_exported()
+            && work.pending_responses() > 0
+            && work.pending_requests() == 0;
+        if deferred {
+            self.flags.fetch_or(EOF_DEFERRED, Ordering::AcqRel);
+        }
+        deferred
+    }
+
+    /// Whether a held-back EOF can be handed over: no response is pending any more.
+    pub(crate) fn eof_due(&self) -> bool {
+        self.work().pending_responses() == 0
     }
 
     /// A response body waits for hyper to ask for more: the peer is not taking it.

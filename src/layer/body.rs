@@ -137,12 +137,15 @@ impl<B: Body> Body for ResponseBody<B> {
                     guard.set_owed(false);
                 }
             }
-            Poll::Ready(Some(Ok(_))) if !body.is_end_stream() => {
+            // hyper holds a frame until the peer's window lets it through (HTTP/2), and asks
+            // for the next one after that: until then the response waits on the peer. The
+            // guard goes with the body, which hyper drops once the last frame is through.
+            Poll::Ready(Some(Ok(_))) => {
                 if let Some(guard) = this.guard.as_mut() {
                     guard.set_owed(true);
                 }
             }
-            // The last frame, an error, or the end: nothing more to write.
+            // An error, or the end: nothing more to write.
             Poll::Ready(_) => drop(this.guard.take()),
         }
         result

@@ -241,7 +241,10 @@ fn valid_host(value: &[u8]) -> bool {
                 return false;
             };
             let literal = std::str::from_utf8(&value[1..end]).ok();
-            if literal.and_then(|l| l.parse::<std::net::Ipv6Addr>().ok()).is_none() {
+            if literal
+                .and_then(|l| l.parse::<std::net::Ipv6Addr>().ok())
+                .is_none()
+            {
                 return false;
             }
             match &value[end + 1..] {
@@ -257,9 +260,9 @@ fn valid_host(value: &[u8]) -> bool {
     };
     let name_ok = host.is_none_or(|name| {
         !name.is_empty()
-            && name.iter().all(|&b| {
-                b.is_ascii_alphanumeric() || b"-._~!$&'()*+;=".contains(&b)
-            })
+            && name
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+;=".contains(&b))
     });
     let port_ok = port.is_none_or(|port| {
         port.len() <= 5

@@ -49,8 +49,8 @@ use self::stats::Counters;
 use crate::client::{ClientId, ClientInfo};
 use crate::driver::{DefaultHttpDriverFactory, HttpDriverFactory};
 use crate::io::StreamSocket;
-use crate::options::Options;
 use crate::lifecycle::TimeoutKind;
+use crate::options::Options;
 use crate::remote::{CloseReason, Handler, HandlerBody, RemoteClient};
 
 /// A server: accepts on its [`Listener`]s and serves every connection as a [`RemoteClient`]

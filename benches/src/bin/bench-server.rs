@@ -61,10 +61,15 @@ fn main() {
         return;
     }
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    // BENCH_RUNTIME=multi: the multi-thread runtime `#[tokio::main]` builds (as many workers as
+    // the CPUs this process may run on: one under `taskset -c 0`).
+    let runtime = match std::env::var("BENCH_RUNTIME").as_deref() {
+        Ok("multi") => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    }
+    .enable_all()
+    .build()
+    .expect("tokio runtime");
     runtime.block_on(async move {
         let listener = TcpListener::bind(addr).await.expect("bind");
         println!("listening on {addr} ({mode})");
@@ -173,7 +178,17 @@ async fn crate_server(listener: TcpListener, tls: bool) {
     } else {
         listener
     };
-    Server::new(Options::default())
+    let mut options = Options::default();
+    // BENCH_IDLE_TIMEOUT_SECS: the HTTP/1 and HTTP/2 idle timeouts (the idle-CPU measurement
+    // holds connections longer than the default 15 s).
+    if let Some(secs) = std::env::var("BENCH_IDLE_TIMEOUT_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        options.http1_timeout = Some(Duration::from_secs(secs));
+        options.http2_timeout = Some(Duration::from_secs(secs));
+    }
+    Server::new(options)
         .listener(listener)
         .serve(tower::service_fn(crate_handler))
         .await;
