@@ -7,8 +7,9 @@
 # gets CONNS connections from bench-idle (pinned to core 1), each of which made one request and
 # then sits idle. Once all are open, the server's CPU time (utime + stime, /proc/PID/stat) and
 # its threads' voluntary context switches (each one a sleep the thread was woken from) are read,
-# and again SECS seconds later. The crate's idle timeouts are set past the measurement
-# (BENCH_IDLE_TIMEOUT_SECS=600) so that no connection is closed meanwhile.
+# and again SECS seconds later. The crate's HTTP/1 and HTTP/2 idle timeouts are IDLE_TIMEOUT
+# (default 120 s, past the measurement, so no connection is closed meanwhile); a build that
+# samples progress every quarter of the timeout wakes each connection every IDLE_TIMEOUT/4.
 #
 # Environment:
 #   BIN         bench binaries of this tree    (default /work/bench-target/release)
@@ -16,6 +17,7 @@
 #   MODES       servers of BIN to measure      (default "bare crate")
 #   PROTOS      h1 and/or h2                   (default "h1 h2")
 #   RUNTIME     multi (default) or current
+#   IDLE_TIMEOUT  the crate's idle timeouts in seconds (default 120)
 set -euo pipefail
 
 CONNS=${1:-10000}
@@ -26,6 +28,7 @@ MODES=${MODES:-bare crate}
 PROTOS=${PROTOS:-h1 h2}
 RUNTIME=${RUNTIME:-multi}
 PORT=${PORT:-39080}
+IDLE_TIMEOUT=${IDLE_TIMEOUT:-120}
 HZ=$(getconf CLK_TCK)
 
 ulimit -n "$(ulimit -Hn)"
@@ -43,7 +46,7 @@ wakeups() {
 measure() { # LABEL BINDIR MODE PROTO
     local label=$1 bin=$2 mode=$3 proto=$4 spid cpid log
     log=$(mktemp)
-    BENCH_RUNTIME=$RUNTIME BENCH_IDLE_TIMEOUT_SECS=600 taskset -c 0 "$bin/bench-server" "$mode" "$PORT" >"$log" 2>&1 &
+    BENCH_RUNTIME=$RUNTIME BENCH_IDLE_TIMEOUT_SECS=$IDLE_TIMEOUT taskset -c 0 "$bin/bench-server" "$mode" "$PORT" >"$log" 2>&1 &
     spid=$!
     for _ in $(seq 100); do grep -q listening "$log" && break; sleep 0.1; done
     local clog

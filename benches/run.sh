@@ -14,6 +14,11 @@
 #   IDLE_ROUNDS     rounds of the idle-memory measurement (default: ROUNDS)
 #   WORKLOADS       which workloads, in order (default: all):
 #                   h2c pipelined keepalive churn tls-h2 tls-handshake idle
+#   SERVERS         the plain servers to compare (default: bare crate axum actix); add
+#                   crate-before with BIN_BEFORE set to compare this crate with another build
+#   BIN_BEFORE      release binaries of another tree (e.g. the previous commit), for crate-before
+#   BENCH_RUNTIME   multi: the servers run on tokio's multi-thread runtime (one worker when
+#                   pinned to one core) instead of current_thread
 #   BASE_PORT=18180 the servers listen on 127.0.0.1:BASE_PORT+1..+12
 #   OUT             where logs, raw.tsv and results.md go (default: a new /tmp/hrc-bench.XXXX)
 #   CARGO_TARGET_DIR  where the release build goes (default: benches/target)
@@ -38,7 +43,8 @@ RAW=$OUT/raw.tsv
 : >"$RAW"
 BIN=$CARGO_TARGET_DIR/release
 
-SERVERS_PLAIN=(bare crate axum actix)
+read -r -a SERVERS_PLAIN <<<"${SERVERS:-bare crate axum actix}"
+export BENCH_RUNTIME=${BENCH_RUNTIME:-}
 SERVERS_TLS=(bare-tls crate-tls)
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -104,6 +110,7 @@ port_of() {
         bare) echo $((BASE_PORT + 1)) ;; crate) echo $((BASE_PORT + 2)) ;;
         bare-tls) echo $((BASE_PORT + 3)) ;; crate-tls) echo $((BASE_PORT + 4)) ;;
         axum) echo $((BASE_PORT + 5)) ;; actix) echo $((BASE_PORT + 6)) ;;
+        crate-before) echo $((BASE_PORT + 7)) ;;
     esac
 }
 
@@ -114,7 +121,12 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 start_server() {
     local mode=$1 port=$2 logf=$3 pid i
     port_open "$port" && { log "port $port is already in use"; return 1; }
-    taskset -c 0 "$BIN/bench-server" "$mode" "$port" >"$logf" 2>&1 &
+    if [ "$mode" = crate-before ]; then
+        [ -n "${BIN_BEFORE:-}" ] || { log "crate-before needs BIN_BEFORE"; return 1; }
+        taskset -c 0 "$BIN_BEFORE/bench-server" crate "$port" >"$logf" 2>&1 &
+    else
+        taskset -c 0 "$BIN/bench-server" "$mode" "$port" >"$logf" 2>&1 &
+    fi
     pid=$!
     for i in $(seq 100); do
         port_open "$port" && { echo "$pid"; return 0; }
@@ -257,6 +269,7 @@ idle_run() {
     echo "wrk: $(wrk -v 2>&1 | head -1)"
     echo "h2load: $(h2load --version 2>&1 | head -1)"
     echo "rustc: $(rustc --version 2>/dev/null)"
+    echo "runtime: ${BENCH_RUNTIME:-current_thread}"
     if commit=$(git -C "$HERE/.." rev-parse --short HEAD 2>/dev/null); then
         git -C "$HERE/.." diff --quiet HEAD -- src Cargo.toml 2>/dev/null || commit="$commit + uncommitted changes in src/ or Cargo.toml"
         echo "crate: $commit"

@@ -16,8 +16,12 @@
 //! ```
 
 use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,9 +29,9 @@ use bytes::Bytes;
 use clap::Parser;
 use http::{header, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError};
-use hyper_remote_client::rustls::pki_types::pem::PemObject;
+use hyper_remote_client::rustls::pki_types::pem::{self, PemObject};
 use hyper_remote_client::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use hyper_remote_client::rustls::RootCertStore;
+use hyper_remote_client::rustls::{RootCertStore, ServerConfig};
 use hyper_remote_client::{
     detach, server_config, ClientAuth, ClientId, ClientInfo, IpNet, Listener, Options, ProxyMode,
     ProxyProtocol, RequestBody, Server, ServerHandle, Stats, TlsAcceptor,
@@ -56,30 +60,30 @@ struct Args {
     /// Unix socket path to serve HTTP/1.1 and h2c on as well.
     #[arg(long)]
     unix: Option<PathBuf>,
-    /// Connections kept open at once.
-    #[arg(long)]
+    /// Connections kept open at once (at least 1).
+    #[arg(long, value_parser = at_least_one, allow_negative_numbers = true)]
     connection_limit: Option<usize>,
-    /// Connections per IP kept open at once.
-    #[arg(long)]
+    /// Connections per IP kept open at once (at least 1).
+    #[arg(long, value_parser = at_least_one, allow_negative_numbers = true)]
     connections_per_ip: Option<usize>,
-    /// HTTP/1 timeout in seconds.
-    #[arg(long)]
-    http1_timeout: Option<f64>,
-    /// HTTP/2 timeout in seconds.
-    #[arg(long)]
-    http2_timeout: Option<f64>,
-    /// TLS setup timeout in seconds.
-    #[arg(long)]
-    tls_setup_timeout: Option<f64>,
-    /// Largest request head in bytes.
-    #[arg(long)]
+    /// HTTP/1 timeout in seconds (above 0).
+    #[arg(long, value_parser = timeout_seconds, allow_negative_numbers = true)]
+    http1_timeout: Option<Duration>,
+    /// HTTP/2 timeout in seconds (above 0).
+    #[arg(long, value_parser = timeout_seconds, allow_negative_numbers = true)]
+    http2_timeout: Option<Duration>,
+    /// TLS setup timeout in seconds (above 0).
+    #[arg(long, value_parser = timeout_seconds, allow_negative_numbers = true)]
+    tls_setup_timeout: Option<Duration>,
+    /// Largest request head in bytes (at least 1).
+    #[arg(long, value_parser = at_least_one, allow_negative_numbers = true)]
     header_size_limit: Option<usize>,
-    /// Largest request body in bytes.
+    /// Largest request body in bytes (0: no body at all).
     #[arg(long)]
     body_size_limit: Option<usize>,
-    /// Graceful shutdown deadline in seconds.
-    #[arg(long)]
-    shutdown_timeout: Option<f64>,
+    /// Graceful shutdown deadline in seconds (0: close at once).
+    #[arg(long, value_parser = seconds, allow_negative_numbers = true)]
+    shutdown_timeout: Option<Duration>,
     /// Apply the per-IP limit to loopback addresses too (try it from 127.0.0.2, 127.0.0.3...).
     #[arg(long)]
     no_loopback_exemption: bool,
@@ -98,33 +102,68 @@ enum ProxyArg {
     Required,
 }
 
+/// A count that must not be 0 (`--connection-limit 0` would refuse every connection).
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("must be a whole number, 1 or more".into()),
+    }
+}
+
+/// A number of seconds, such as `2.5`: not negative, not NaN, not infinite.
+fn seconds(value: &str) -> Result<Duration, String> {
+    let secs: f64 = value
+        .parse()
+        .map_err(|_| "not a number of seconds".to_string())?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| "must be a number of seconds, 0 or more and finite".to_string())
+}
+
+/// A number of seconds above 0 (a timeout of 0 would cut every connection at once).
+fn timeout_seconds(value: &str) -> Result<Duration, String> {
+    match seconds(value) {
+        Ok(duration) if duration.is_zero() => Err("must be more than 0 seconds".into()),
+        Ok(duration) => Ok(duration),
+        Err(_) => Err("must be a number of seconds above 0, and finite".into()),
+    }
+}
+
 impl Args {
-    fn proxy(&self) -> ProxyProtocol {
+    fn proxy(&self) -> Result<ProxyProtocol, Failed> {
         let mode = match self.proxy_protocol {
             ProxyArg::Off => ProxyMode::Off,
             ProxyArg::Optional => ProxyMode::Optional,
             ProxyArg::Required => ProxyMode::Required,
         };
-        ProxyProtocol::new(mode, self.trusted_proxies.iter().copied())
+        if matches!(mode, ProxyMode::Required) && self.trusted_proxies.is_empty() {
+            return Err(Failed(
+                "--proxy-protocol required: no --trusted-proxy given, every connection would be refused"
+                    .into(),
+            ));
+        }
+        Ok(ProxyProtocol::new(
+            mode,
+            self.trusted_proxies.iter().copied(),
+        ))
     }
 
     fn options(&self) -> Options {
         let mut options = Options::default();
-        let secs = Duration::from_secs_f64;
         if let Some(n) = self.connection_limit {
             options.connection_limit = n;
         }
         if let Some(n) = self.connections_per_ip {
             options.connections_per_ip = n;
         }
-        if let Some(s) = self.http1_timeout {
-            options.http1_timeout = Some(secs(s));
+        if let Some(timeout) = self.http1_timeout {
+            options.http1_timeout = Some(timeout);
         }
-        if let Some(s) = self.http2_timeout {
-            options.http2_timeout = Some(secs(s));
+        if let Some(timeout) = self.http2_timeout {
+            options.http2_timeout = Some(timeout);
         }
-        if let Some(s) = self.tls_setup_timeout {
-            options.tls_setup_timeout = Some(secs(s));
+        if let Some(timeout) = self.tls_setup_timeout {
+            options.tls_setup_timeout = Some(timeout);
         }
         // The raw echo after `/upgrade` is cut after the HTTP/1 timeout without a byte.
         options.detached_timeout = options.http1_timeout;
@@ -134,58 +173,125 @@ impl Args {
         if let Some(n) = self.body_size_limit {
             options.body_size_limit = n;
         }
-        if let Some(s) = self.shutdown_timeout {
-            options.shutdown_timeout = secs(s);
+        if let Some(timeout) = self.shutdown_timeout {
+            options.shutdown_timeout = timeout;
         }
         options.per_ip_limit_on_loopback = self.no_loopback_exemption;
         options
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Why the inspector could not start, worded for the user: what failed (the flag and its
+/// value), then why, e.g. `--cert /x/cert.pem: No such file or directory (os error 2)`.
+#[derive(Debug)]
+struct Failed(String);
+
+impl fmt::Display for Failed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Failed {}
+
+trait Context<T> {
+    /// The error, prefixed with what was being done: `{what}: {error}`.
+    fn context(self, what: impl fmt::Display) -> Result<T, Failed>;
+}
+
+impl<T, E: fmt::Display> Context<T> for Result<T, E> {
+    fn context(self, what: impl fmt::Display) -> Result<T, Failed> {
+        self.map_err(|error| Failed(format!("{what}: {error}")))
+    }
+}
+
+/// Removes a file the inspector made (the generated CA, its unix socket) when dropped: at a
+/// normal exit, after a graceful shutdown (Ctrl-C, SIGTERM), and when a later step of the
+/// start fails.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Exit status when the inspector cannot start, as for clap's usage errors.
+const START_FAILED: u8 = 2;
 
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let args = Args::parse();
-    let http = TcpListener::bind(args.http).await?;
-    let https = TcpListener::bind(args.https).await?;
-    let (http_addr, https_addr) = (http.local_addr()?, https.local_addr()?);
+    let args = Args::parse(); // usage errors: clap prints them and exits with status 2
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failed) => {
+            eprintln!("error: {failed}");
+            ExitCode::from(START_FAILED)
+        }
+    }
+}
+
+/// Starts the inspector, serves until Ctrl-C or SIGTERM, then shuts down gracefully. The files
+/// it made (generated CA, unix socket) are removed when it returns, whichever way.
+async fn run(args: Args) -> Result<(), Failed> {
+    // First, before the CA file is written: from here on SIGINT and SIGTERM are held for the
+    // graceful shutdown (which removes the file) instead of ending the process at once.
+    let shutdown = shutdown_signal()?;
+    let proxy = args.proxy()?;
     let (tls, generated_ca) = tls_config(&args)?;
-    let tls = TlsAcceptor::new(Arc::new(tls));
+    let http = TcpListener::bind(args.http)
+        .await
+        .context(format_args!("--http {}", args.http))?;
+    let https = TcpListener::bind(args.https)
+        .await
+        .context(format_args!("--https {}", args.https))?;
+    let http_addr = http.local_addr().context("--http")?;
+    let https_addr = https.local_addr().context("--https")?;
     let mut server = Server::new(args.options())
-        .listener(Listener::tcp(http).with_proxy_protocol(args.proxy()))
+        .listener(Listener::tcp(http).with_proxy_protocol(proxy.clone()))
         .listener(
             Listener::tcp(https)
-                .with_tls(tls)
-                .with_proxy_protocol(args.proxy()),
+                .with_tls(TlsAcceptor::new(Arc::new(tls)))
+                .with_proxy_protocol(proxy),
         );
+    #[cfg(unix)]
+    let unix_socket = match &args.unix {
+        Some(path) => {
+            let what = format!("--unix {}", path.display());
+            remove_stale_socket(path).context(&what)?;
+            let listener = tokio::net::UnixListener::bind(path).context(&what)?;
+            server = server.listener(listener);
+            Some(RemoveOnDrop(path.clone()))
+        }
+        None => None,
+    };
+
     println!("listening on http://{http_addr}");
     println!("listening on https://{https_addr}");
-    if let Some(ca) = generated_ca {
+    if let Some(ca) = &generated_ca {
         println!(
             "generated a certificate for localhost and 127.0.0.1; its CA: {}",
-            ca.display()
+            ca.0.display()
         );
         println!(
             "     curl -s --cacert {} https://localhost:{}/",
-            ca.display(),
+            ca.0.display(),
             https_addr.port()
         );
     }
     #[cfg(unix)]
-    if let Some(path) = &args.unix {
-        let _ = std::fs::remove_file(path);
-        server = server.listener(tokio::net::UnixListener::bind(path)?);
-        println!("listening on unix:{}", path.display());
+    if let Some(socket) = &unix_socket {
+        println!("listening on unix:{}", socket.0.display());
         println!(
             "     curl -s --unix-socket {} http://localhost/",
-            path.display()
+            socket.0.display()
         );
     }
     println!("try: curl -s http://{http_addr}/");
@@ -202,70 +308,169 @@ async fn main() -> Result<(), BoxError> {
         let handle = handle.clone();
         tower::service_fn(move |req| route(req, handle.clone()))
     };
-    server.serve_with_shutdown(service, shutdown_signal()).await;
+    server.serve_with_shutdown(service, shutdown).await;
     Ok(())
 }
 
-/// Ctrl-C, or SIGTERM where there are signals.
-async fn shutdown_signal() {
+/// Ctrl-C, or SIGTERM where there are signals. The handlers are installed when this is
+/// called, not when the future is first polled.
+fn shutdown_signal() -> Result<impl Future<Output = ()>, Failed> {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    let signal = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+        let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+        async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
         }
-    }
+    };
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    println!("shutting down");
+    let signal = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    Ok(async move {
+        signal.await;
+        // Not println!: with nobody reading stdout any more, it would panic.
+        let _ = writeln!(std::io::stdout(), "shutting down");
+    })
+}
+
+/// Makes room for the unix socket at `path`. Nothing there: fine. A socket nobody listens on
+/// (left by a server that did not remove it): removed. Anything else (a file, a directory, a
+/// socket a server listens on) is left alone and refused.
+#[cfg(unix)]
+fn remove_stale_socket(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata.file_type(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error.to_string()),
+    };
+    if !kind.is_socket() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_symlink() {
+            "a symbolic link"
+        } else if kind.is_file() {
+            "a regular file"
+        } else {
+            "something"
+        };
+        return Err(format!("{what} is there, not a socket; not removing it"));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err("a server is listening on this socket already".into()),
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(path)
+                .map_err(|error| format!("could not remove the stale socket: {error}"))
+        }
+        Err(error) => Err(format!(
+            "a socket is there, and whether it is stale could not be told: {error}"
+        )),
+    }
 }
 
 /// The HTTPS configuration: the given certificate, or one made now for localhost and 127.0.0.1
-/// (its CA is written to a file for `curl --cacert`, whose path is returned too).
-fn tls_config(
-    args: &Args,
-) -> Result<(hyper_remote_client::rustls::ServerConfig, Option<PathBuf>), BoxError> {
+/// (its CA is written to a file for `curl --cacert`, removed when the guard returned is).
+fn tls_config(args: &Args) -> Result<(ServerConfig, Option<RemoveOnDrop>), Failed> {
     let (chain, key, generated_ca) = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => (
-            CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?,
-            PrivateKeyDer::from_pem_file(key)?,
+            read_certificates(cert).context(format_args!("--cert {}", cert.display()))?,
+            read_private_key(key).context(format_args!("--key {}", key.display()))?,
             None,
         ),
         _ => {
-            let ca_key = rcgen::KeyPair::generate()?;
-            let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
-            ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            ca.distinguished_name.push(
-                rcgen::DnType::CommonName,
-                "hyper-remote-client inspector CA",
-            );
-            let ca = ca.self_signed(&ca_key)?;
-            let leaf_key = rcgen::KeyPair::generate()?;
-            let leaf = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?
-                .signed_by(&leaf_key, &ca, &ca_key)?;
+            let (chain, key, ca_pem) =
+                generate_certificate().context("making a certificate for localhost")?;
             let ca_path = std::env::temp_dir()
                 .join(format!("hyper-remote-client-ca-{}.pem", std::process::id()));
-            std::fs::write(&ca_path, ca.pem())?;
-            let key = PrivateKeyDer::try_from(leaf_key.serialize_der())?;
-            (vec![leaf.der().clone()], key, Some(ca_path))
+            let ca_file = RemoveOnDrop(ca_path);
+            std::fs::write(&ca_file.0, ca_pem)
+                .context(format_args!("writing its CA to {}", ca_file.0.display()))?;
+            (chain, key, Some(ca_file))
         }
     };
     let client_auth = match &args.client_ca {
         Some(path) => {
+            let what = format!("--client-ca {}", path.display());
             let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(path)? {
-                roots.add(cert?)?;
+            for cert in read_certificates(path).context(&what)? {
+                roots.add(cert).context(&what)?;
             }
             ClientAuth::Request(roots)
         }
         None => ClientAuth::None,
     };
-    Ok((server_config(chain, key, client_auth)?, generated_ca))
+    let config = server_config(chain, key, client_auth);
+    let config = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => config.context(format_args!(
+            "--cert {}, --key {}",
+            cert.display(),
+            key.display()
+        ))?,
+        _ => config.context("the certificate made for localhost")?,
+    };
+    Ok((config, generated_ca))
+}
+
+/// The certificates of a PEM file (at least one).
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|error| error.to_string())?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem_error)?;
+    if certs.is_empty() {
+        return Err("no certificate found in the file".into());
+    }
+    Ok(certs)
+}
+
+/// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = std::fs::read(path).map_err(|error| error.to_string())?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|error| match error {
+        pem::Error::NoItemsFound => "no private key found in the file".into(),
+        error => pem_error(error),
+    })
+}
+
+fn pem_error(error: pem::Error) -> String {
+    match error {
+        // `end_marker` is the section's label, such as `PRIVATE KEY`.
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "not valid PEM: no \"-----END {}-----\" line",
+            String::from_utf8_lossy(&end_marker)
+        ),
+        pem::Error::IllegalSectionStart { line } => format!(
+            "not valid PEM: a bad section start {:?}",
+            String::from_utf8_lossy(&line)
+        ),
+        pem::Error::Base64Decode(error) => format!("not valid PEM: bad base64 ({error})"),
+        pem::Error::Io(error) => error.to_string(),
+        error => format!("not valid PEM: {error}"),
+    }
+}
+
+/// A certificate for localhost and 127.0.0.1 signed by a CA made now: the chain, its key, and
+/// the CA as PEM.
+fn generate_certificate(
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, String), rcgen::Error> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "hyper-remote-client inspector CA",
+    );
+    let ca = ca.self_signed(&ca_key)?;
+    let leaf_key = rcgen::KeyPair::generate()?;
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?
+        .signed_by(&leaf_key, &ca, &ca_key)?;
+    let key = PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    Ok((vec![leaf.der().clone()], key, ca.pem()))
 }
 
 async fn route(
@@ -301,17 +506,27 @@ async fn route(
             json_response(Value::Array(clients))
         }
         (&Method::GET, "/stats") => json_response(stats_json(&server.stats())),
-        (&Method::POST, path) if path.starts_with("/clients/") && path.ends_with("/close") => {
-            let id = path["/clients/".len()..path.len() - "/close".len()].parse::<u64>();
-            match id {
-                Ok(id) if server.close(ClientId::from(id)) => text(StatusCode::OK, "closed\n"),
-                _ => text(StatusCode::NOT_FOUND, "no such client\n"),
+        (&Method::POST, path) if client_to_close(path).is_some() => {
+            match client_to_close(path).and_then(|id| id.parse::<u64>().ok()) {
+                Some(id) if server.close(ClientId::from(id)) => text(StatusCode::OK, "closed\n"),
+                Some(_) => text(StatusCode::NOT_FOUND, "no such client\n"),
+                None => text(
+                    StatusCode::BAD_REQUEST,
+                    "the client id is a number, as GET /clients lists them\n",
+                ),
             }
         }
         (&Method::GET, "/slow") => {
-            let ms = query_param(req.uri().query(), "ms")
-                .unwrap_or(1000)
-                .min(60_000);
+            let ms = match query_param(req.uri().query(), "ms").map(str::parse::<u64>) {
+                None => 1000,
+                Some(Ok(ms)) => ms.min(60_000),
+                Some(Err(_)) => {
+                    return Ok(text(
+                        StatusCode::BAD_REQUEST,
+                        "ms is a whole number of milliseconds, such as /slow?ms=2000\n",
+                    ))
+                }
+            };
             tokio::time::sleep(Duration::from_millis(ms)).await;
             json_response(client_json(&client, Some(req.version())))
         }
@@ -419,12 +634,18 @@ fn stats_json(stats: &Stats) -> Value {
     })
 }
 
-fn query_param(query: Option<&str>, name: &str) -> Option<u64> {
+/// The value of the first `name` parameter of `query` (`""` for `name` or `name=`).
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
     query?
         .split('&')
-        .filter_map(|pair| pair.split_once('='))
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
         .find(|(key, _)| *key == name)
-        .and_then(|(_, value)| value.parse().ok())
+        .map(|(_, value)| value)
+}
+
+/// The `{id}` of `/clients/{id}/close`.
+fn client_to_close(path: &str) -> Option<&str> {
+    path.strip_prefix("/clients/")?.strip_suffix("/close")
 }
 
 fn json_response(value: Value) -> Response<Full<Bytes>> {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::client::{ClientInfo, CloseGuard, Status};
@@ -33,7 +32,16 @@ pub struct ClientIo<S> {
     guard: Arc<CloseGuard>,
 }
 
-type SocketFn<S> = for<'a> fn(&'a S) -> Option<SockRef<'a>>;
+type SocketFn<S> = for<'a> fn(&'a S) -> Option<BorrowedSocket<'a>>;
+
+/// The OS socket under a stream: a file descriptor (`BorrowedFd`) on unix, a `BorrowedSocket`
+/// on Windows.
+#[cfg(unix)]
+pub type BorrowedSocket<'a> = std::os::fd::BorrowedFd<'a>;
+/// The OS socket under a stream: a file descriptor (`BorrowedFd`) on unix, a `BorrowedSocket`
+/// on Windows.
+#[cfg(windows)]
+pub type BorrowedSocket<'a> = std::os::windows::io::BorrowedSocket<'a>;
 
 /// A stream with (maybe) an OS socket under it.
 ///
@@ -42,31 +50,41 @@ type SocketFn<S> = for<'a> fn(&'a S) -> Option<SockRef<'a>>;
 /// in-memory pipe) return `None`; closing them only makes further I/O fail.
 pub trait StreamSocket {
     /// The socket under this stream.
-    fn socket_ref(&self) -> Option<SockRef<'_>>;
+    fn socket(&self) -> Option<BorrowedSocket<'_>>;
+}
+
+#[cfg(unix)]
+fn borrow<T: std::os::fd::AsFd>(stream: &T) -> Option<BorrowedSocket<'_>> {
+    Some(stream.as_fd())
+}
+
+#[cfg(windows)]
+fn borrow<T: std::os::windows::io::AsSocket>(stream: &T) -> Option<BorrowedSocket<'_>> {
+    Some(stream.as_socket())
 }
 
 impl StreamSocket for tokio::net::TcpStream {
-    fn socket_ref(&self) -> Option<SockRef<'_>> {
-        Some(SockRef::from(self))
+    fn socket(&self) -> Option<BorrowedSocket<'_>> {
+        borrow(self)
     }
 }
 
 #[cfg(unix)]
 impl StreamSocket for tokio::net::UnixStream {
-    fn socket_ref(&self) -> Option<SockRef<'_>> {
-        Some(SockRef::from(self))
+    fn socket(&self) -> Option<BorrowedSocket<'_>> {
+        borrow(self)
     }
 }
 
 #[cfg(feature = "tls")]
 impl<S: StreamSocket> StreamSocket for tokio_rustls::server::TlsStream<S> {
-    fn socket_ref(&self) -> Option<SockRef<'_>> {
-        self.get_ref().0.socket_ref()
+    fn socket(&self) -> Option<BorrowedSocket<'_>> {
+        self.get_ref().0.socket()
     }
 }
 
 impl StreamSocket for tokio::io::DuplexStream {
-    fn socket_ref(&self) -> Option<SockRef<'_>> {
+    fn socket(&self) -> Option<BorrowedSocket<'_>> {
         None
     }
 }
@@ -93,7 +111,7 @@ impl<S: StreamSocket> ClientIo<S> {
             write_blocked: false,
             export_seen: false,
             eof_deferred: false,
-            socket: S::socket_ref,
+            socket: S::socket,
             guard: Arc::new(CloseGuard(client)),
         }
     }
@@ -157,8 +175,11 @@ impl<S> ClientIo<S> {
             return;
         }
         self.export_seen = true;
-        if let Some(socket) = (self.socket)(&self.stream).and_then(|s| s.try_clone().ok()) {
-            self.client().state().keep_export_socket(socket);
+        let duplicate = (self.socket)(&self.stream).and_then(|s| s.try_clone_to_owned().ok());
+        if let Some(socket) = duplicate {
+            self.client()
+                .state()
+                .keep_export_socket(socket2::Socket::from(socket));
         }
     }
 

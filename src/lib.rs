@@ -69,13 +69,13 @@ mod driver;
 #[cfg(feature = "axum")]
 mod extract;
 mod io;
-pub mod layer;
+mod layer;
 mod lifecycle;
 mod options;
 #[cfg(feature = "proxy-protocol")]
-pub mod proxy;
+mod proxy;
 mod remote;
-pub mod server;
+mod server;
 #[cfg(feature = "tls")]
 mod tls;
 
@@ -85,12 +85,12 @@ pub use detach::{detach, DetachError, Detached, DetachedParts, OnDetach};
 pub use driver::{DefaultHttpDriverFactory, HttpDriver, HttpDriverFactory, Protocols};
 #[cfg(feature = "axum")]
 pub use extract::MissingClientInfo;
-pub use io::{ClientIo, StreamSocket};
-pub use layer::{ClientLayer, ClientService, RequestBody, ResponseBody};
+pub use io::{BorrowedSocket, ClientIo, StreamSocket};
+pub use layer::{ClientLayer, ClientService, RequestBody, ResponseBody, ResponseFuture};
 pub use lifecycle::TimeoutKind;
 pub use options::{MinDataRate, Options};
 #[cfg(feature = "proxy-protocol")]
-pub use proxy::{IpNet, ProxyError, ProxyInfo, ProxyMode, ProxyProtocol};
+pub use proxy::{IpNet, IpNetParseError, ProxyError, ProxyInfo, ProxyMode, ProxyProtocol};
 pub use remote::{CloseReason, Handler, HandlerBody, RemoteClient};
 pub use server::{Listener, Server, ServerHandle, Stats};
 #[cfg(feature = "tls")]

@@ -18,8 +18,6 @@ use ppp::HeaderResult;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-pub use ipnet::IpNet;
-
 pub use crate::client::ProxyInfo;
 use crate::client::{Address, ClientInfo, ClientInfoBuilder};
 
@@ -67,9 +65,16 @@ pub enum ProxyError {
     /// A header is required and the connection did not start with one.
     #[error("PROXY header missing")]
     Missing,
-    /// The header is not valid PROXY protocol v1 or v2.
-    #[error("malformed PROXY header: {0}")]
-    Malformed(String),
+    /// The header is not valid PROXY protocol v1 or v2: `what` is wrong, and `source` is the
+    /// parser's error where there is one.
+    #[error("malformed PROXY header: {what}")]
+    Malformed {
+        /// What is wrong with it.
+        what: &'static str,
+        /// The parser's error.
+        #[source]
+        source: Option<crate::BoxError>,
+    },
     /// The header did not arrive within the deadline.
     #[error("PROXY header timed out")]
     Timeout,
@@ -120,7 +125,7 @@ impl ProxyProtocol {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        self.trusted.iter().any(|net| net.contains(&ip))
+        self.trusted.iter().any(|net| net.contains(ip))
     }
 
     /// Reads the PROXY header at the start of an accepted TCP stream (nothing past it) and
@@ -156,6 +161,60 @@ impl ProxyProtocol {
             Found::None(_) if self.mode == ProxyMode::Required => Err(ProxyError::Missing),
             Found::None(unread) => Ok((ClientInfo::builder(peer, local), unread)),
         }
+    }
+}
+
+fn malformed(
+    what: &'static str,
+    error: impl std::error::Error + Send + Sync + 'static,
+) -> ProxyError {
+    ProxyError::Malformed {
+        what,
+        source: Some(Box::new(error)),
+    }
+}
+
+/// An IP network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`, or one address), the trusted
+/// proxies of a [`ProxyProtocol`]. Parse it from a string.
+///
+/// ```
+/// use hyper_remote_client::IpNet;
+/// let net: IpNet = "10.0.0.0/8".parse().unwrap();
+/// assert!(net.contains("10.1.2.3".parse().unwrap()));
+/// assert!("not a network".parse::<IpNet>().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IpNet(ipnet::IpNet);
+
+impl IpNet {
+    /// Whether `ip` is in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.contains(&ip)
+    }
+}
+
+/// Why a string is not an IP network.
+#[derive(Debug, thiserror::Error)]
+#[error("not an IP network in CIDR notation (such as 10.0.0.0/8): {0:?}")]
+pub struct IpNetParseError(String);
+
+impl std::str::FromStr for IpNet {
+    type Err = IpNetParseError;
+
+    /// `a.b.c.d/n`, `ipv6/n`, or a single address (a /32 or /128).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(net) = s.parse::<ipnet::IpNet>() {
+            return Ok(IpNet(net));
+        }
+        s.parse::<IpAddr>()
+            .map(|ip| IpNet(ipnet::IpNet::from(ip)))
+            .map_err(|_| IpNetParseError(s.to_owned()))
+    }
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -237,7 +296,7 @@ async fn read_header(stream: &mut TcpStream) -> Result<Found, ProxyError> {
                 consumed.extend_from_slice(&peeked[..n]);
             }
             Scan::NotProxy => return Ok(Found::None(Bytes::from(consumed))),
-            Scan::Invalid(why) => return Err(ProxyError::Malformed(why.to_owned())),
+            Scan::Invalid(what) => return Err(ProxyError::Malformed { what, source: None }),
         }
     }
 }
@@ -277,7 +336,7 @@ fn parse(header: &[u8], peer: SocketAddr, local: SocketAddr) -> Result<Parsed, P
         HeaderResult::V2(Ok(header)) => {
             let mut tlvs = Vec::new();
             for tlv in header.tlvs() {
-                let tlv = tlv.map_err(|e| ProxyError::Malformed(e.to_string()))?;
+                let tlv = tlv.map_err(|e| malformed("a v2 TLV", e))?;
                 tlvs.push((tlv.kind, Bytes::copy_from_slice(&tlv.value)));
             }
             let local_command = header.command == v2::Command::Local;
@@ -298,8 +357,8 @@ fn parse(header: &[u8], peer: SocketAddr, local: SocketAddr) -> Result<Parsed, P
                 addresses,
             })
         }
-        HeaderResult::V1(Err(error)) => Err(ProxyError::Malformed(error.to_string())),
-        HeaderResult::V2(Err(error)) => Err(ProxyError::Malformed(error.to_string())),
+        HeaderResult::V1(Err(error)) => Err(malformed("the v1 header", error)),
+        HeaderResult::V2(Err(error)) => Err(malformed("the v2 header", error)),
     }
 }
 

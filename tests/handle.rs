@@ -112,7 +112,7 @@ fn check_common(
     assert!(!s.is_encrypted);
     assert!(s.tls_none);
     assert!(!s.is_exported);
-    assert_eq!(s.status, Status::empty());
+    assert_eq!(s.status, Status::OPEN);
     assert!(!s.is_closed);
     assert_eq!(
         s.body_size_limit, 12_345,

@@ -151,7 +151,7 @@ async fn client_layer_with_hyper_builder_and_client_io() {
     }
     assert_eq!(client.remote_port(), Some(c.local.port()));
     assert!(client.bytes_read() > 0 && client.bytes_written() > 0);
-    assert_eq!(client.status(), Status::empty());
+    assert_eq!(client.status(), Status::OPEN);
     // The connection ends: dropping the ClientIo closes the client.
     drop(c);
     wait_closed("ClientIo dropped", closed).await;
@@ -269,7 +269,7 @@ fn builder_defaults_and_close_without_io() {
         (0, 0)
     );
     assert!(!client.is_waiting_on_response());
-    assert_eq!(client.status(), Status::empty());
+    assert_eq!(client.status(), Status::OPEN);
     assert_eq!((client.bytes_read(), client.bytes_written()), (0, 0));
     let count = Arc::new(AtomicUsize::new(0));
     let c = count.clone();

@@ -1294,3 +1294,30 @@ async fn oversize_content_length_is_answered_413_then_closed() {
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
     eventually("the client is closed", || server.stats().closed == 1).await;
 }
+
+#[tokio::test]
+async fn streamed_body_over_the_limit_is_answered_then_closed() {
+    // Chunked, so no Content-Length tells the size in advance: the handler's read fails with
+    // LengthLimitError, it answers (400 here), and the crate adds `Connection: close` because
+    // the rest of the body is never read.
+    let mut options = Options::default();
+    options.body_size_limit = 1024;
+    let server = run(options).await;
+    let mut stream = connect(server.addr).await;
+    stream
+        .write_all(b"POST /collect HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let chunk = format!("800\r\n{}\r\n", "z".repeat(0x800));
+    stream.write_all(chunk.as_bytes()).await.unwrap();
+    let response = read_response(&mut stream).await;
+    assert_eq!(response.status, 400);
+    assert!(
+        response
+            .header("connection")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("close")),
+        "{response:?}"
+    );
+    let _ = until_eof(&mut stream).await;
+    eventually("the client is closed", || server.stats().closed == 1).await;
+}

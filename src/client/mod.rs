@@ -13,8 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use bitflags::bitflags;
-
 #[cfg(feature = "proxy-protocol")]
 pub use self::proxy_info::ProxyInfo;
 use self::state::State;
@@ -50,18 +48,73 @@ impl fmt::Display for ClientId {
     }
 }
 
-bitflags! {
-    /// Which sides of the connection are closed (amphp's `ClientStatus`).
-    ///
-    /// An empty set means the connection is open both ways.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-    pub struct Status: u8 {
-        /// The read side is closed: the peer sent EOF or a read failed.
-        const CLOSED_RD = 1;
-        /// The write side is closed: we shut it down or a write failed.
-        const CLOSED_WR = 2;
-        /// Both sides are closed.
-        const CLOSED_RDWR = Self::CLOSED_RD.bits() | Self::CLOSED_WR.bits();
+/// Which sides of the connection are closed (amphp's `ClientStatus`): a bit mask.
+///
+/// [`Status::OPEN`] (no bit) means the connection is open both ways.
+///
+/// ```
+/// use hyper_remote_client::Status;
+/// let status = Status::CLOSED_RD | Status::CLOSED_WR;
+/// assert_eq!(status, Status::CLOSED_RDWR);
+/// assert!(status.contains(Status::CLOSED_RD));
+/// assert_eq!(status.bits(), 3);
+/// ```
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Status(u8);
+
+impl Status {
+    /// Open both ways.
+    pub const OPEN: Status = Status(0);
+    /// The read side is closed: the peer sent EOF or a read failed.
+    pub const CLOSED_RD: Status = Status(1);
+    /// The write side is closed: we shut it down or a write failed.
+    pub const CLOSED_WR: Status = Status(2);
+    /// Both sides are closed.
+    pub const CLOSED_RDWR: Status = Status(3);
+
+    /// The mask as a number (amphp's values: 1, 2, 3).
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The status with these bits (others are ignored).
+    pub const fn from_bits_truncate(bits: u8) -> Status {
+        Status(bits & Status::CLOSED_RDWR.0)
+    }
+
+    /// Whether every bit of `other` is set.
+    pub const fn contains(self, other: Status) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Whether no bit is set: open both ways.
+    pub const fn is_open(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl std::ops::BitOr for Status {
+    type Output = Status;
+
+    fn bitor(self, other: Status) -> Status {
+        Status(self.0 | other.0)
+    }
+}
+
+impl std::ops::BitOrAssign for Status {
+    fn bitor_assign(&mut self, other: Status) {
+        self.0 |= other.0;
+    }
+}
+
+impl fmt::Debug for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            0 => "OPEN",
+            1 => "CLOSED_RD",
+            2 => "CLOSED_WR",
+            _ => "CLOSED_RDWR",
+        })
     }
 }
 

@@ -553,17 +553,36 @@ impl Acceptor {
 /// is retried at once, as hyper's and axum's loops do; any other (too many open files, out of
 /// memory) is logged and waited out briefly instead of spinning.
 async fn accept_error(error: std::io::Error) {
-    use std::io::ErrorKind;
-    if matches!(
-        error.kind(),
-        ErrorKind::ConnectionAborted
-            | ErrorKind::ConnectionReset
-            | ErrorKind::ConnectionRefused
-            | ErrorKind::Interrupted
-    ) {
+    if is_connection_error(&error) {
         debug!(%error, "accept: connection gone before it was taken");
         return;
     }
     warn!(%error, "accept failed");
     tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// An accept error about one connection only (hyper's and axum's list).
+fn is_connection_error(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::Interrupted
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn per_connection_accept_errors_are_retried_at_once() {
+        for kind in [ErrorKind::ConnectionAborted, ErrorKind::ConnectionReset] {
+            assert!(super::is_connection_error(&Error::from(kind)));
+        }
+        // EMFILE: waited out, not spun on.
+        assert!(!super::is_connection_error(&Error::from_raw_os_error(24)));
+    }
 }
