@@ -27,7 +27,7 @@ BIN_BEFORE=${BIN_BEFORE:-}
 MODES=${MODES:-bare crate}
 PROTOS=${PROTOS:-h1 h2}
 RUNTIME=${RUNTIME:-multi}
-PORT=${PORT:-39080}
+PORT=${PORT:-19080} # below the ephemeral range: the clients hold 10 000 source ports
 IDLE_TIMEOUT=${IDLE_TIMEOUT:-120}
 HZ=$(getconf CLK_TCK)
 

@@ -32,7 +32,7 @@ async fn main() -> std::io::Result<()> {
     let after: Option<u64> = args.next().and_then(|a| a.parse().ok());
 
     let mut options = Options::default();
-    options.shutdown_timeout = Duration::from_secs(5);
+    options = options.with_shutdown_timeout(Duration::from_secs(5));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("listening on http://{}", listener.local_addr()?);
     let server = Server::new(options).listener(listener);

@@ -151,32 +151,33 @@ impl Args {
     fn options(&self) -> Options {
         let mut options = Options::default();
         if let Some(n) = self.connection_limit {
-            options.connection_limit = n;
+            options = options.with_connection_limit(n);
         }
         if let Some(n) = self.connections_per_ip {
-            options.connections_per_ip = n;
+            options = options.with_connections_per_ip(n);
         }
         if let Some(timeout) = self.http1_timeout {
-            options.http1_timeout = Some(timeout);
+            options = options.with_http1_timeout(Some(timeout));
         }
         if let Some(timeout) = self.http2_timeout {
-            options.http2_timeout = Some(timeout);
+            options = options.with_http2_timeout(Some(timeout));
         }
         if let Some(timeout) = self.tls_setup_timeout {
-            options.tls_setup_timeout = Some(timeout);
+            options = options.with_tls_setup_timeout(Some(timeout));
         }
         // The raw echo after `/upgrade` is cut after the HTTP/1 timeout without a byte.
-        options.detached_timeout = options.http1_timeout;
+        let idle = options.http1_timeout();
+        options = options.with_detached_timeout(idle);
         if let Some(n) = self.header_size_limit {
-            options.header_size_limit = n;
+            options = options.with_header_size_limit(n);
         }
         if let Some(n) = self.body_size_limit {
-            options.body_size_limit = n;
+            options = options.with_body_size_limit(n);
         }
         if let Some(timeout) = self.shutdown_timeout {
-            options.shutdown_timeout = timeout;
+            options = options.with_shutdown_timeout(timeout);
         }
-        options.per_ip_limit_on_loopback = self.no_loopback_exemption;
+        options = options.with_per_ip_limit_on_loopback(self.no_loopback_exemption);
         options
     }
 }

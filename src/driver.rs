@@ -51,7 +51,7 @@ impl HttpDriver {
     /// A driver for connections without TLS: HTTP/1.1, plus HTTP/2 with prior knowledge when
     /// [`Options::http2_cleartext`] is on.
     pub fn new(options: &Options) -> Self {
-        let protocols = if options.http2_cleartext {
+        let protocols = if options.http2_cleartext() {
             Protocols::Auto
         } else {
             Protocols::Http1
@@ -67,15 +67,15 @@ impl HttpDriver {
             // The request-head deadline is enforced by `RemoteClient` (without a timer per
             // request); hyper's own would default to 30 s once a timer is set.
             .header_read_timeout(None)
-            .max_header_size(options.header_size_limit);
+            .max_header_size(options.header_size_limit());
         // Not `pipeline_flush(true)`, though it multiplies pipelined throughput (see
         // BENCHMARKS.md): it holds back the `101` of an upgrade whose first bytes arrive with the
         // request head, and the upgrade never completes.
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
-            .max_concurrent_streams(options.concurrent_stream_limit)
-            .max_header_list_size(u32::try_from(options.header_size_limit).unwrap_or(u32::MAX));
+            .max_concurrent_streams(options.concurrent_stream_limit())
+            .max_header_list_size(u32::try_from(options.header_size_limit()).unwrap_or(u32::MAX));
         HttpDriver {
             http1,
             http2,

@@ -117,6 +117,26 @@ impl<S: StreamSocket> ClientIo<S> {
     }
 }
 
+impl ClientIo<tokio::net::TcpStream> {
+    /// Wraps an accepted TCP stream with a new client of its own (its addresses, default
+    /// [`Options`](crate::Options)): what an existing hyper accept loop needs to give its
+    /// handlers a [`ClientInfo`] (see [`ClientService`](crate::ClientService)).
+    pub fn tcp(stream: tokio::net::TcpStream) -> io::Result<Self> {
+        let client = ClientInfo::builder_for_tcp(&stream)?.build();
+        Ok(ClientIo::new(stream, client))
+    }
+}
+
+#[cfg(unix)]
+impl ClientIo<tokio::net::UnixStream> {
+    /// Wraps an accepted unix stream with a new client of its own (its paths, the peer's
+    /// credentials, default [`Options`](crate::Options)).
+    pub fn unix(stream: tokio::net::UnixStream) -> io::Result<Self> {
+        let client = ClientInfo::builder_for_unix(&stream)?.build();
+        Ok(ClientIo::new(stream, client))
+    }
+}
+
 impl<S> ClientIo<S> {
     /// Unwraps the stream. The client counts as closed from here on (its `on_close`
     /// callbacks run once nothing else holds the connection), though the stream stays open.

@@ -86,7 +86,10 @@ pub use driver::{DefaultHttpDriverFactory, HttpDriver, HttpDriverFactory, Protoc
 #[cfg(feature = "axum")]
 pub use extract::MissingClientInfo;
 pub use io::{BorrowedSocket, ClientIo, StreamSocket};
-pub use layer::{ClientLayer, ClientService, RequestBody, ResponseBody, ResponseFuture};
+pub use layer::{
+    ClientLayer, ClientService, RequestBody, ResponseBody, ResponseFuture, ScreenedResponse,
+    Screening, ScreeningFuture, ScreeningLayer,
+};
 pub use lifecycle::TimeoutKind;
 pub use options::{MinDataRate, Options};
 #[cfg(feature = "proxy-protocol")]

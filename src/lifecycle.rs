@@ -248,8 +248,8 @@ impl<'a> Watch<'a> {
 
     fn idle_timeout(&self) -> Option<Duration> {
         match self.protocol {
-            Protocol::Http1 => self.options.http1_timeout,
-            Protocol::Http2 => self.options.http2_timeout,
+            Protocol::Http1 => self.options.http1_timeout(),
+            Protocol::Http2 => self.options.http2_timeout(),
         }
     }
 
@@ -257,7 +257,7 @@ impl<'a> Watch<'a> {
     fn phase_deadline(&self) -> Option<(Instant, TimeoutKind)> {
         let (timeout, kind) = match self.phase {
             Phase::Idle => (self.idle_timeout(), TimeoutKind::Idle),
-            Phase::Head => (self.options.http1_timeout, TimeoutKind::RequestHead),
+            Phase::Head => (self.options.http1_timeout(), TimeoutKind::RequestHead),
             Phase::Service => return None,
         };
         let at = self.since.checked_add(bounded(timeout?))?;
@@ -324,7 +324,7 @@ impl<'a> Watch<'a> {
         output_waiting: bool,
     ) -> Option<(Instant, TimeoutKind)> {
         let mut deadline = None;
-        if let Some(rate) = self.options.min_request_body_rate {
+        if let Some(rate) = self.options.min_request_body_rate() {
             if snap.pending_requests() == 0 && !input_waiting {
                 self.body.stop();
             } else if input_waiting || self.body.running {
@@ -334,7 +334,7 @@ impl<'a> Watch<'a> {
                 deadline = earliest(deadline, body.map(|at| (at, TimeoutKind::RequestBody)));
             }
         }
-        if let Some(rate) = self.options.min_response_rate {
+        if let Some(rate) = self.options.min_response_rate() {
             if snap.pending_responses() == 0 && !output_waiting {
                 self.response.stop();
             } else if output_waiting || self.response.running {

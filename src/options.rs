@@ -4,74 +4,41 @@ use std::time::Duration;
 
 use http::Method;
 
-/// The limits and timeouts a connection runs under, with amphp's defaults.
+/// The limits and clocks a connection runs under, with amphp's defaults (and Kestrel's for the
+/// rate clocks). One `Options` serves a [`Server`](crate::Server) and a
+/// [`RemoteClient`](crate::RemoteClient) alike.
 ///
-/// Read them from a handler with [`ClientInfo::options`](crate::ClientInfo::options).
+/// Build it from the defaults with the `with_*` setters; read it with the getters, for example
+/// in a handler through [`ClientInfo::options`](crate::ClientInfo::options). The clocks are
+/// `Option`s: `None` turns one off.
 ///
 /// ```
 /// use std::time::Duration;
 /// use hyper_remote_client::Options;
 ///
-/// let mut options = Options::default();
-/// options.http1_timeout = Some(Duration::from_secs(5));
-/// options.min_response_rate = None; // no rate clock on responses
-/// options.body_size_limit = 1024 * 1024;
+/// let options = Options::default()
+///     .with_http1_timeout(Duration::from_secs(5))
+///     .with_min_response_rate(None) // no rate clock on responses
+///     .with_body_size_limit(1024 * 1024);
+/// assert_eq!(options.http1_timeout(), Some(Duration::from_secs(5)));
 /// ```
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub struct Options {
-    /// Connections a server keeps open at once; over it, new connections are closed at once.
-    /// Default 10 000.
-    pub connection_limit: usize,
-    /// Connections from one IP (IPv4 /32, IPv6 /56) a server keeps open at once. Default 30.
-    /// Unix sockets are exempt, and so is loopback unless `per_ip_limit_on_loopback` is on.
-    pub connections_per_ip: usize,
-    /// Apply `connections_per_ip` to loopback addresses (127.0.0.0/8, ::1) too. Default off.
-    pub per_ip_limit_on_loopback: bool,
-    /// HTTP/1 timeout (nginx's `keepalive_timeout` and `client_header_timeout`, Go's
-    /// `IdleTimeout` and `ReadHeaderTimeout`): how long an HTTP/1 connection may wait for its
-    /// first byte or sit idle between requests, and how long a request head may take from its
-    /// first byte to its last. `None`: no limit. Default 15 s (amphp's).
-    pub http1_timeout: Option<Duration>,
-    /// HTTP/2 timeout: how long an HTTP/2 connection may have no stream open. Control frames
-    /// (`PING`, `SETTINGS`, `WINDOW_UPDATE`) are not activity. `None`: no limit. Default 60 s
-    /// (amphp's).
-    pub http2_timeout: Option<Duration>,
-    /// While a handler waits for request body bytes, the peer must send them at this rate
-    /// (Kestrel's `MinRequestBodyDataRate`). Time the handler spends on other work does not
-    /// count. `None`: no limit. Default 240 bytes/s after a 5 s grace.
-    pub min_request_body_rate: Option<MinDataRate>,
-    /// While a response waits on the peer (a write that does not go through, or an HTTP/2
-    /// flow-control window held at 0), the peer must take it at this rate (Kestrel's
-    /// `MinResponseDataRate`, nginx's `send_timeout`). A handler slow to produce its response
-    /// is not the peer's fault and is never cut. `None`: no limit. Default 240 bytes/s after a
-    /// 5 s grace.
-    pub min_response_rate: Option<MinDataRate>,
-    /// Time allowed for a TLS handshake. `None`: no limit. Default 5 s.
-    pub tls_setup_timeout: Option<Duration>,
-    /// Idle clock of a connection handed over after an upgrade ([`detach`](crate::detach)):
-    /// no byte read or written for this long and the client is closed (between 1 and 1.25
-    /// times this after the last byte). `None` (the default): the user's protocol decides;
-    /// the shutdown deadline still closes detached connections.
-    pub detached_timeout: Option<Duration>,
-    /// Largest request head in bytes (request line and headers): HTTP/1 answers 431 over it,
-    /// HTTP/2 refuses the header block. Default 32 KiB.
-    pub header_size_limit: usize,
-    /// Largest request body in bytes: a `Content-Length` over it is answered 413 at once, a
-    /// streamed body over it fails with `http_body_util::LengthLimitError` (which axum's
-    /// extractors answer with 413). Default 128 KiB.
-    pub body_size_limit: usize,
-    /// Concurrent HTTP/2 streams per connection. Default 256.
-    pub concurrent_stream_limit: u32,
-    /// Methods handed to the service. Other standard methods are answered 405 with an `Allow`
-    /// header, unknown methods 501, and `OPTIONS *` 204 with `Allow`.
-    /// Default: GET, POST, PUT, PATCH, HEAD, OPTIONS, DELETE.
-    pub allowed_methods: Vec<Method>,
-    /// How long a graceful shutdown waits for in-flight responses before closing. Default 3 s.
-    pub shutdown_timeout: Duration,
-    /// Serve HTTP/2 with prior knowledge (h2c) on connections without TLS, next to HTTP/1.1.
-    /// Default on; off means HTTP/1.1 only without TLS.
-    pub http2_cleartext: bool,
+    connection_limit: usize,
+    connections_per_ip: usize,
+    per_ip_limit_on_loopback: bool,
+    http1_timeout: Option<Duration>,
+    http2_timeout: Option<Duration>,
+    min_request_body_rate: Option<MinDataRate>,
+    min_response_rate: Option<MinDataRate>,
+    tls_setup_timeout: Option<Duration>,
+    detached_timeout: Option<Duration>,
+    header_size_limit: usize,
+    body_size_limit: usize,
+    concurrent_stream_limit: u32,
+    allowed_methods: Vec<Method>,
+    shutdown_timeout: Duration,
+    http2_cleartext: bool,
 }
 
 impl Default for Options {
@@ -105,6 +72,193 @@ impl Default for Options {
 }
 
 impl Options {
+    /// Connections a server keeps open at once; over it, new connections are closed at once.
+    /// Default 10 000.
+    pub fn connection_limit(&self) -> usize {
+        self.connection_limit
+    }
+
+    /// Sets [`connection_limit`](Self::connection_limit).
+    pub fn with_connection_limit(mut self, value: usize) -> Self {
+        self.connection_limit = value;
+        self
+    }
+
+    /// Connections from one IP (IPv4 /32, IPv6 /56) a server keeps open at once. Default 30.
+    /// Unix sockets are exempt, and so is loopback unless `per_ip_limit_on_loopback` is on.
+    pub fn connections_per_ip(&self) -> usize {
+        self.connections_per_ip
+    }
+
+    /// Sets [`connections_per_ip`](Self::connections_per_ip).
+    pub fn with_connections_per_ip(mut self, value: usize) -> Self {
+        self.connections_per_ip = value;
+        self
+    }
+
+    /// Apply `connections_per_ip` to loopback addresses (127.0.0.0/8, ::1) too. Default off.
+    pub fn per_ip_limit_on_loopback(&self) -> bool {
+        self.per_ip_limit_on_loopback
+    }
+
+    /// Sets [`per_ip_limit_on_loopback`](Self::per_ip_limit_on_loopback).
+    pub fn with_per_ip_limit_on_loopback(mut self, value: bool) -> Self {
+        self.per_ip_limit_on_loopback = value;
+        self
+    }
+
+    /// HTTP/1 timeout (nginx's `keepalive_timeout` and `client_header_timeout`, Go's
+    /// `IdleTimeout` and `ReadHeaderTimeout`): how long an HTTP/1 connection may wait for its
+    /// first byte or sit idle between requests, and how long a request head may take from its
+    /// first byte to its last. `None`: no limit. Default 15 s (amphp's).
+    pub fn http1_timeout(&self) -> Option<Duration> {
+        self.http1_timeout
+    }
+
+    /// Sets [`http1_timeout`](Self::http1_timeout).
+    pub fn with_http1_timeout(mut self, value: impl Into<Option<Duration>>) -> Self {
+        self.http1_timeout = value.into();
+        self
+    }
+
+    /// HTTP/2 timeout: how long an HTTP/2 connection may have no stream open. Control frames
+    /// (`PING`, `SETTINGS`, `WINDOW_UPDATE`) are not activity. `None`: no limit. Default 60 s
+    /// (amphp's).
+    pub fn http2_timeout(&self) -> Option<Duration> {
+        self.http2_timeout
+    }
+
+    /// Sets [`http2_timeout`](Self::http2_timeout).
+    pub fn with_http2_timeout(mut self, value: impl Into<Option<Duration>>) -> Self {
+        self.http2_timeout = value.into();
+        self
+    }
+
+    /// While a handler waits for request body bytes, the peer must send them at this rate
+    /// (Kestrel's `MinRequestBodyDataRate`). Time the handler spends on other work does not
+    /// count. `None`: no limit. Default 240 bytes/s after a 5 s grace.
+    pub fn min_request_body_rate(&self) -> Option<MinDataRate> {
+        self.min_request_body_rate
+    }
+
+    /// Sets [`min_request_body_rate`](Self::min_request_body_rate).
+    pub fn with_min_request_body_rate(mut self, value: impl Into<Option<MinDataRate>>) -> Self {
+        self.min_request_body_rate = value.into();
+        self
+    }
+
+    /// While a response waits on the peer (a write that does not go through, or an HTTP/2
+    /// flow-control window held at 0), the peer must take it at this rate (Kestrel's
+    /// `MinResponseDataRate`, nginx's `send_timeout`). A handler slow to produce its response
+    /// is not the peer's fault and is never cut. `None`: no limit. Default 240 bytes/s after a
+    /// 5 s grace.
+    pub fn min_response_rate(&self) -> Option<MinDataRate> {
+        self.min_response_rate
+    }
+
+    /// Sets [`min_response_rate`](Self::min_response_rate).
+    pub fn with_min_response_rate(mut self, value: impl Into<Option<MinDataRate>>) -> Self {
+        self.min_response_rate = value.into();
+        self
+    }
+
+    /// Time allowed for a TLS handshake. `None`: no limit. Default 5 s.
+    pub fn tls_setup_timeout(&self) -> Option<Duration> {
+        self.tls_setup_timeout
+    }
+
+    /// Sets [`tls_setup_timeout`](Self::tls_setup_timeout).
+    pub fn with_tls_setup_timeout(mut self, value: impl Into<Option<Duration>>) -> Self {
+        self.tls_setup_timeout = value.into();
+        self
+    }
+
+    /// Idle clock of a connection handed over after an upgrade ([`detach`](crate::detach)):
+    /// no byte read or written for this long and the client is closed (between 1 and 1.25
+    /// times this after the last byte). `None` (the default): the user's protocol decides;
+    /// the shutdown deadline still closes detached connections.
+    pub fn detached_timeout(&self) -> Option<Duration> {
+        self.detached_timeout
+    }
+
+    /// Sets [`detached_timeout`](Self::detached_timeout).
+    pub fn with_detached_timeout(mut self, value: impl Into<Option<Duration>>) -> Self {
+        self.detached_timeout = value.into();
+        self
+    }
+
+    /// Largest request head in bytes (request line and headers): HTTP/1 answers 431 over it,
+    /// HTTP/2 refuses the header block. Default 32 KiB.
+    pub fn header_size_limit(&self) -> usize {
+        self.header_size_limit
+    }
+
+    /// Sets [`header_size_limit`](Self::header_size_limit).
+    pub fn with_header_size_limit(mut self, value: usize) -> Self {
+        self.header_size_limit = value;
+        self
+    }
+
+    /// Largest request body in bytes: a `Content-Length` over it is answered 413 at once, a
+    /// streamed body over it fails with `http_body_util::LengthLimitError` (which axum's
+    /// extractors answer with 413). Default 128 KiB.
+    pub fn body_size_limit(&self) -> usize {
+        self.body_size_limit
+    }
+
+    /// Sets [`body_size_limit`](Self::body_size_limit).
+    pub fn with_body_size_limit(mut self, value: usize) -> Self {
+        self.body_size_limit = value;
+        self
+    }
+
+    /// Concurrent HTTP/2 streams per connection. Default 256.
+    pub fn concurrent_stream_limit(&self) -> u32 {
+        self.concurrent_stream_limit
+    }
+
+    /// Sets [`concurrent_stream_limit`](Self::concurrent_stream_limit).
+    pub fn with_concurrent_stream_limit(mut self, value: u32) -> Self {
+        self.concurrent_stream_limit = value;
+        self
+    }
+
+    /// Methods handed to the service. Other standard methods are answered 405 with an `Allow`
+    /// header, unknown methods 501, and `OPTIONS *` 204 with `Allow`.
+    /// Default: GET, POST, PUT, PATCH, HEAD, OPTIONS, DELETE.
+    pub fn allowed_methods(&self) -> &[Method] {
+        &self.allowed_methods
+    }
+
+    /// Sets [`allowed_methods`](Self::allowed_methods).
+    pub fn with_allowed_methods(mut self, value: impl Into<Vec<Method>>) -> Self {
+        self.allowed_methods = value.into();
+        self
+    }
+
+    /// How long a graceful shutdown waits for in-flight responses before closing. Default 3 s.
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.shutdown_timeout
+    }
+
+    /// Sets [`shutdown_timeout`](Self::shutdown_timeout).
+    pub fn with_shutdown_timeout(mut self, value: Duration) -> Self {
+        self.shutdown_timeout = value;
+        self
+    }
+
+    /// Serve HTTP/2 with prior knowledge (h2c) on connections without TLS, next to HTTP/1.1.
+    /// Default on; off means HTTP/1.1 only without TLS.
+    pub fn http2_cleartext(&self) -> bool {
+        self.http2_cleartext
+    }
+
+    /// Sets [`http2_cleartext`](Self::http2_cleartext).
+    pub fn with_http2_cleartext(mut self, value: bool) -> Self {
+        self.http2_cleartext = value;
+        self
+    }
+
     /// The value of an `Allow` header for these options: the allowed methods, comma separated.
     pub fn allow_header(&self) -> String {
         let names: Vec<&str> = self.allowed_methods.iter().map(Method::as_str).collect();

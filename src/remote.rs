@@ -110,7 +110,7 @@ pub struct RemoteClient<S> {
 
 impl RemoteClient<TcpStream> {
     /// Wraps an accepted TCP stream: captures both addresses and sets `TCP_NODELAY`.
-    pub fn tcp(stream: TcpStream, options: Arc<Options>) -> io::Result<Self> {
+    pub fn tcp(stream: TcpStream, options: impl Into<Arc<Options>>) -> io::Result<Self> {
         stream.set_nodelay(true)?;
         let client = ClientInfo::builder_for_tcp(&stream)?
             .options(options)
@@ -122,7 +122,10 @@ impl RemoteClient<TcpStream> {
 #[cfg(unix)]
 impl RemoteClient<tokio::net::UnixStream> {
     /// Wraps an accepted unix stream: captures both paths and the peer's credentials.
-    pub fn unix(stream: tokio::net::UnixStream, options: Arc<Options>) -> io::Result<Self> {
+    pub fn unix(
+        stream: tokio::net::UnixStream,
+        options: impl Into<Arc<Options>>,
+    ) -> io::Result<Self> {
         let client = ClientInfo::builder_for_unix(&stream)?
             .options(options)
             .build();
@@ -208,7 +211,7 @@ where
                 Err(Event::Shutdown) => conn.as_mut().graceful_shutdown(),
                 Err(event) => return reason(event),
                 Ok(Ok(())) if client.is_exported() => {
-                    if let Some(timeout) = options.detached_timeout {
+                    if let Some(timeout) = options.detached_timeout() {
                         tokio::spawn(watch_detached(client.clone(), timeout));
                     }
                     return CloseReason::Upgraded;

@@ -114,8 +114,8 @@ impl TlsAcceptor {
         S: AsyncRead + AsyncWrite + StreamSocket + Unpin + Send + 'static,
     {
         let deadline = client.options_ref().map_or_else(
-            || Options::default().tls_setup_timeout,
-            |o| o.tls_setup_timeout,
+            || Options::default().tls_setup_timeout(),
+            |o| o.tls_setup_timeout(),
         );
         let handshake = self.inner.accept(stream);
         let stream = match deadline {
@@ -134,7 +134,7 @@ impl TlsAcceptor {
     pub async fn accept_tcp(
         &self,
         stream: TcpStream,
-        options: Arc<Options>,
+        options: impl Into<Arc<Options>>,
     ) -> Result<RemoteClient<TlsStream<TcpStream>>, TlsError> {
         stream.set_nodelay(true).map_err(TlsError::Io)?;
         let client = crate::ClientInfo::builder_for_tcp(&stream).map_err(TlsError::Io)?;
@@ -147,7 +147,7 @@ impl TlsAcceptor {
     pub async fn accept_unix(
         &self,
         stream: tokio::net::UnixStream,
-        options: Arc<Options>,
+        options: impl Into<Arc<Options>>,
     ) -> Result<RemoteClient<TlsStream<tokio::net::UnixStream>>, TlsError> {
         let client = crate::ClientInfo::builder_for_unix(&stream).map_err(TlsError::Io)?;
         self.accept(stream, client.options(options)).await

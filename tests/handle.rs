@@ -49,7 +49,7 @@ fn seen(req: &Request<RequestBody>) -> Seen {
         is_exported: c.is_exported(),
         status: c.status(),
         is_closed: c.is_closed(),
-        body_size_limit: c.options().body_size_limit,
+        body_size_limit: c.options().body_size_limit(),
         version: req.version(),
         pending_requests: c.pending_requests(),
         pending_responses: c.pending_responses(),
@@ -77,7 +77,7 @@ async fn reporting_server(options: Options) -> (Harness, mpsc::UnboundedReceiver
 
 fn custom_options() -> Options {
     let mut options = Options::default();
-    options.body_size_limit = 12_345;
+    options = options.with_body_size_limit(12_345);
     options
 }
 
@@ -142,7 +142,7 @@ async fn getters_over_http1() {
     assert_eq!(s.version, Version::HTTP_11);
     check_common(&s, &h, c.local, &server_side);
     // The handle the accept loop holds reports the same.
-    assert_eq!(server_side.options().body_size_limit, 12_345);
+    assert_eq!(server_side.options().body_size_limit(), 12_345);
     assert_eq!(server_side.remote_port(), Some(c.local.port()));
     assert_eq!(
         server_side.remote_address().to_string(),

@@ -233,10 +233,10 @@ async fn amphp_bad_input_table_gets_the_right_status_and_a_closed_connection() {
 #[tokio::test]
 async fn slow_and_silent_attackers_are_cut_while_a_good_client_is_served() {
     let mut options = Options::default();
-    options.http1_timeout = Some(Duration::from_millis(500));
+    options = options.with_http1_timeout(Some(Duration::from_millis(500)));
     let rate = MinDataRate::new(240, Duration::from_millis(500));
-    options.min_request_body_rate = Some(rate);
-    options.min_response_rate = Some(rate);
+    options = options.with_min_request_body_rate(Some(rate));
+    options = options.with_min_response_rate(Some(rate));
     let server = run(options).await;
     let addr = server.addr;
     let started = Instant::now();
@@ -443,7 +443,7 @@ async fn http2_ping_and_settings_floods_are_bounded_and_others_served() {
 #[tokio::test]
 async fn http2_streams_over_the_limit_are_refused() {
     let mut options = Options::default();
-    options.concurrent_stream_limit = 8;
+    options = options.with_concurrent_stream_limit(8);
     let server = run(options).await;
     let mut stream = h2_connection(server.addr).await;
     // Wait for the server's SETTINGS, then ignore its limit: open 20 streams at once.
@@ -595,8 +595,8 @@ fn arbitrary_bytes_end_to_end_never_panic_or_leak() {
         .build()
         .unwrap();
     let mut options = Options::default();
-    options.http1_timeout = Some(Duration::from_millis(200));
-    options.http2_timeout = Some(Duration::from_millis(200));
+    options = options.with_http1_timeout(Some(Duration::from_millis(200)));
+    options = options.with_http2_timeout(Some(Duration::from_millis(200)));
     let server = runtime.block_on(run(options));
     let config = ProptestConfig {
         cases: 64,

@@ -13,8 +13,10 @@ use bytes::Bytes;
 use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_remote_client::{
-    Address, ClientInfo, ClientIo, ClientLayer, Options, RequestBody, Status, TlsInfo,
+    Address, ClientInfo, ClientIo, ClientLayer, Options, RequestBody, ScreeningLayer, Status,
+    TlsInfo,
 };
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -72,7 +74,7 @@ async fn client_layer_replaces_a_client_info_already_in_the_extensions() {
     )
     .build();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let inner = tower::service_fn(move |req: Request<RequestBody<Full<Bytes>>>| {
+    let inner = tower::service_fn(move |req: Request<Full<Bytes>>| {
         let tx = tx.clone();
         async move {
             let seen = req.extensions().get::<ClientInfo>().unwrap().clone();
@@ -108,13 +110,24 @@ async fn client_layer_replaces_a_client_info_already_in_the_extensions() {
     assert_eq!(body, "inner");
     assert_eq!(real.pending_responses(), 0, "response body ended");
 
-    // The layer's own answers work without any socket.
+    // ClientLayer changes no answer: TRACE reaches the service.
     let req = Request::builder()
         .method("TRACE")
         .uri("/")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let resp = within("TRACE", service.oneshot(req)).await.unwrap();
+    let resp = within("TRACE", service.clone().oneshot(req)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(rx.try_recv().is_ok(), "the inner service ran");
+
+    // The screening is a layer of its own, and works without any socket.
+    let screened = ScreeningLayer::new(Options::default()).layer(service);
+    let req = Request::builder()
+        .method("TRACE")
+        .uri("/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = within("TRACE", screened.oneshot(req)).await.unwrap();
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert!(rx.try_recv().is_err(), "the inner service did not run");
 }
@@ -130,7 +143,7 @@ async fn client_layer_with_hyper_builder_and_client_io() {
             let client = ClientInfo::builder(remote, stream.local_addr().unwrap()).build();
             clients_tx.send(client.clone()).unwrap();
             let service =
-                ClientLayer::new(client.clone()).layer(tower::service_fn(whoami::<RequestBody>));
+                ClientLayer::new(client.clone()).layer(tower::service_fn(whoami::<Incoming>));
             let io = TokioIo::new(ClientIo::new(stream, client));
             tokio::spawn(async move {
                 hyper::server::conn::http1::Builder::new()
@@ -198,14 +211,14 @@ async fn greet(req: Request<Full<Bytes>>) -> Response<String> {
         "{scheme} {} {:?} limit={}",
         client.remote_address(),
         client.remote_port(),
-        client.options().body_size_limit
+        client.options().body_size_limit()
     ))
 }
 
 #[tokio::test]
 async fn client_info_builder_as_a_test_double() {
     let mut options = Options::default();
-    options.body_size_limit = 77;
+    options = options.with_body_size_limit(77);
     let client = ClientInfo::builder(
         "203.0.113.7:50000".parse::<SocketAddr>().unwrap(),
         "127.0.0.1:8080".parse::<SocketAddr>().unwrap(),
@@ -261,8 +274,8 @@ fn builder_defaults_and_close_without_io() {
     assert_eq!(client.remote_address().to_string(), "");
     assert!(client.tls().is_none());
     assert_eq!(
-        client.options().body_size_limit,
-        Options::default().body_size_limit
+        client.options().body_size_limit(),
+        Options::default().body_size_limit()
     );
     assert_eq!(
         (client.pending_requests(), client.pending_responses()),

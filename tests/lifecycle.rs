@@ -721,7 +721,7 @@ mod h2raw {
 #[tokio::test]
 async fn options_star_health_checks_keep_a_keep_alive_connection_open() {
     let mut options = Options::default();
-    options.http1_timeout = Some(Duration::from_secs(1));
+    options = options.with_http1_timeout(Some(Duration::from_secs(1)));
     let server = run(options).await;
     let mut stream = connect(server.addr).await;
     let started = Instant::now();
@@ -766,7 +766,7 @@ async fn options_star_health_checks_keep_a_keep_alive_connection_open() {
 #[tokio::test]
 async fn request_queued_in_poll_ready_is_not_timed_out() {
     let mut options = Options::default();
-    options.http1_timeout = Some(Duration::from_millis(500));
+    options = options.with_http1_timeout(Some(Duration::from_millis(500)));
     let mut server = run_limited(options, 1).await;
     // A takes the only permit and holds it for 4 timeouts.
     let mut a = connect(server.addr).await;
@@ -813,7 +813,7 @@ async fn request_queued_in_poll_ready_is_not_timed_out() {
 #[tokio::test]
 async fn http2_window_held_at_zero_is_cut_by_the_response_rate() {
     let mut options = Options::default();
-    options.min_response_rate = Some(MinDataRate::new(240, Duration::from_secs(1)));
+    options = options.with_min_response_rate(Some(MinDataRate::new(240, Duration::from_secs(1))));
     let server = run(options).await;
     let mut conn =
         h2raw::Conn::handshake(server.addr, &[(h2raw::SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
@@ -868,7 +868,7 @@ async fn http2_window_held_at_zero_is_cut_by_the_response_rate() {
 #[tokio::test]
 async fn http2_pings_without_a_stream_are_idle() {
     let mut options = Options::default();
-    options.http2_timeout = Some(Duration::from_secs(1));
+    options = options.with_http2_timeout(Some(Duration::from_secs(1)));
     let server = run(options).await;
     let mut conn = h2raw::Conn::handshake(server.addr, &[]).await;
     let started = Instant::now();
@@ -923,7 +923,8 @@ async fn http2_pings_without_a_stream_are_idle() {
 #[tokio::test]
 async fn request_body_dripped_below_the_minimum_rate_is_cut() {
     let mut options = Options::default();
-    options.min_request_body_rate = Some(MinDataRate::new(100, Duration::from_secs(1)));
+    options =
+        options.with_min_request_body_rate(Some(MinDataRate::new(100, Duration::from_secs(1))));
     let server = run(options).await;
     let mut stream = connect(server.addr).await;
     stream
@@ -960,7 +961,7 @@ async fn request_body_dripped_below_the_minimum_rate_is_cut() {
 #[tokio::test]
 async fn response_read_below_the_minimum_rate_is_cut() {
     let mut options = Options::default();
-    options.min_response_rate = Some(MinDataRate::new(1000, Duration::from_secs(1)));
+    options = options.with_min_response_rate(Some(MinDataRate::new(1000, Duration::from_secs(1))));
     let mut server = run(options).await;
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -1050,8 +1051,8 @@ async fn complete_request_then_half_close_is_still_answered() {
 #[tokio::test]
 async fn silent_detached_connection_is_closed_and_its_slot_given_back() {
     let mut options = Options::default();
-    options.detached_timeout = Some(Duration::from_secs(1));
-    options.connection_limit = 2;
+    options = options.with_detached_timeout(Some(Duration::from_secs(1)));
+    options = options.with_connection_limit(2);
     let server = run(options).await;
     let mut active = connect(server.addr).await;
     active.write_all(UPGRADE).await.unwrap();
@@ -1301,7 +1302,7 @@ async fn streamed_body_over_the_limit_is_answered_then_closed() {
     // LengthLimitError, it answers (400 here), and the crate adds `Connection: close` because
     // the rest of the body is never read.
     let mut options = Options::default();
-    options.body_size_limit = 1024;
+    options = options.with_body_size_limit(1024);
     let server = run(options).await;
     let mut stream = connect(server.addr).await;
     stream

@@ -91,7 +91,7 @@ async fn header_over_the_limit_is_431() {
 #[tokio::test]
 async fn custom_header_limit_is_applied() {
     let mut options = Options::default();
-    options.header_size_limit = 16 * 1024;
+    options = options.with_header_size_limit(16 * 1024);
     let (h, calls, _rx) = counting_server(options).await;
     assert_eq!(
         raw_status(&h, &request_with_header("x-big", 20 * 1024))
@@ -112,7 +112,7 @@ async fn custom_header_limit_is_applied() {
 async fn small_header_limit_is_exact() {
     // Any limit works, down to a few hundred bytes: hyper's max_header_size has no floor.
     let mut options = Options::default();
-    options.header_size_limit = 1024;
+    options = options.with_header_size_limit(1024);
     let (h, _calls, _rx) = counting_server(options).await;
     assert_eq!(
         raw_status(&h, &request_with_header("x-big", 700))
@@ -131,7 +131,7 @@ async fn small_header_limit_is_exact() {
 #[tokio::test]
 async fn content_length_over_the_limit_is_413_without_the_handler() {
     let mut options = Options::default();
-    options.body_size_limit = 1000;
+    options = options.with_body_size_limit(1000);
     let (h, calls, _rx) = counting_server(options).await;
     // Only the head: the server must answer without waiting for the body.
     let resp = raw_status(
@@ -155,7 +155,7 @@ async fn content_length_over_the_limit_is_413_without_the_handler() {
 #[tokio::test]
 async fn content_length_over_the_limit_is_413_over_h2() {
     let mut options = Options::default();
-    options.body_size_limit = 1000;
+    options = options.with_body_size_limit(1000);
     let (h, calls, _rx) = counting_server(options).await;
     let mut c = h2_client(h.addr).await;
     let resp = within(
@@ -181,7 +181,7 @@ async fn content_length_over_the_limit_is_413_over_h2() {
 #[tokio::test]
 async fn chunked_body_over_the_limit_fails_with_length_limit_error() {
     let mut options = Options::default();
-    options.body_size_limit = 1000;
+    options = options.with_body_size_limit(1000);
     let (h, calls, mut rx) = counting_server(options).await;
     let chunk = "a".repeat(600);
     let req = format!(
@@ -278,7 +278,7 @@ async fn options_star_is_204_with_allow() {
 async fn custom_allowed_methods() {
     let mut options = Options::default();
     let purge = Method::from_bytes(b"PURGE").unwrap();
-    options.allowed_methods = vec![Method::GET, Method::POST, purge];
+    options = options.with_allowed_methods(vec![Method::GET, Method::POST, purge]);
     let (h, calls, _rx) = counting_server(options).await;
     let mut c = h1_client(h.addr).await;
     let resp = within("DELETE", c.sender.send_request(h1_req("DELETE", "/", "")))
@@ -327,7 +327,7 @@ async fn method_answers_over_h2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_concurrent_stream_limit() {
     let mut options = Options::default();
-    options.concurrent_stream_limit = 2;
+    options = options.with_concurrent_stream_limit(2);
     let running = Arc::new(AtomicUsize::new(0));
     let max = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(0));

@@ -211,8 +211,8 @@ async fn a_header_that_never_completes_is_closed_at_the_deadline() {
 #[tokio::test]
 async fn per_ip_limit_applies_to_the_original_client() {
     let mut options = Options::default();
-    options.connections_per_ip = 1;
-    options.per_ip_limit_on_loopback = true;
+    options = options.with_connections_per_ip(1);
+    options = options.with_per_ip_limit_on_loopback(true);
     let (addr, handle) = run(ProxyProtocol::required(loopback()), options).await;
     let header = |ip: &str| format!("PROXY TCP4 {ip} 198.51.100.2 5000 443\r\n").into_bytes();
     // Two clients through the same proxy address, each under its own limit.

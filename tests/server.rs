@@ -132,8 +132,8 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 #[tokio::test]
 async fn per_ip_limit_counts_by_source_address_and_gives_slots_back() {
     let mut options = Options::default();
-    options.connections_per_ip = 2;
-    options.per_ip_limit_on_loopback = true;
+    options = options.with_connections_per_ip(2);
+    options = options.with_per_ip_limit_on_loopback(true);
     let server = run(options).await;
 
     let mut a1 = connect_from([127, 0, 0, 2], server.addr).await;
@@ -163,7 +163,7 @@ async fn per_ip_limit_counts_by_source_address_and_gives_slots_back() {
 #[tokio::test]
 async fn loopback_is_exempt_from_the_per_ip_limit_by_default() {
     let mut options = Options::default();
-    options.connections_per_ip = 1;
+    options = options.with_connections_per_ip(1);
     let server = run(options).await;
     let mut streams = Vec::new();
     for _ in 0..3 {
@@ -177,7 +177,7 @@ async fn loopback_is_exempt_from_the_per_ip_limit_by_default() {
 #[tokio::test]
 async fn connection_limit_rejects_and_recovers() {
     let mut options = Options::default();
-    options.connection_limit = 2;
+    options = options.with_connection_limit(2);
     let server = run(options).await;
     let mut first = TcpStream::connect(server.addr).await.unwrap();
     let mut second = TcpStream::connect(server.addr).await.unwrap();
@@ -230,7 +230,9 @@ async fn shutdown_waits_on_unfinished_responses() {
     tokio::time::timeout(LIMIT, server.started.recv())
         .await
         .unwrap();
-    server.handle.shutdown();
+    server
+        .handle
+        .graceful_shutdown(Some(Duration::from_secs(3)));
     // The response in flight when the shutdown started is still delivered in full.
     let response = tokio::time::timeout(LIMIT, slow).await.unwrap().unwrap();
     assert!(response.unwrap().starts_with("HTTP/1.1 200 OK"));
@@ -245,7 +247,7 @@ async fn shutdown_waits_on_unfinished_responses() {
 #[tokio::test]
 async fn idle_keep_alive_connections_close_at_once_and_hung_ones_at_the_deadline() {
     let mut options = Options::default();
-    options.shutdown_timeout = Duration::from_millis(300);
+    options = options.with_shutdown_timeout(Duration::from_millis(300));
     let mut server = run(options).await;
     let mut idle = TcpStream::connect(server.addr).await.unwrap();
     assert!(request(&mut idle, "/").await.is_some());
@@ -258,7 +260,9 @@ async fn idle_keep_alive_connections_close_at_once_and_hung_ones_at_the_deadline
         .unwrap();
 
     let started = Instant::now();
-    server.handle.shutdown();
+    server
+        .handle
+        .graceful_shutdown(Some(Duration::from_millis(300)));
     // The idle keep-alive connection is closed at once, not at the deadline.
     assert!(ends_without_response(&mut idle).await);
     let idle_closed = started.elapsed();
@@ -296,7 +300,9 @@ async fn http2_shutdown_finishes_the_stream_in_flight_then_ends_the_connection()
     tokio::time::timeout(LIMIT, server.started.recv())
         .await
         .unwrap();
-    server.handle.shutdown();
+    server
+        .handle
+        .graceful_shutdown(Some(Duration::from_secs(3)));
     let response = tokio::time::timeout(LIMIT, in_flight)
         .await
         .unwrap()
@@ -323,7 +329,7 @@ async fn exported_clients_count_until_closed_and_are_closed_at_the_deadline() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut options = Options::default();
-    options.shutdown_timeout = Duration::from_millis(200);
+    options = options.with_shutdown_timeout(Duration::from_millis(200));
     let server = Server::new(options).listener(listener);
     let handle = server.handle();
     let (held_tx, mut held) = mpsc::unbounded_channel();
@@ -364,7 +370,7 @@ async fn exported_clients_count_until_closed_and_are_closed_at_the_deadline() {
     assert_eq!(handle.clients().len(), 1);
     assert!(handle.clients()[0].is_exported());
 
-    handle.shutdown();
+    handle.graceful_shutdown(Some(Duration::from_millis(200)));
     // Forced at the deadline: the peer sees the end though the detached I/O is still held.
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(LIMIT, stream.read_to_end(&mut buf))
@@ -431,7 +437,7 @@ async fn tls_listener_counts_failed_and_stalled_handshakes() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut options = Options::default();
-    options.tls_setup_timeout = Some(Duration::from_millis(200));
+    options = options.with_tls_setup_timeout(Some(Duration::from_millis(200)));
     let server = Server::new(options).listener(Listener::tcp(listener).with_tls(acceptor));
     let handle = server.handle();
     let (started, _rx) = mpsc::unbounded_channel();
@@ -467,8 +473,8 @@ async fn unix_listener_serves_and_is_exempt_from_the_per_ip_limit() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sock");
     let mut options = Options::default();
-    options.connections_per_ip = 1;
-    options.per_ip_limit_on_loopback = true;
+    options = options.with_connections_per_ip(1);
+    options = options.with_per_ip_limit_on_loopback(true);
     let server = Server::new(options).listener(tokio::net::UnixListener::bind(&path).unwrap());
     let handle = server.handle();
     let (started, _rx) = mpsc::unbounded_channel();

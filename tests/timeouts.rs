@@ -24,10 +24,10 @@ const UPPER: Duration = Duration::from_secs(5);
 
 fn short_options() -> Options {
     let mut options = Options::default();
-    options.http1_timeout = Some(TIMEOUT);
-    options.http2_timeout = Some(TIMEOUT);
-    options.min_request_body_rate = Some(MinDataRate::new(240, TIMEOUT));
-    options.min_response_rate = Some(MinDataRate::new(240, TIMEOUT));
+    options = options.with_http1_timeout(Some(TIMEOUT));
+    options = options.with_http2_timeout(Some(TIMEOUT));
+    options = options.with_min_request_body_rate(Some(MinDataRate::new(240, TIMEOUT)));
+    options = options.with_min_response_rate(Some(MinDataRate::new(240, TIMEOUT)));
     options
 }
 
@@ -226,7 +226,7 @@ async fn slow_handler_still_delivers_its_response_h2() {
 #[tokio::test]
 async fn idle_h2c_connection_is_closed() {
     let mut options = short_options();
-    options.http1_timeout = Some(Duration::from_secs(30)); // only the HTTP/2 timeout applies
+    options = options.with_http1_timeout(Duration::from_secs(30)); // only the HTTP/2 one applies
     let mut h = server(options).await;
     let mut c = h2_client(h.addr).await;
     let client = h.next_client().await;
@@ -387,8 +387,8 @@ async fn extreme_timeouts_neither_spin_nor_overflow() {
     // Duration::MAX means "never"; zero means "at once"; neither may panic or hang the server.
     for timeout in [Duration::MAX, Duration::ZERO] {
         let mut options = Options::default();
-        options.http1_timeout = Some(timeout);
-        options.http2_timeout = Some(timeout);
+        options = options.with_http1_timeout(Some(timeout));
+        options = options.with_http2_timeout(Some(timeout));
         let mut h = server(options).await;
         let mut stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
         stream

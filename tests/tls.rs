@@ -334,7 +334,7 @@ async fn curl_over_tls13_and_tls12() {
 async fn stalled_handshake_is_closed_at_the_timeout_while_others_are_served() {
     let pki = Pki::new();
     let mut options = Options::default();
-    options.tls_setup_timeout = Some(Duration::from_millis(500));
+    options = options.with_tls_setup_timeout(Some(Duration::from_millis(500)));
     let mut server = serve(&pki, ClientAuth::None, options).await;
 
     let started = Instant::now();

@@ -257,8 +257,8 @@ pub struct ClientInfoBuilder {
 
 impl ClientInfoBuilder {
     /// The options the connection runs under (default: [`Options::default`]).
-    pub fn options(mut self, options: Arc<Options>) -> Self {
-        self.options = Some(options);
+    pub fn options(mut self, options: impl Into<Arc<Options>>) -> Self {
+        self.options = Some(options.into());
         self
     }
 

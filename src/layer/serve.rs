@@ -15,13 +15,15 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::future::Upgrade;
-use super::service::{prepare, Prepared};
-use super::{RequestBody, ResponseBody, ResponseFuture, ResponseGuard};
+use super::screening::screen;
+use super::service::{inject, upgrade_of};
+use super::{RequestBody, RequestGuard, ResponseBody, ResponseFuture, ResponseGuard};
 use crate::client::ClientInfo;
 
-/// A hyper service over a tower service, for one connection: counts, screens and annotates
-/// each request (as [`ClientService`](super::ClientService) does), then waits for the tower
-/// service to be ready and calls it. One clone of the service per request, as
+/// A hyper service over a tower service, for one connection: counts each request (its response,
+/// and its body), screens it ([`ScreeningLayer`](super::ScreeningLayer)'s answers), gives it its
+/// [`ClientInfo`] ([`ClientLayer`](super::ClientLayer)'s) and its body limit, then waits for the
+/// tower service to be ready and calls it. One clone of the service per request, as
 /// `TowerToHyperService` does.
 #[derive(Debug)]
 pub(crate) struct Serve<S> {
@@ -58,6 +60,36 @@ where
             },
         }
     }
+}
+
+/// A request, counted and screened: answered by the crate, or on its way to the service.
+enum Prepared<B> {
+    Local(Response<()>, ResponseGuard),
+    Forward(Request<RequestBody<B>>, ResponseGuard, Upgrade),
+}
+
+/// Counts the request as handed over (its response pending, and its body if it has one),
+/// answers it if it must not reach the service, and otherwise gives it its [`ClientInfo`],
+/// its body limit and its guards.
+fn prepare<B: Body>(client: &ClientInfo, req: Request<B>) -> Prepared<B> {
+    let state = client.state();
+    let with_body = !req.body().is_end_stream();
+    let http2 = req.version() >= Version::HTTP_2;
+    state.set_version(req.version());
+    state.request_started(with_body);
+    let response_guard = ResponseGuard::new(client, http2);
+    let request_guard = with_body.then(|| RequestGuard::new(client));
+    let options = client.options();
+    if let Some(response) = screen(&req, options) {
+        // The body is never read: dropping its guard counts it done.
+        drop(request_guard);
+        return Prepared::Local(response, response_guard);
+    }
+    let upgrade = upgrade_of(&req);
+    let (mut parts, body) = req.into_parts();
+    inject(client, &mut parts.extensions);
+    let body = RequestBody::new(body, options.body_size_limit(), request_guard);
+    Prepared::Forward(Request::from_parts(parts, body), response_guard, upgrade)
 }
 
 pin_project! {

@@ -49,9 +49,9 @@ pub(crate) struct Admission {
 impl Admission {
     pub(crate) fn new(options: &Options) -> Arc<Admission> {
         Arc::new(Admission {
-            connection_limit: options.connection_limit,
-            per_ip_limit: options.connections_per_ip,
-            limit_loopback: options.per_ip_limit_on_loopback,
+            connection_limit: options.connection_limit(),
+            per_ip_limit: options.connections_per_ip(),
+            limit_loopback: options.per_ip_limit_on_loopback(),
             active: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             idle: Notify::new(),
@@ -164,12 +164,12 @@ mod tests {
     use super::*;
 
     fn admission(limit: usize, per_ip: usize, loopback: bool) -> Arc<Admission> {
-        Admission::new(&Options {
-            connection_limit: limit,
-            connections_per_ip: per_ip,
-            per_ip_limit_on_loopback: loopback,
-            ..Options::default()
-        })
+        Admission::new(
+            &Options::default()
+                .with_connection_limit(limit)
+                .with_connections_per_ip(per_ip)
+                .with_per_ip_limit_on_loopback(loopback),
+        )
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //! let handle = server.handle();
 //! tokio::spawn(async move {
 //!     let _ = tokio::signal::ctrl_c().await;
-//!     handle.shutdown(); // graceful: in-flight responses finish, then everything closes
+//!     // In-flight responses finish; what remains after 10 s is closed.
+//!     handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
 //! });
 //! server.serve(tower::service_fn(hello)).await;
 //! # Ok(())
@@ -46,7 +47,7 @@ use self::admission::{Admission, Rejection, Slot};
 use self::listener::Kind;
 use self::registry::Registry;
 use self::stats::Counters;
-use crate::client::{ClientId, ClientInfo};
+use crate::client::{Address, ClientId, ClientInfo};
 use crate::driver::{DefaultHttpDriverFactory, HttpDriverFactory};
 use crate::io::StreamSocket;
 use crate::lifecycle::TimeoutKind;
@@ -61,7 +62,7 @@ use crate::remote::{CloseReason, Handler, HandlerBody, RemoteClient};
 ///   given back when its client closes (an exported client keeps it until then).
 /// - A live registry ([`ServerHandle::clients`], [`ServerHandle::client`],
 ///   [`ServerHandle::close`]) and counters ([`ServerHandle::stats`]).
-/// - Graceful shutdown ([`ServerHandle::shutdown`]): stop accepting, let in-flight responses
+/// - Graceful shutdown ([`ServerHandle::graceful_shutdown`]): stop accepting, let in-flight responses
 ///   finish (HTTP/2: GOAWAY), close idle connections at once, force-close whatever remains
 ///   after [`Options::shutdown_timeout`] (exported clients included).
 /// - `tracing`: a `client` span per connection with its id and remote address; debug events
@@ -77,8 +78,10 @@ struct Shared {
     registry: Registry,
     admission: Arc<Admission>,
     counters: Counters,
-    /// `true` once a shutdown was asked for.
-    shutdown: watch::Sender<bool>,
+    /// Whether a shutdown was asked for, and with which deadline.
+    shutdown: watch::Sender<Stop>,
+    /// The listeners' addresses, once the server accepts on them.
+    listening: watch::Sender<Option<Vec<Address>>>,
     /// `true` once the shutdown deadline passed: TLS handshakes still running are cut.
     forced: watch::Sender<bool>,
 }
@@ -105,6 +108,14 @@ impl Shared {
     fn stats(&self) -> stats::Stats {
         self.counters.snapshot(self.admission.active())
     }
+}
+
+/// Where a server is, as its handle asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Running,
+    /// A graceful shutdown, with its deadline (`None`: none).
+    Graceful(Option<Duration>),
 }
 
 /// Controls a running [`Server`] from anywhere: the live clients, the counters, shutdown.
@@ -141,30 +152,65 @@ impl ServerHandle {
         self.shared.stats()
     }
 
-    /// Starts a graceful shutdown; [`Server::serve`] returns once every client has closed.
+    /// Starts a graceful shutdown (axum-server's verb): stop accepting, let requests in flight
+    /// finish (HTTP/2: GOAWAY), close idle connections at once, and close whatever remains
+    /// after `timeout` (`None`: wait as long as it takes). [`Server::serve`] returns once every
+    /// connection is closed. Called again with a shorter deadline, the shorter one applies.
+    pub fn graceful_shutdown(&self, timeout: Option<Duration>) {
+        self.shared.shutdown.send_modify(|stop| {
+            *stop = match (*stop, timeout) {
+                (Stop::Graceful(Some(old)), Some(new)) => Stop::Graceful(Some(old.min(new))),
+                (Stop::Graceful(Some(old)), None) => Stop::Graceful(Some(old)),
+                (_, timeout) => Stop::Graceful(timeout),
+            }
+        });
+    }
+
+    /// Shuts down at once: stop accepting and close every connection now (detached ones
+    /// included), as `graceful_shutdown(Some(Duration::ZERO))`.
     pub fn shutdown(&self) {
-        self.shared.shutdown.send_replace(true);
+        self.graceful_shutdown(Some(Duration::ZERO));
+    }
+
+    /// Waits until the server accepts connections; the addresses of its listeners.
+    pub async fn listening(&self) -> Vec<Address> {
+        let mut listening = self.shared.listening.subscribe();
+        let addresses = match listening.wait_for(Option::is_some).await {
+            Ok(addresses) => addresses.clone().unwrap_or_default(),
+            // The sender lives in `Shared`, which this handle holds.
+            Err(_) => Vec::new(),
+        };
+        addresses
+    }
+
+    /// Connections open now: clients being served (detached ones included) and handshakes in
+    /// progress. Never more than [`Options::connection_limit`].
+    pub fn connection_count(&self) -> usize {
+        self.shared.admission.active()
     }
 
     /// Whether a shutdown has started.
     pub fn is_shutting_down(&self) -> bool {
-        *self.shared.shutdown.borrow()
+        *self.shared.shutdown.borrow() != Stop::Running
     }
 }
 
 impl Server {
-    /// A server with `options` and no listener yet.
-    pub fn new(options: Options) -> Server {
+    /// A server with `options` (an `Options`, or an `Arc<Options>` shared with other servers
+    /// and [`RemoteClient`]s) and no listener yet.
+    pub fn new(options: impl Into<Arc<Options>>) -> Server {
+        let options: Arc<Options> = options.into();
         let drivers = Arc::new(DefaultHttpDriverFactory::new(&options));
         Server {
             shared: Arc::new(Shared {
                 registry: Registry::default(),
                 admission: Admission::new(&options),
                 counters: Counters::default(),
-                shutdown: watch::Sender::new(false),
+                shutdown: watch::Sender::new(Stop::Running),
+                listening: watch::Sender::new(None),
                 forced: watch::Sender::new(false),
             }),
-            options: Arc::new(options),
+            options,
             drivers,
             listeners: Vec::new(),
         }
@@ -196,30 +242,32 @@ impl Server {
         }
     }
 
-    /// Serves every connection with `service` until a shutdown started by
-    /// [`ServerHandle::shutdown`] has finished.
+    /// Serves every connection with `service` until a shutdown started through the
+    /// [`ServerHandle`] has finished.
     pub async fn serve<S, B>(self, service: S)
     where
         S: Handler<B>,
         B: HandlerBody,
     {
-        let mut shutdown = self.shared.shutdown.subscribe();
-        self.serve_with_shutdown(service, async move {
-            let _ = shutdown.wait_for(|started| *started).await;
-        })
-        .await;
+        self.serve_with_shutdown(service, std::future::pending())
+            .await;
     }
 
-    /// Serves until `signal` completes (or [`ServerHandle::shutdown`] is called), then shuts
-    /// down gracefully, and returns once every client has closed.
-    pub async fn serve_with_shutdown<S, B, F>(self, service: S, signal: F)
+    /// Serves until `signal` completes (then shuts down gracefully, with
+    /// [`Options::shutdown_timeout`] as the deadline) or a shutdown is started through the
+    /// [`ServerHandle`], and returns once every connection is closed.
+    pub async fn serve_with_shutdown<S, B, F>(mut self, service: S, signal: F)
     where
         S: Handler<B>,
         B: HandlerBody,
         F: Future<Output = ()>,
     {
         let mut accepting = JoinSet::new();
-        for listener in self.listeners {
+        let mut addresses = Vec::new();
+        for listener in std::mem::take(&mut self.listeners) {
+            if let Ok(address) = listener.local_addr() {
+                addresses.push(address);
+            }
             let acceptor = Acceptor {
                 shared: self.shared.clone(),
                 options: self.options.clone(),
@@ -227,12 +275,15 @@ impl Server {
             };
             accepting.spawn(acceptor.run(listener, service.clone()));
         }
+        self.shared.listening.send_replace(Some(addresses));
         let mut shutdown = self.shared.shutdown.subscribe();
         tokio::select! {
-            () = signal => {}
-            _ = shutdown.wait_for(|started| *started) => {}
+            () = signal => {
+                let handle = ServerHandle { shared: self.shared.clone() };
+                handle.graceful_shutdown(Some(self.options.shutdown_timeout()));
+            }
+            _ = shutdown.wait_for(|stop| *stop != Stop::Running) => {}
         }
-        self.shared.shutdown.send_replace(true);
 
         // Stop accepting: the listeners close with their tasks.
         accepting.abort_all();
@@ -242,11 +293,7 @@ impl Server {
         for client in &clients {
             client.shutdown();
         }
-        let deadline = self.options.shutdown_timeout;
-        if tokio::time::timeout(deadline, self.shared.admission.wait_idle())
-            .await
-            .is_err()
-        {
+        if !self.drain(&mut shutdown).await {
             // From here on, clients registering late (a handshake finishing) are closed at
             // once, and handshakes and PROXY headers still being read are cut.
             let left = self.shared.registry.force();
@@ -260,8 +307,10 @@ impl Server {
             }
             // Served connections close at once. A detached one closes when user code drops
             // its stream (its socket is shut down already, so reads and writes fail); code
-            // that holds it regardless gets one more deadline before `serve` returns anyway.
-            if tokio::time::timeout(deadline, self.shared.admission.wait_idle())
+            // that holds it regardless gets one more `shutdown_timeout` before `serve`
+            // returns anyway.
+            let grace = self.options.shutdown_timeout();
+            if tokio::time::timeout(grace, self.shared.admission.wait_idle())
                 .await
                 .is_err()
             {
@@ -272,6 +321,35 @@ impl Server {
             }
         }
         info!("shut down");
+    }
+
+    /// Waits for every connection to close, until the shutdown's deadline (which a later call
+    /// may shorten); whether they all closed in time.
+    async fn drain(&self, shutdown: &mut watch::Receiver<Stop>) -> bool {
+        let started = tokio::time::Instant::now();
+        let idle = self.shared.admission.wait_idle();
+        tokio::pin!(idle);
+        loop {
+            let deadline = match *shutdown.borrow_and_update() {
+                Stop::Graceful(Some(timeout)) => started.checked_add(timeout),
+                _ => None,
+            };
+            let expired = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = &mut idle => return true,
+                () = expired => return false,
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -185,8 +185,8 @@ async fn crate_server(listener: TcpListener, tls: bool) {
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
     {
-        options.http1_timeout = Some(Duration::from_secs(secs));
-        options.http2_timeout = Some(Duration::from_secs(secs));
+        options = options.with_http1_timeout(Some(Duration::from_secs(secs)));
+        options = options.with_http2_timeout(Some(Duration::from_secs(secs)));
     }
     Server::new(options)
         .listener(listener)
