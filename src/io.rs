@@ -83,6 +83,12 @@ impl<S: StreamSocket> StreamSocket for tokio_rustls::server::TlsStream<S> {
     }
 }
 
+impl<T: StreamSocket + ?Sized> StreamSocket for Box<T> {
+    fn socket(&self) -> Option<BorrowedSocket<'_>> {
+        (**self).socket()
+    }
+}
+
 impl StreamSocket for tokio::io::DuplexStream {
     fn socket(&self) -> Option<BorrowedSocket<'_>> {
         None

@@ -63,6 +63,7 @@
 #![warn(rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod accept;
 mod client;
 mod detach;
 mod driver;
@@ -79,6 +80,7 @@ mod server;
 #[cfg(feature = "tls")]
 mod tls;
 
+pub use accept::{Accept, AcceptError, Accepted, Chain};
 pub use client::TlsInfo;
 pub use client::{Address, ClientId, ClientInfo, ClientInfoBuilder, PeerCredentials, Status};
 pub use detach::{detach, DetachError, Detached, DetachedParts, OnDetach};

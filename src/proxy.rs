@@ -8,8 +8,11 @@
 //! [`ClientInfo::proxy`](crate::ClientInfo::proxy) keeps the proxy's own address, the
 //! version and the v2 TLVs.
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +21,7 @@ use ppp::HeaderResult;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use crate::accept::{Accept, AcceptError, Accepted};
 pub use crate::client::ProxyInfo;
 use crate::client::{Address, ClientInfo, ClientInfoBuilder};
 
@@ -51,8 +55,39 @@ pub enum ProxyMode {
 #[derive(Clone, Debug)]
 pub struct ProxyProtocol {
     mode: ProxyMode,
-    trusted: Vec<IpNet>,
+    trusted: Arc<[IpNet]>,
     timeout: Duration,
+}
+
+impl Accept<TcpStream> for ProxyProtocol {
+    type Stream = TcpStream;
+    type Future = Pin<Box<dyn Future<Output = Result<Accepted<TcpStream>, AcceptError>> + Send>>;
+
+    /// Reads the header (see [`read_header`](Self::read_header)); the client gets the
+    /// addresses it names, and keeps its options.
+    fn accept(&self, accepted: Accepted<TcpStream>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let Accepted {
+                mut stream, client, ..
+            } = accepted;
+            let (found, unread) = this.read_header(&mut stream).await?;
+            let found = match client.options_ref() {
+                Some(options) => found.options(options.clone()),
+                None => found,
+            };
+            Ok(Accepted {
+                stream,
+                client: found,
+                unread,
+            })
+        })
+    }
+
+    /// A trusted proxy carries many clients: the per-IP limit waits for the header.
+    fn reports_other_address(&self, peer: IpAddr) -> bool {
+        self.mode != ProxyMode::Off && self.is_trusted(peer)
+    }
 }
 
 /// Why a connection's PROXY header was refused.
@@ -98,7 +133,7 @@ impl ProxyProtocol {
     pub fn new(mode: ProxyMode, trusted: impl IntoIterator<Item = IpNet>) -> Self {
         ProxyProtocol {
             mode,
-            trusted: trusted.into_iter().collect(),
+            trusted: trusted.into_iter().collect::<Vec<_>>().into(),
             timeout: Duration::from_secs(5),
         }
     }
@@ -129,12 +164,14 @@ impl ProxyProtocol {
     }
 
     /// Reads the PROXY header at the start of an accepted TCP stream (nothing past it) and
-    /// starts the client's handle with the addresses it gives.
+    /// starts the client's handle with the addresses it gives: for your own accept loop. A
+    /// [`Server`](crate::Server) takes it as a step of its listener instead
+    /// ([`Listener::with_proxy_protocol`](crate::Listener::with_proxy_protocol), [`Accept`]).
     ///
     /// Also returns bytes read while looking for a header that turned out not to be one (in
     /// `Optional` mode): put them back with [`ClientIo::unread`](crate::ClientIo::unread)
     /// before serving the stream.
-    pub async fn accept(
+    pub async fn read_header(
         &self,
         stream: &mut TcpStream,
     ) -> Result<(ClientInfoBuilder, Bytes), ProxyError> {

@@ -1,7 +1,9 @@
 //! The TLS acceptor (feature `tls`): handshakes with tokio-rustls, bounded in time, and fills
 //! [`TlsInfo`](crate::TlsInfo) from the session.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,8 +14,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use crate::client::ClientInfoBuilder;
-use crate::client::TlsInfo;
+use crate::accept::{Accept, AcceptError, Accepted};
+use crate::client::{ClientInfoBuilder, TlsInfo};
 use crate::io::StreamSocket;
 use crate::options::Options;
 use crate::remote::RemoteClient;
@@ -104,8 +106,10 @@ impl TlsAcceptor {
     }
 
     /// Runs the handshake on `stream`, then builds the client from `client` (addresses
-    /// and options, captured before the handshake) plus the session.
-    pub async fn accept<S>(
+    /// and options, captured before the handshake) plus the session: for your own accept
+    /// loop. A [`Server`](crate::Server) takes the acceptor as a step of its listener instead
+    /// ([`Listener::with_tls`](crate::Listener::with_tls), [`Accept`]).
+    pub async fn accept_stream<S>(
         &self,
         stream: S,
         client: ClientInfoBuilder,
@@ -113,20 +117,8 @@ impl TlsAcceptor {
     where
         S: AsyncRead + AsyncWrite + StreamSocket + Unpin + Send + 'static,
     {
-        let deadline = client.options_ref().map_or_else(
-            || Options::default().tls_setup_timeout(),
-            |o| o.tls_setup_timeout(),
-        );
-        let handshake = self.inner.accept(stream);
-        let stream = match deadline {
-            Some(deadline) => tokio::time::timeout(deadline, handshake)
-                .await
-                .map_err(|_| TlsError::Timeout)?,
-            None => handshake.await,
-        }
-        .map_err(TlsError::Handshake)?;
-        let tls = session_info(stream.get_ref().1);
-        Ok(RemoteClient::new(stream, client.tls(tls).build()))
+        let (stream, client) = handshake(self.inner.clone(), stream, client).await?;
+        Ok(RemoteClient::new(stream, client.build()))
     }
 
     /// [`accept`](Self::accept) for an accepted TCP stream: captures its addresses, sets
@@ -138,10 +130,10 @@ impl TlsAcceptor {
     ) -> Result<RemoteClient<TlsStream<TcpStream>>, TlsError> {
         stream.set_nodelay(true).map_err(TlsError::Io)?;
         let client = crate::ClientInfo::builder_for_tcp(&stream).map_err(TlsError::Io)?;
-        self.accept(stream, client.options(options)).await
+        self.accept_stream(stream, client.options(options)).await
     }
 
-    /// [`accept`](Self::accept) for an accepted unix stream: captures its paths and the
+    /// [`accept_stream`](Self::accept_stream) for an accepted unix stream: captures its paths and the
     /// peer's credentials.
     #[cfg(unix)]
     pub async fn accept_unix(
@@ -150,7 +142,57 @@ impl TlsAcceptor {
         options: impl Into<Arc<Options>>,
     ) -> Result<RemoteClient<TlsStream<tokio::net::UnixStream>>, TlsError> {
         let client = crate::ClientInfo::builder_for_unix(&stream).map_err(TlsError::Io)?;
-        self.accept(stream, client.options(options)).await
+        self.accept_stream(stream, client.options(options)).await
+    }
+}
+
+/// The handshake, bounded by the client's `tls_setup_timeout`; the client gains the session.
+async fn handshake<S>(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: S,
+    client: ClientInfoBuilder,
+) -> Result<(TlsStream<S>, ClientInfoBuilder), TlsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let deadline = client.options_ref().map_or_else(
+        || Options::default().tls_setup_timeout(),
+        |o| o.tls_setup_timeout(),
+    );
+    let handshake = acceptor.accept(stream);
+    let stream = match deadline {
+        Some(deadline) => tokio::time::timeout(deadline, handshake)
+            .await
+            .map_err(|_| TlsError::Timeout)?,
+        None => handshake.await,
+    }
+    .map_err(TlsError::Handshake)?;
+    let tls = session_info(stream.get_ref().1);
+    Ok((stream, client.tls(tls)))
+}
+
+impl<S> Accept<S> for TlsAcceptor
+where
+    S: AsyncRead + AsyncWrite + StreamSocket + Unpin + Send + 'static,
+{
+    type Stream = TlsStream<S>;
+    type Future = Pin<Box<dyn Future<Output = Result<Accepted<TlsStream<S>>, AcceptError>> + Send>>;
+
+    /// The handshake. Bytes an earlier step read past its part can only be a start that is
+    /// not TLS: refused.
+    fn accept(&self, accepted: Accepted<S>) -> Self::Future {
+        let acceptor = self.inner.clone();
+        Box::pin(async move {
+            if !accepted.unread.is_empty() {
+                return Err(TlsError::Handshake(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the connection does not start with a TLS handshake",
+                ))
+                .into());
+            }
+            let (stream, client) = handshake(acceptor, accepted.stream, accepted.client).await?;
+            Ok(Accepted::new(stream, client))
+        })
     }
 }
 

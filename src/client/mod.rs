@@ -281,14 +281,19 @@ impl ClientInfoBuilder {
         self
     }
 
-    #[cfg_attr(not(feature = "proxy-protocol"), allow(dead_code))]
-    pub(crate) fn remote_ip(&self) -> Option<IpAddr> {
+    /// The peer's IP address, for an IP connection.
+    pub fn remote_ip(&self) -> Option<IpAddr> {
         self.remote.ip()
     }
 
-    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
-    pub(crate) fn options_ref(&self) -> Option<&Options> {
-        self.options.as_deref()
+    /// The peer's address.
+    pub fn remote_address(&self) -> &Address {
+        &self.remote
+    }
+
+    /// The options set so far, if any.
+    pub fn options_ref(&self) -> Option<&Arc<Options>> {
+        self.options.as_ref()
     }
 
     /// Builds the handle, with a new [`ClientId`].

@@ -84,7 +84,6 @@ impl Admission {
 
     /// Applies the per-IP limit to a slot admitted without an address (a connection from a
     /// trusted proxy), now that the original client's address is known.
-    #[cfg_attr(not(feature = "proxy-protocol"), allow(dead_code))]
     pub(crate) fn limit_ip(&self, slot: &mut Slot, ip: IpAddr) -> Result<(), Rejection> {
         if slot.key.is_some() || (!self.limit_loopback && ip.is_loopback()) {
             return Ok(());

@@ -47,7 +47,8 @@ use self::admission::{Admission, Rejection, Slot};
 use self::listener::Kind;
 use self::registry::Registry;
 use self::stats::Counters;
-use crate::client::{Address, ClientId, ClientInfo};
+use crate::accept::{AcceptError, Accepted, Pipeline};
+use crate::client::{Address, ClientId, ClientInfo, ClientInfoBuilder};
 use crate::driver::{DefaultHttpDriverFactory, HttpDriverFactory};
 use crate::io::StreamSocket;
 use crate::lifecycle::TimeoutKind;
@@ -367,121 +368,168 @@ impl Acceptor {
         B: HandlerBody,
     {
         let this = Arc::new(self);
-        #[cfg(feature = "tls")]
-        let tls = listener.tls;
+        match listener.kind {
+            Kind::Tcp { listener, steps } => this.accept_tcp(listener, steps, service).await,
+            #[cfg(unix)]
+            Kind::Unix { listener, steps } => this.accept_unix(listener, steps, service).await,
+        }
+    }
+
+    async fn accept_tcp<S, B>(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        steps: listener::Steps<tokio::net::TcpStream>,
+        service: S,
+    ) where
+        S: Handler<B>,
+        B: HandlerBody,
+    {
+        let pipeline = steps.pipeline();
         // The local address of a listener bound to one IP is every connection's: no
         // getsockname per connection then.
-        let fixed_local = match &listener.kind {
-            Kind::Tcp(tcp) => tcp
-                .local_addr()
-                .ok()
-                .filter(|addr| !addr.ip().is_unspecified()),
-            #[cfg(unix)]
-            Kind::Unix(_) => None,
-        };
+        let fixed_local = listener
+            .local_addr()
+            .ok()
+            .filter(|addr| !addr.ip().is_unspecified());
         loop {
-            match &listener.kind {
-                Kind::Tcp(tcp) => {
-                    let (stream, remote) = match tcp.accept().await {
-                        Ok(accepted) => accepted,
-                        Err(error) => {
-                            accept_error(error).await;
-                            continue;
-                        }
-                    };
-                    #[cfg(feature = "proxy-protocol")]
-                    let proxy = listener.proxy.clone();
-                    // A trusted proxy carries many clients: the per-IP limit waits for the
-                    // original client's address.
-                    #[cfg(feature = "proxy-protocol")]
-                    let ip = Some(remote.ip())
-                        .filter(|ip| !proxy.as_ref().is_some_and(|p| p.is_trusted(*ip)));
-                    #[cfg(not(feature = "proxy-protocol"))]
-                    let ip = Some(remote.ip());
-                    let Some(slot) = this.admit(ip) else { continue };
-                    let (this, service) = (this.clone(), service.clone());
-                    #[cfg(feature = "tls")]
-                    let tls = tls.clone();
-                    let fut = async move {
-                        #[cfg(feature = "proxy-protocol")]
-                        let mut slot = slot;
-                        #[cfg_attr(not(feature = "proxy-protocol"), allow(unused_mut))]
-                        let mut stream = stream;
-                        let _ = stream.set_nodelay(true);
-                        #[cfg(feature = "proxy-protocol")]
-                        let (client, unread) = match proxy {
-                            Some(proxy) => {
-                                match Box::pin(this.proxy_header(&proxy, &mut stream, &mut slot))
-                                    .await
-                                {
-                                    Some(accepted) => accepted,
-                                    None => return,
-                                }
-                            }
-                            None => match fixed_local.map_or_else(|| stream.local_addr(), Ok) {
-                                Ok(local) => {
-                                    (ClientInfo::builder(remote, local), bytes::Bytes::new())
-                                }
-                                Err(_) => return,
-                            },
-                        };
-                        #[cfg(not(feature = "proxy-protocol"))]
-                        let (client, unread) = match fixed_local
-                            .map_or_else(|| stream.local_addr(), Ok)
-                        {
-                            Ok(local) => (ClientInfo::builder(remote, local), bytes::Bytes::new()),
-                            Err(_) => return,
-                        };
-                        let client = client.options(this.options.clone());
-                        #[cfg(feature = "tls")]
-                        if let Some(tls) = tls {
-                            // Bytes read past the start can only be a non-PROXY, non-TLS start.
-                            if !unread.is_empty() {
-                                Counters::add(&this.shared.counters.tls_handshake_failures);
-                                return;
-                            }
-                            // Boxed: the TLS futures are large, and a plain connection's task
-                            // should not carry their room.
-                            return Box::pin(this.serve_tls(tls, stream, client, slot, service))
-                                .await;
-                        }
-                        let mut client = RemoteClient::new(stream, client.build());
-                        client.io_mut().unread(&unread);
-                        this.serve(client, slot, service).await;
-                    };
-                    tokio::spawn(fut);
+            let (stream, remote) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    accept_error(error).await;
+                    continue;
                 }
-                #[cfg(unix)]
-                Kind::Unix(unix) => {
-                    let stream = match unix.accept().await {
-                        Ok((stream, _)) => stream,
-                        Err(error) => {
-                            accept_error(error).await;
-                            continue;
-                        }
-                    };
-                    let Some(slot) = this.admit(None) else {
-                        continue;
-                    };
-                    let Ok(client) = ClientInfo::builder_for_unix(&stream) else {
-                        continue;
-                    };
-                    let client = client.options(this.options.clone());
-                    let (this, service) = (this.clone(), service.clone());
-                    #[cfg(feature = "tls")]
-                    if let Some(tls) = tls.clone() {
-                        tokio::spawn(async move {
-                            this.serve_tls(tls, stream, client, slot, service).await;
-                        });
-                        continue;
-                    }
-                    tokio::spawn(async move {
-                        this.serve(RemoteClient::new(stream, client.build()), slot, service)
-                            .await;
-                    });
+            };
+            // A trusted proxy carries many clients: the per-IP limit waits for the address
+            // its header names.
+            let ip = Some(remote.ip()).filter(|ip| {
+                !pipeline
+                    .as_ref()
+                    .is_some_and(|p| p.reports_other_address(*ip))
+            });
+            let Some(slot) = self.admit(ip) else { continue };
+            let (this, service, pipeline) = (self.clone(), service.clone(), pipeline.clone());
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let Ok(local) = fixed_local.map_or_else(|| stream.local_addr(), Ok) else {
+                    return;
+                };
+                let client = ClientInfo::builder(remote, local).options(this.options.clone());
+                this.serve_accepted(stream, client, pipeline, slot, service)
+                    .await;
+            });
+        }
+    }
+
+    #[cfg(unix)]
+    async fn accept_unix<S, B>(
+        self: Arc<Self>,
+        listener: tokio::net::UnixListener,
+        steps: listener::Steps<tokio::net::UnixStream>,
+        service: S,
+    ) where
+        S: Handler<B>,
+        B: HandlerBody,
+    {
+        let pipeline = steps.pipeline();
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    accept_error(error).await;
+                    continue;
                 }
+            };
+            let Some(slot) = self.admit(None) else {
+                continue;
+            };
+            let Ok(client) = ClientInfo::builder_for_unix(&stream) else {
+                continue;
+            };
+            let client = client.options(self.options.clone());
+            let (this, service, pipeline) = (self.clone(), service.clone(), pipeline.clone());
+            tokio::spawn(async move {
+                this.serve_accepted(stream, client, pipeline, slot, service)
+                    .await;
+            });
+        }
+    }
+
+    /// Runs the listener's steps (if any), then serves the client.
+    async fn serve_accepted<I, S, B>(
+        &self,
+        stream: I,
+        client: ClientInfoBuilder,
+        pipeline: Option<Arc<dyn Pipeline<I>>>,
+        slot: Slot,
+        service: S,
+    ) where
+        I: AsyncRead + AsyncWrite + StreamSocket + Unpin + Send + 'static,
+        S: Handler<B>,
+        B: HandlerBody,
+    {
+        match pipeline {
+            None => {
+                self.serve(RemoteClient::new(stream, client.build()), slot, service)
+                    .await
+            }
+            // Boxed: the steps' futures are large, and a plain connection's task should not
+            // carry their room.
+            Some(pipeline) => {
+                Box::pin(self.serve_after_steps(stream, client, pipeline, slot, service)).await
             }
         }
+    }
+
+    /// Runs the steps (cut when a shutdown passes its deadline; refusals counted), applies the
+    /// per-IP limit to the address they found, then serves the client.
+    async fn serve_after_steps<I, S, B>(
+        &self,
+        stream: I,
+        client: ClientInfoBuilder,
+        pipeline: Arc<dyn Pipeline<I>>,
+        mut slot: Slot,
+        service: S,
+    ) where
+        I: Send + 'static,
+        S: Handler<B>,
+        B: HandlerBody,
+    {
+        let mut forced = self.shared.forced.subscribe();
+        let result = tokio::select! {
+            result = pipeline.accept(Accepted::new(stream, client)) => result,
+            _ = forced.wait_for(|forced| *forced) => return,
+        };
+        let accepted = match result {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                self.count_refusal(&error);
+                debug!(%error, "connection refused before HTTP");
+                return;
+            }
+        };
+        if let Some(ip) = accepted.client.remote_ip() {
+            if let Err(rejection) = self.shared.admission.limit_ip(&mut slot, ip) {
+                self.count_rejection(rejection, Some(ip));
+                return;
+            }
+        }
+        let mut client = RemoteClient::new(accepted.stream, accepted.client.build());
+        client.io_mut().unread(&accepted.unread);
+        self.serve(client, slot, service).await;
+    }
+
+    fn count_refusal(&self, error: &AcceptError) {
+        let counters = &self.shared.counters;
+        let counter = match error {
+            #[cfg(feature = "tls")]
+            AcceptError::Tls(crate::tls::TlsError::Timeout) => &counters.tls_handshake_timeouts,
+            #[cfg(feature = "tls")]
+            AcceptError::Tls(_) => &counters.tls_handshake_failures,
+            #[cfg(feature = "proxy-protocol")]
+            AcceptError::Proxy(_) => &counters.proxy_rejected,
+            _ => &counters.acceptor_refused,
+        };
+        Counters::add(counter);
     }
 
     fn admit(&self, ip: Option<IpAddr>) -> Option<Slot> {
@@ -502,71 +550,6 @@ impl Acceptor {
         };
         Counters::add(counter);
         debug!(?ip, ?rejection, "connection rejected");
-    }
-
-    /// Reads the PROXY header and applies the per-IP limit to the client it names; counts and
-    /// logs a refusal.
-    #[cfg(feature = "proxy-protocol")]
-    async fn proxy_header(
-        &self,
-        proxy: &crate::proxy::ProxyProtocol,
-        stream: &mut tokio::net::TcpStream,
-        slot: &mut Slot,
-    ) -> Option<(crate::client::ClientInfoBuilder, bytes::Bytes)> {
-        let mut forced = self.shared.forced.subscribe();
-        let result = tokio::select! {
-            result = proxy.accept(stream) => result,
-            _ = forced.wait_for(|forced| *forced) => return None,
-        };
-        match result {
-            Ok((client, unread)) => {
-                if let Some(ip) = client.remote_ip() {
-                    if let Err(rejection) = self.shared.admission.limit_ip(slot, ip) {
-                        self.count_rejection(rejection, Some(ip));
-                        return None;
-                    }
-                }
-                Some((client, unread))
-            }
-            Err(error) => {
-                Counters::add(&self.shared.counters.proxy_rejected);
-                debug!(%error, "PROXY header refused");
-                None
-            }
-        }
-    }
-
-    /// Runs the TLS handshake (bounded by the TLS setup timeout, cut short when a shutdown
-    /// passes its deadline; failures counted), then serves the client.
-    #[cfg(feature = "tls")]
-    async fn serve_tls<T, S, B>(
-        &self,
-        tls: crate::tls::TlsAcceptor,
-        stream: T,
-        client: crate::client::ClientInfoBuilder,
-        slot: Slot,
-        service: S,
-    ) where
-        T: AsyncRead + AsyncWrite + StreamSocket + Unpin + Send + 'static,
-        S: Handler<B>,
-        B: HandlerBody,
-    {
-        let mut forced = self.shared.forced.subscribe();
-        let result = tokio::select! {
-            result = tls.accept(stream, client) => result,
-            _ = forced.wait_for(|forced| *forced) => return,
-        };
-        match result {
-            Ok(client) => self.serve(client, slot, service).await,
-            Err(error) => {
-                let counter = match error {
-                    crate::tls::TlsError::Timeout => &self.shared.counters.tls_handshake_timeouts,
-                    _ => &self.shared.counters.tls_handshake_failures,
-                };
-                Counters::add(counter);
-                debug!(%error, "TLS handshake failed");
-            }
-        }
     }
 
     /// Registers the client and serves it until it closes.

@@ -22,6 +22,9 @@ pub struct Stats {
     /// Connections closed because of their PROXY protocol header: untrusted, malformed,
     /// missing where required, or late.
     pub proxy_rejected: u64,
+    /// Connections refused by an acceptor of your own ([`AcceptError::Refused`](crate::AcceptError::Refused),
+    /// or its I/O failing).
+    pub acceptor_refused: u64,
     /// HTTP/1 connections closed by a clock (any of the four below).
     pub http1_timeouts: u64,
     /// HTTP/2 connections closed by a clock (any of the four below).
@@ -52,6 +55,7 @@ pub(crate) struct Counters {
     pub(crate) tls_handshake_failures: AtomicU64,
     pub(crate) tls_handshake_timeouts: AtomicU64,
     pub(crate) proxy_rejected: AtomicU64,
+    pub(crate) acceptor_refused: AtomicU64,
     pub(crate) http1_timeouts: AtomicU64,
     pub(crate) http2_timeouts: AtomicU64,
     pub(crate) idle_timeouts: AtomicU64,
@@ -80,6 +84,7 @@ impl Counters {
             tls_handshake_failures: get(&self.tls_handshake_failures),
             tls_handshake_timeouts: get(&self.tls_handshake_timeouts),
             proxy_rejected: get(&self.proxy_rejected),
+            acceptor_refused: get(&self.acceptor_refused),
             http1_timeouts: get(&self.http1_timeouts),
             http2_timeouts: get(&self.http2_timeouts),
             idle_timeouts: get(&self.idle_timeouts),
