@@ -99,7 +99,7 @@ pub use proxy::{IpNet, IpNetParseError, ProxyError, ProxyInfo, ProxyMode, ProxyP
 pub use remote::{CloseReason, Handler, HandlerBody, RemoteClient};
 pub use server::{Listener, Server, ServerHandle, Stats};
 #[cfg(feature = "tls")]
-pub use tls::{server_config, ClientAuth, TlsAcceptor, TlsError};
+pub use tls::{server_config, server_config_from_pem, ClientAuth, TlsAcceptor, TlsError};
 
 #[cfg(feature = "tls")]
 pub use rustls;

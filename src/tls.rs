@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -33,6 +34,29 @@ pub enum TlsError {
     /// The socket's addresses could not be read.
     #[error("could not read the socket's addresses: {0}")]
     Io(#[source] io::Error),
+    /// A certificate or key file could not be read ([`server_config_from_pem`]).
+    #[error("{}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A certificate or key file holds no usable PEM ([`server_config_from_pem`]).
+    #[error("{}: {what}", path.display())]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+        /// The PEM parser's error, where there is one.
+        #[source]
+        source: Option<rustls::pki_types::pem::Error>,
+    },
+    /// rustls refused the configuration (a key that does not match the certificate...).
+    #[error("TLS configuration: {0}")]
+    Config(#[source] rustls::Error),
 }
 
 /// Whether the server asks the client for a certificate.
@@ -78,6 +102,55 @@ pub fn server_config(
     let mut config = builder.with_single_cert(cert_chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// [`server_config`] from PEM files: `cert` holds the certificate chain (end entity first),
+/// `key` the private key (PKCS#8, PKCS#1 or SEC1). Errors name the file that failed.
+///
+/// ```no_run
+/// # fn run() -> Result<(), hyper_remote_client::TlsError> {
+/// use std::sync::Arc;
+/// use hyper_remote_client::{server_config_from_pem, ClientAuth, Listener, TlsAcceptor};
+///
+/// let config = server_config_from_pem("cert.pem", "key.pem", ClientAuth::None)?;
+/// let acceptor = TlsAcceptor::new(Arc::new(config));
+/// // Listener::tcp(tcp_listener).with_tls(acceptor)
+/// # Ok(())
+/// # }
+/// ```
+pub fn server_config_from_pem(
+    cert: impl AsRef<Path>,
+    key: impl AsRef<Path>,
+    client_auth: ClientAuth,
+) -> Result<ServerConfig, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::File {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let pem_error = |path: &Path, what: &str, source| TlsError::Pem {
+        path: path.to_owned(),
+        what: what.to_owned(),
+        source,
+    };
+    let (cert, key) = (cert.as_ref(), key.as_ref());
+    let cert_pem = read(cert)?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(cert, "not a PEM certificate chain", Some(e)))?;
+    if chain.is_empty() {
+        return Err(pem_error(cert, "no certificate found in the file", None));
+    }
+    let key_pem = read(key)?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            pem_error(key, "no private key found in the file", Some(e))
+        }
+        e => pem_error(key, "not a PEM private key", Some(e)),
+    })?;
+    server_config(chain, key_der, client_auth).map_err(TlsError::Config)
 }
 
 /// Accepts TLS on any stream (TCP, unix) and makes a [`RemoteClient`] of it, with the

@@ -382,3 +382,42 @@ async fn garbage_on_the_tls_port_is_closed() {
         .unwrap();
     assert!(matches!(error, TlsError::Handshake(_)), "{error:?}");
 }
+
+#[test]
+fn server_config_from_pem_names_the_file_that_failed() {
+    use hyper_remote_client::{server_config_from_pem, ClientAuth, TlsError};
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(&garbage, "not pem at all\n").unwrap();
+
+    assert!(server_config_from_pem(&cert_path, &key_path, ClientAuth::None).is_ok());
+
+    let missing = dir.path().join("missing.pem");
+    let error = server_config_from_pem(&missing, &key_path, ClientAuth::None).unwrap_err();
+    assert!(matches!(error, TlsError::File { .. }), "{error:?}");
+    assert!(error.to_string().contains("missing.pem"), "{error}");
+
+    let error = server_config_from_pem(&cert_path, &garbage, ClientAuth::None).unwrap_err();
+    assert!(matches!(error, TlsError::Pem { .. }), "{error:?}");
+    assert!(error.to_string().contains("garbage.pem"), "{error}");
+    assert!(error.to_string().contains("no private key"), "{error}");
+
+    let error = server_config_from_pem(&garbage, &key_path, ClientAuth::None).unwrap_err();
+    assert!(error.to_string().contains("garbage.pem: no certificate"), "{error}");
+
+    // A key that does not match the certificate: rustls says so.
+    let other = rcgen::KeyPair::generate().unwrap();
+    let other_path = dir.path().join("other-key.pem");
+    std::fs::write(&other_path, other.serialize_pem()).unwrap();
+    let error = server_config_from_pem(&cert_path, &other_path, ClientAuth::None).unwrap_err();
+    assert!(matches!(error, TlsError::Config(_)), "{error:?}");
+}
