@@ -127,19 +127,49 @@ impl ClientIo<tokio::net::TcpStream> {
     /// Wraps an accepted TCP stream with a new client of its own (its addresses, default
     /// [`Options`](crate::Options)): what an existing hyper accept loop needs to give its
     /// handlers a [`ClientInfo`] (see [`ClientService`](crate::ClientService)).
-    pub fn tcp(stream: tokio::net::TcpStream) -> io::Result<Self> {
-        let client = ClientInfo::builder_for_tcp(&stream)?.build();
-        Ok(ClientIo::new(stream, client))
+    ///
+    /// Never fails: if the peer is already gone (reset between `accept` and here, so its
+    /// address cannot be read), the client starts closed, with unspecified addresses
+    /// (`0.0.0.0:0`), and the connection ends at its first read.
+    pub fn tcp(stream: tokio::net::TcpStream) -> Self {
+        match ClientInfo::builder_for_tcp(&stream) {
+            Ok(client) => ClientIo::new(stream, client.build()),
+            Err(_) => {
+                let unspecified = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+                ClientIo::gone(
+                    stream,
+                    ClientInfo::builder(unspecified, unspecified).build(),
+                )
+            }
+        }
     }
 }
 
 #[cfg(unix)]
 impl ClientIo<tokio::net::UnixStream> {
     /// Wraps an accepted unix stream with a new client of its own (its paths, the peer's
-    /// credentials, default [`Options`](crate::Options)).
-    pub fn unix(stream: tokio::net::UnixStream) -> io::Result<Self> {
-        let client = ClientInfo::builder_for_unix(&stream)?.build();
-        Ok(ClientIo::new(stream, client))
+    /// credentials, default [`Options`](crate::Options)). Never fails: as
+    /// [`tcp`](ClientIo::tcp), a peer already gone gives a closed client with unnamed paths.
+    pub fn unix(stream: tokio::net::UnixStream) -> Self {
+        match ClientInfo::builder_for_unix(&stream) {
+            Ok(client) => ClientIo::new(stream, client.build()),
+            Err(_) => {
+                let unnamed = crate::client::Address::Unix(None);
+                ClientIo::gone(
+                    stream,
+                    ClientInfo::builder(unnamed.clone(), unnamed).build(),
+                )
+            }
+        }
+    }
+}
+
+impl<S: StreamSocket> ClientIo<S> {
+    /// The stream of a peer already gone: its client starts closed.
+    fn gone(stream: S, client: ClientInfo) -> Self {
+        let io = ClientIo::new(stream, client);
+        io.client().close();
+        io
     }
 }
 

@@ -104,5 +104,10 @@ pub use tls::{server_config, server_config_from_pem, ClientAuth, TlsAcceptor, Tl
 #[cfg(feature = "tls")]
 pub use rustls;
 
+/// The README's snippets, compiled as doctests (with every feature, as CI runs the tests).
+#[cfg(all(doctest, feature = "tls", feature = "proxy-protocol", feature = "axum"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// The error type of bodies and services in this crate: any boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

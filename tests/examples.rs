@@ -26,9 +26,36 @@ fn url(first_line: &str) -> String {
 #[tokio::test]
 async fn hello_hyper() {
     let example = Example::start("hello_hyper", &["127.0.0.1:0"]).await;
+    let base = url(&example.first_line);
+    let body = curl(&[&base]).await;
+    assert!(body.starts_with("hello, client "), "{body}");
+    assert!(body.ends_with(" (HTTP/1.1)\n"), "{body}");
+    assert!(body.contains(" at 127.0.0.1:"), "{body}");
+    // The auto builder speaks h2c as well; a new connection is a new client.
+    let h2 = curl(&["--http2-prior-knowledge", &base]).await;
+    assert!(h2.ends_with(" (HTTP/2.0)\n"), "{h2}");
+    assert_ne!(id_of(&body), id_of(&h2), "{body} {h2}");
+}
+
+#[tokio::test]
+async fn hello_server() {
+    let example = Example::start("hello_server", &["127.0.0.1:0"]).await;
     let body = curl(&[&url(&example.first_line)]).await;
     assert!(body.starts_with("hello, client "), "{body}");
     assert!(body.contains(" at 127.0.0.1:"), "{body}");
+    assert!(
+        body.ends_with("(HTTP/1.1, 1 response(s) pending)\n"),
+        "{body}"
+    );
+}
+
+/// The client id in a `hello, client ID at ...` greeting.
+fn id_of(greeting: &str) -> &str {
+    greeting
+        .trim_start_matches("hello, client ")
+        .split(' ')
+        .next()
+        .unwrap()
 }
 
 #[tokio::test]

@@ -412,7 +412,10 @@ fn server_config_from_pem_names_the_file_that_failed() {
     assert!(error.to_string().contains("no private key"), "{error}");
 
     let error = server_config_from_pem(&garbage, &key_path, ClientAuth::None).unwrap_err();
-    assert!(error.to_string().contains("garbage.pem: no certificate"), "{error}");
+    assert!(
+        error.to_string().contains("garbage.pem: no certificate"),
+        "{error}"
+    );
 
     // A key that does not match the certificate: rustls says so.
     let other = rcgen::KeyPair::generate().unwrap();

@@ -516,9 +516,8 @@ impl ClientInfo {
     /// (whose socket is shut down here, so the peer sees the end and reads fail now), and here
     /// for a handle that never had a connection (one built for a test).
     ///
-    /// Works from any thread and from inside a handler of this very connection. With hyper's
-    /// builders and your own loop instead of [`RemoteClient::start`](crate::RemoteClient::start),
-    /// nothing watches for the close: it takes effect at the connection's next read or write.
+    /// Works from any thread and from inside a handler of this very connection, also with
+    /// hyper's builders in your own loop (the stream wakes the connection's pending read).
     pub fn close(&self) {
         let state = &self.inner.state;
         if state.close() && !state.is_attached() {

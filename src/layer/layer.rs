@@ -28,7 +28,7 @@ use crate::client::ClientInfo;
 /// # async fn run() -> std::io::Result<()> {
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 /// let (stream, _) = listener.accept().await?;
-/// let io = ClientIo::tcp(stream)?;
+/// let io = ClientIo::tcp(stream);
 /// let service = ClientLayer::new(io.client().clone()).layer(tower::service_fn(hello));
 /// hyper::server::conn::http1::Builder::new()
 ///     .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))

@@ -34,7 +34,7 @@ use crate::client::ClientInfo;
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 /// loop {
 ///     let (stream, _) = listener.accept().await?;
-///     let io = ClientIo::tcp(stream)?;
+///     let io = ClientIo::tcp(stream);
 ///     let service = ClientService::new(service_fn(hello), io.client().clone());
 ///     let io = TokioIo::new(io);
 ///     tokio::spawn(async move {
