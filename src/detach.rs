@@ -1,28 +1,5 @@
 //! Detach: take the raw connection over after an HTTP/1 upgrade (amphp's
 //! `Response::upgrade`), with the client still tracked until the connection is dropped.
-//!
-//! ```no_run
-//! use std::convert::Infallible;
-//! use http::{Request, Response, StatusCode};
-//! use hyper_remote_client::{detach, RequestBody};
-//! use tokio::io::AsyncWriteExt;
-//!
-//! async fn upgrade(mut req: Request<RequestBody>) -> Result<Response<String>, Infallible> {
-//!     let on_detach = detach(&mut req);
-//!     tokio::spawn(async move {
-//!         // Resolves once hyper has written the 101 and handed the connection over.
-//!         if let Ok(mut conn) = on_detach.await {
-//!             let _ = conn.write_all(b"hello, raw bytes\n").await;
-//!             // Dropping `conn` closes the client; `on_close` callbacks run then.
-//!         }
-//!     });
-//!     let mut response = Response::new(String::new());
-//!     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-//!     response.headers_mut().insert("connection", "upgrade".parse().unwrap());
-//!     response.headers_mut().insert("upgrade", "raw".parse().unwrap());
-//!     Ok(response)
-//! }
-//! ```
 
 use std::future::Future;
 use std::io;
@@ -56,6 +33,29 @@ pub enum DetachError {
 }
 
 /// Asks to take over the connection of `req` once the response upgrades it.
+///
+/// ```no_run
+/// use std::convert::Infallible;
+/// use http::{Request, Response, StatusCode};
+/// use hyper_remote_client::{detach, RequestBody};
+/// use tokio::io::AsyncWriteExt;
+///
+/// async fn upgrade(mut req: Request<RequestBody>) -> Result<Response<String>, Infallible> {
+///     let on_detach = detach(&mut req);
+///     tokio::spawn(async move {
+///         // Resolves once hyper has written the 101 and handed the connection over.
+///         if let Ok(mut conn) = on_detach.await {
+///             let _ = conn.write_all(b"hello, raw bytes\n").await;
+///             // Dropping `conn` closes the client; `on_close` callbacks run then.
+///         }
+///     });
+///     let mut response = Response::new(String::new());
+///     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+///     response.headers_mut().insert("connection", "upgrade".parse().unwrap());
+///     response.headers_mut().insert("upgrade", "raw".parse().unwrap());
+///     Ok(response)
+/// }
+/// ```
 ///
 /// Answer the request with `101 Switching Protocols` (or `2xx` to `CONNECT`); the returned
 /// future resolves to the [`Detached`] connection once hyper has written that response. Await
@@ -108,7 +108,7 @@ impl Future for OnDetach {
     }
 }
 
-/// A connection handed over after an upgrade: the raw bytes both ways (any bytes the peer
+/// A connection handed over after an upgrade (see [`detach`]): the raw bytes both ways (any bytes the peer
 /// sent after the request head come first), and its [`ClientInfo`], which reports
 /// [`is_exported`](ClientInfo::is_exported).
 ///

@@ -1,29 +1,5 @@
 //! [`Server`]: a hardened accept loop over [`RemoteClient`]: listeners (TCP, unix, either
 //! under TLS), admission limits, a live client registry, counters, graceful shutdown.
-//!
-//! ```no_run
-//! use std::convert::Infallible;
-//! use http::{Request, Response};
-//! use hyper_remote_client::{ClientInfo, Options, RequestBody, Server};
-//!
-//! async fn hello(req: Request<RequestBody>) -> Result<Response<String>, Infallible> {
-//!     let client = req.extensions().get::<ClientInfo>().expect("inserted by the server");
-//!     Ok(Response::new(format!("hello, {}\n", client.remote_address())))
-//! }
-//!
-//! # async fn run() -> std::io::Result<()> {
-//! let server = Server::new(Options::default())
-//!     .listener(tokio::net::TcpListener::bind("127.0.0.1:8080").await?);
-//! let handle = server.handle();
-//! tokio::spawn(async move {
-//!     let _ = tokio::signal::ctrl_c().await;
-//!     // In-flight responses finish; what remains after 10 s is closed.
-//!     handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
-//! });
-//! server.serve(tower::service_fn(hello)).await;
-//! # Ok(())
-//! # }
-//! ```
 
 mod admission;
 mod listener;
@@ -63,11 +39,37 @@ use crate::remote::{CloseReason, Handler, HandlerBody, RemoteClient};
 ///   given back when its client closes (an exported client keeps it until then).
 /// - A live registry ([`ServerHandle::clients`], [`ServerHandle::client`],
 ///   [`ServerHandle::close`]) and counters ([`ServerHandle::stats`]).
-/// - Graceful shutdown ([`ServerHandle::graceful_shutdown`]): stop accepting, let in-flight responses
-///   finish (HTTP/2: GOAWAY), close idle connections at once, force-close whatever remains
-///   after [`Options::shutdown_timeout`] (exported clients included).
+/// - Graceful shutdown ([`ServerHandle::graceful_shutdown`], or the signal of
+///   [`serve_with_shutdown`](Self::serve_with_shutdown)): stop accepting, let in-flight
+///   responses finish (HTTP/2: GOAWAY), close idle connections at once, force-close whatever
+///   remains after the deadline ([`Options::shutdown_timeout`] for the signal; exported
+///   clients included).
 /// - `tracing`: a `client` span per connection with its id and remote address; debug events
 ///   for accept, reject, timeout and close (with the reason); nothing per request.
+///
+/// ```no_run
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use hyper_remote_client::{ClientInfo, Options, RequestBody, Server};
+///
+/// async fn hello(req: Request<RequestBody>) -> Result<Response<String>, Infallible> {
+///     let client = req.extensions().get::<ClientInfo>().expect("inserted by the server");
+///     Ok(Response::new(format!("hello, {}\n", client.remote_address())))
+/// }
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let server = Server::new(Options::default())
+///     .listener(tokio::net::TcpListener::bind("127.0.0.1:8080").await?);
+/// let handle = server.handle();
+/// tokio::spawn(async move {
+///     let _ = tokio::signal::ctrl_c().await;
+///     // In-flight responses finish; what remains after 10 s is closed.
+///     handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+/// });
+/// server.serve(tower::service_fn(hello)).await;
+/// # Ok(())
+/// # }
+/// ```
 pub struct Server {
     options: Arc<Options>,
     drivers: Arc<dyn HttpDriverFactory>,
