@@ -75,48 +75,56 @@ enum Phase {
     Service,
 }
 
-/// A minimum-rate clock: counts the time spent waiting on the peer (from the first wait until
-/// the work in that direction is done) and the bytes moved meanwhile.
+/// A minimum-rate clock, as a bucket of waiting time: it starts with `grace` in it, every byte
+/// the peer moves adds `1 / rate` seconds, every second spent waiting on the peer takes one
+/// out, and it holds at most [`CREDIT`] times `grace`. Empty while waiting: the peer is too slow.
+/// So a peer must average the rate over the time it is waited on, and credit earned by a fast
+/// start cannot buy a long stall later (a drip after a burst is cut too).
 #[derive(Debug, Default)]
 struct RateClock {
     running: bool,
     waiting: bool,
     last: Option<Instant>,
-    waited: Duration,
-    base: u64,
+    bytes: u64,
+    credit: Duration,
 }
+
+/// How many graces of credit a fast peer can bank.
+const CREDIT: u32 = 4;
 
 impl RateClock {
     fn stop(&mut self) {
         *self = RateClock::default();
     }
 
-    fn update(&mut self, now: Instant, waiting: bool, bytes: u64) {
+    fn update(&mut self, rate: &MinDataRate, now: Instant, waiting: bool, bytes: u64) {
         if !self.running {
             if !waiting {
                 return;
             }
             self.running = true;
-            self.base = bytes;
-            self.waited = Duration::ZERO;
-        } else if let (true, Some(last)) = (self.waiting, self.last) {
-            self.waited += now.saturating_duration_since(last);
+            self.bytes = bytes;
+            self.credit = rate.grace();
+        } else {
+            let moved = bytes.saturating_sub(self.bytes);
+            self.bytes = bytes;
+            let mut credit = self.credit.saturating_add(rate.allowance_of(moved));
+            if let (true, Some(last)) = (self.waiting, self.last) {
+                credit = credit.saturating_sub(now.saturating_duration_since(last));
+            }
+            self.credit = credit.min(rate.grace().saturating_mul(CREDIT));
         }
         self.waiting = waiting;
         self.last = Some(now);
     }
 
-    /// When the rate would be missed if nothing more moves, while waiting on the peer.
-    fn deadline(&self, rate: &MinDataRate, bytes: u64) -> Option<Instant> {
+    /// When the bucket runs dry if nothing more moves, while waiting on the peer.
+    fn deadline(&self) -> Option<Instant> {
         if !self.running || !self.waiting {
             return None;
         }
         let last = self.last?;
-        let allowance = bounded(rate.allowance(bytes.saturating_sub(self.base)));
-        match allowance.checked_sub(self.waited) {
-            Some(rest) => last.checked_add(rest),
-            None => Some(last),
-        }
+        last.checked_add(bounded(self.credit))
     }
 }
 
@@ -329,8 +337,8 @@ impl<'a> Watch<'a> {
                 self.body.stop();
             } else if input_waiting || self.body.running {
                 let at = *now.get_or_insert_with(Instant::now);
-                self.body.update(at, input_waiting, snap.bytes_read);
-                let body = self.body.deadline(&rate, snap.bytes_read);
+                self.body.update(&rate, at, input_waiting, snap.bytes_read);
+                let body = self.body.deadline();
                 deadline = earliest(deadline, body.map(|at| (at, TimeoutKind::RequestBody)));
             }
         }
@@ -339,8 +347,9 @@ impl<'a> Watch<'a> {
                 self.response.stop();
             } else if output_waiting || self.response.running {
                 let at = *now.get_or_insert_with(Instant::now);
-                self.response.update(at, output_waiting, snap.bytes_written);
-                let response = self.response.deadline(&rate, snap.bytes_written);
+                self.response
+                    .update(&rate, at, output_waiting, snap.bytes_written);
+                let response = self.response.deadline();
                 deadline = earliest(deadline, response.map(|at| (at, TimeoutKind::Response)));
             }
         }

@@ -266,8 +266,9 @@ impl Options {
     }
 }
 
-/// A minimum data rate: after `grace` of waiting on the peer, the bytes it moved must average at
-/// least `bytes_per_second` over the time spent waiting on it (Kestrel's `MinDataRate`).
+/// A minimum data rate (Kestrel's `MinDataRate`): the bytes a peer moves must average at least
+/// `bytes_per_second` over the time spent waiting on it, after a first `grace` of waiting. A
+/// fast start banks at most four graces of credit: a stall after a burst is cut after that.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MinDataRate {
     bytes_per_second: u64,
@@ -300,9 +301,9 @@ impl MinDataRate {
         self.grace
     }
 
-    /// How long `bytes` may take at this rate (never less than the grace).
-    pub(crate) fn allowance(&self, bytes: u64) -> Duration {
-        let at_rate = Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
-        at_rate.max(self.grace)
+    /// How long `bytes` may take at this rate.
+    pub(crate) fn allowance_of(&self, bytes: u64) -> Duration {
+        Duration::try_from_secs_f64(bytes as f64 / self.bytes_per_second as f64)
+            .unwrap_or(Duration::MAX)
     }
 }

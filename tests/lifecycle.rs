@@ -1322,3 +1322,32 @@ async fn streamed_body_over_the_limit_is_answered_then_closed() {
     let _ = until_eof(&mut stream).await;
     eventually("the client is closed", || server.stats().closed == 1).await;
 }
+
+#[tokio::test]
+async fn a_fast_start_does_not_buy_a_long_stall() {
+    // 2000 bytes sent while the handler waits earn 20 s at 100 B/s; the clock banks at most
+    // four graces (2 s), so the stall that follows is cut after about two seconds, not twenty.
+    let mut options = Options::default();
+    options = options.with_min_request_body_rate(MinDataRate::new(100, Duration::from_millis(500)));
+    let server = run(options).await;
+    let mut stream = connect(server.addr).await;
+    stream
+        .write_all(b"POST /collect HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    // Scenario time, inside the grace: the handler is waiting for the body by now.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.write_all(&[b'z'; 2000]).await.unwrap();
+    let started = Instant::now();
+    let rest = within("cut after the stall", until_eof(&mut stream)).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(6),
+        "the stall lasted {took:?} before the cut"
+    );
+    assert!(!rest.unwrap_or_default().starts_with(b"HTTP/1.1 200"));
+    eventually("counted as a request body timeout", || {
+        server.stats().request_body_timeouts == 1
+    })
+    .await;
+}
