@@ -306,7 +306,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
             Poll::Ready(Err(_)) => this.client().state().set_status(Status::CLOSED_RD),
             // `close()` wakes whoever waits here, also without `RemoteClient`'s watch (a
             // user's own accept loop): the read then fails and the connection ends.
-            Poll::Pending => this.client().state().register(cx.waker()),
+            Poll::Pending => this.client().state().register_unwatched(cx.waker()),
         }
         result
     }

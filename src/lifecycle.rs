@@ -167,6 +167,7 @@ pub(crate) struct Watch<'a> {
 impl<'a> Watch<'a> {
     /// A watch for a connection that starts now, waiting for its first bytes.
     pub(crate) fn new(state: &'a State, options: &'a Options, protocol: Protocol) -> Self {
+        state.set_watched();
         let now = Instant::now();
         let mut watch = Watch {
             state,

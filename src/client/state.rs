@@ -78,6 +78,8 @@ pub(crate) struct State {
     version: AtomicU8,
     /// The last write returned `Pending`: the peer is not reading.
     write_blocked: AtomicBool,
+    /// `RemoteClient`'s watch serves the connection (and keeps its waker registered).
+    watched: AtomicBool,
     /// Written only by the one `ClientIo` that owns the stream.
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
@@ -101,6 +103,7 @@ impl Default for State {
             flags: AtomicU8::new(0),
             version: AtomicU8::new(0),
             write_blocked: AtomicBool::new(false),
+            watched: AtomicBool::new(false),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             waker: AtomicWaker::new(),
@@ -203,6 +206,18 @@ impl State {
 
     pub(crate) fn register(&self, waker: &std::task::Waker) {
         self.waker.register(waker);
+    }
+
+    /// The I/O's own registration, for connections nothing else watches (a user's own loop
+    /// with hyper's builders): `close()` then still wakes a pending read.
+    pub(crate) fn register_unwatched(&self, waker: &std::task::Waker) {
+        if !self.watched.load(Ordering::Relaxed) {
+            self.waker.register(waker);
+        }
+    }
+
+    pub(crate) fn set_watched(&self) {
+        self.watched.store(true, Ordering::Relaxed);
     }
 
     /// Waits until the connection is closed for good.

@@ -261,7 +261,7 @@ fn valid_authority<B>(req: &Request<B>) -> bool {
 /// joined) and no percent-encoding (a way to smuggle bytes such as NUL past a proxy).
 /// An empty value is allowed (RFC 9112: for a target without a host).
 fn valid_host(value: &[u8]) -> bool {
-    let (host, port) = match value.first() {
+    let (name, port) = match value.first() {
         None => return true,
         Some(b'[') => {
             let Some(end) = value.iter().position(|&b| b == b']') else {
@@ -275,31 +275,75 @@ fn valid_host(value: &[u8]) -> bool {
                 return false;
             }
             match &value[end + 1..] {
-                [] => (None, None),
-                [b':', port @ ..] => (None, Some(port)),
+                [] => return true,
+                [b':', port @ ..] => (&b""[..], port),
                 _ => return false,
             }
         }
-        Some(_) => match value.iter().rposition(|&b| b == b':') {
-            Some(colon) => (Some(&value[..colon]), Some(&value[colon + 1..])),
-            None => (Some(value), None),
-        },
+        Some(_) => {
+            // One pass: the name's bytes until the last colon, the port after it.
+            let mut colon = None;
+            let mut name_ok = true;
+            for (i, &b) in value.iter().enumerate() {
+                if b == b':' {
+                    colon = Some(i);
+                } else if colon.is_none() {
+                    name_ok &= HOST_NAME[b as usize];
+                }
+            }
+            return match colon {
+                None => name_ok,
+                Some(0) => false,
+                // A second colon (unbracketed IPv6) is not a host name.
+                Some(at) => name_ok && !value[..at].contains(&b':') && valid_port(&value[at + 1..]),
+            };
+        }
     };
-    let name_ok = host.is_none_or(|name| {
-        !name.is_empty()
-            && name
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+;=".contains(&b))
-    });
-    let port_ok = port.is_none_or(|port| {
-        port.len() <= 5
-            && port.iter().all(u8::is_ascii_digit)
-            && std::str::from_utf8(port)
-                .ok()
-                .is_none_or(|p| p.is_empty() || p.parse::<u16>().is_ok())
-    });
-    name_ok && port_ok
+    name.iter().all(|&b| HOST_NAME[b as usize]) && valid_port(port)
 }
+
+/// A port: at most five digits, at most 65535 (empty: no port, RFC 3986 allows it).
+fn valid_port(port: &[u8]) -> bool {
+    if port.len() > 5 {
+        return false;
+    }
+    let mut n: u32 = 0;
+    for &b in port {
+        if !b.is_ascii_digit() {
+            return false;
+        }
+        n = n * 10 + u32::from(b - b'0');
+    }
+    n <= 65535
+}
+
+/// The bytes of a host name: unreserved characters and sub-delimiters, no comma.
+const HOST_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    table
+};
 
 /// Whether every `Transfer-Encoding` the request has is `chunked` (RFC 9112 §6.1: a server
 /// answers 501 to a transfer coding it does not understand).
@@ -340,4 +384,33 @@ fn is_standard(method: &Method) -> bool {
         Method::PATCH,
     ]
     .contains(method)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_host;
+
+    #[test]
+    fn host_syntax() {
+        for good in [
+            "",
+            "a",
+            "a.example",
+            "a.example:8080",
+            "a.example:",
+            "127.0.0.1:1",
+            "[::1]",
+            "[::1]:80",
+            "x_y-z~!$&'()*+;=",
+            "a:65535",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good:?} is valid");
+        }
+        for bad in [
+            "a,b", "x y", "a@b", "%00", "a%2eb", "[::1", "[::1]x", "[x]", "x:abc", "x:65536",
+            "x:123456", ":80", "a:b:c", "::1", "a/b", "a?b", "a#b",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?} is not valid");
+        }
+    }
 }

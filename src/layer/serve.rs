@@ -48,15 +48,12 @@ where
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         match prepare(&self.client, req) {
-            Prepared::Local(response, guard) => ServeFuture {
-                service: None,
-                request: None,
-                response: Some(ResponseFuture::local(response, guard)),
+            Prepared::Local(response, guard) => ServeFuture::Called {
+                response: ResponseFuture::local(response, guard),
             },
-            Prepared::Forward(req, guard, upgrade) => ServeFuture {
-                service: Some(self.service.clone()),
+            Prepared::Forward(req, guard, upgrade) => ServeFuture::Ready {
+                service: self.service.clone(),
                 request: Some((req, guard, upgrade)),
-                response: None,
             },
         }
     }
@@ -93,12 +90,18 @@ fn prepare<B: Body>(client: &ClientInfo, req: Request<B>) -> Prepared<B> {
 }
 
 pin_project! {
-    /// Waits for the service to be ready, calls it, and then for its response.
-    pub(crate) struct ServeFuture<S, F> {
-        service: Option<S>,
-        request: Option<(Request<RequestBody>, ResponseGuard, Upgrade)>,
-        #[pin]
-        response: Option<ResponseFuture<F>>,
+    /// Waits for the service to be ready, calls it, and then for its response. One state at
+    /// a time, so the task hyper spawns per HTTP/2 stream holds the larger of the two, not both.
+    #[project = ServeProj]
+    pub(crate) enum ServeFuture<S, F> {
+        Ready {
+            service: S,
+            request: Option<(Request<RequestBody>, ResponseGuard, Upgrade)>,
+        },
+        Called {
+            #[pin]
+            response: ResponseFuture<F>,
+        },
     }
 }
 
@@ -109,24 +112,21 @@ where
 {
     type Output = Result<Response<ResponseBody<B>>, S::Error>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
-            if let Some(response) = this.response.as_mut().as_pin_mut() {
-                return response.poll(cx);
-            }
-            let (Some(service), Some(_)) = (this.service.as_mut(), this.request.as_ref()) else {
-                panic!("ServeFuture polled after completion");
+            let called = match self.as_mut().project() {
+                ServeProj::Called { response } => return response.poll(cx),
+                ServeProj::Ready { service, request } => {
+                    // On error the request and its guards are dropped with this future.
+                    ready!(service.poll_ready(cx))?;
+                    let Some((req, guard, upgrade)) = request.take() else {
+                        panic!("ServeFuture polled after completion");
+                    };
+                    let http1 = req.version() <= Version::HTTP_11;
+                    ResponseFuture::new(service.call(req), guard, upgrade, http1)
+                }
             };
-            // On error the request and its guards are dropped with this future.
-            ready!(service.poll_ready(cx))?;
-            if let Some((req, guard, upgrade)) = this.request.take() {
-                let http1 = req.version() <= Version::HTTP_11;
-                let future = service.call(req);
-                *this.service = None;
-                this.response
-                    .set(Some(ResponseFuture::new(future, guard, upgrade, http1)));
-            }
+            self.set(ServeFuture::Called { response: called });
         }
     }
 }
