@@ -19,6 +19,9 @@
 #   BIN_BEFORE      release binaries of another tree (e.g. the previous commit), for crate-before
 #   BENCH_RUNTIME   multi: the servers run on tokio's multi-thread runtime (one worker when
 #                   pinned to one core) instead of current_thread
+#   SERVER_CPUS=0   the cores the servers may run on (taskset -c); 0,1 with BENCH_RUNTIME=multi:
+#                   two workers, sharing the cores with the load generator
+#   LOAD_CPUS=1     the cores the load generator runs on
 #   BASE_PORT=18180 the servers listen on 127.0.0.1:BASE_PORT+1..+12
 #   OUT             where logs, raw.tsv and results.md go (default: a new /tmp/hrc-bench.XXXX)
 #   CARGO_TARGET_DIR  where the release build goes (default: benches/target)
@@ -45,6 +48,8 @@ BIN=$CARGO_TARGET_DIR/release
 
 read -r -a SERVERS_PLAIN <<<"${SERVERS:-bare crate axum actix}"
 export BENCH_RUNTIME=${BENCH_RUNTIME:-}
+SERVER_CPUS=${SERVER_CPUS:-0}
+LOAD_CPUS=${LOAD_CPUS:-1}
 SERVERS_TLS=(bare-tls crate-tls)
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -123,9 +128,9 @@ start_server() {
     port_open "$port" && { log "port $port is already in use"; return 1; }
     if [ "$mode" = crate-before ]; then
         [ -n "${BIN_BEFORE:-}" ] || { log "crate-before needs BIN_BEFORE"; return 1; }
-        taskset -c 0 "$BIN_BEFORE/bench-server" crate "$port" >"$logf" 2>&1 &
+        taskset -c "$SERVER_CPUS" "$BIN_BEFORE/bench-server" crate "$port" >"$logf" 2>&1 &
     else
-        taskset -c 0 "$BIN/bench-server" "$mode" "$port" >"$logf" 2>&1 &
+        taskset -c "$SERVER_CPUS" "$BIN/bench-server" "$mode" "$port" >"$logf" 2>&1 &
     fi
     pid=$!
     for i in $(seq 100); do
@@ -171,7 +176,7 @@ run_load() {
     s0=$(cpu_ticks "$pid"); b0=$(sys_busy); t0=$(now)
     # The wrapping bash reports the CPU time of the load generator it waited for (cutime +
     # cstime of its own /proc entry), so the CPU used by anything else can be told apart.
-    taskset -c 1 bash -c '
+    taskset -c "$LOAD_CPUS" bash -c '
         timeout "$TMO" "$@"; rc=$?
         read -r -a st < /proc/$$/stat
         echo "LOADGEN_TICKS $((st[15] + st[16]))"
@@ -269,7 +274,7 @@ idle_run() {
     echo "wrk: $(wrk -v 2>&1 | head -1)"
     echo "h2load: $(h2load --version 2>&1 | head -1)"
     echo "rustc: $(rustc --version 2>/dev/null)"
-    echo "runtime: ${BENCH_RUNTIME:-current_thread}"
+    echo "runtime: ${BENCH_RUNTIME:-current_thread}; server cores: $SERVER_CPUS; load generator cores: $LOAD_CPUS"
     if commit=$(git -C "$HERE/.." rev-parse --short HEAD 2>/dev/null); then
         git -C "$HERE/.." diff --quiet HEAD -- src Cargo.toml 2>/dev/null || commit="$commit + uncommitted changes in src/ or Cargo.toml"
         echo "crate: $commit"

@@ -296,10 +296,13 @@ impl<'a> Watch<'a> {
         };
         let mut changed = false;
         if phase != self.phase || (restarted && phase == Phase::Idle) {
-            let at = *now.get_or_insert_with(Instant::now);
             self.phase = phase;
-            self.since = at;
             changed = true;
+            // Only the idle and head clocks count from the phase's start (the service phase
+            // has none, and its rate clocks read the time themselves).
+            if phase != Phase::Service {
+                self.since = *now.get_or_insert_with(Instant::now);
+            }
             if phase == Phase::Idle {
                 self.read_base = snap.bytes_read;
             }

@@ -94,11 +94,13 @@ pin_project! {
 
 impl<B: Body> ResponseBody<B> {
     pub(crate) fn new(body: B, mut guard: Option<ResponseGuard>) -> Self {
-        if body.is_end_stream() {
-            guard = None;
-        } else if let Some(guard) = guard.as_mut() {
-            // Until hyper asks for it, the body waits on the peer (HTTP/2: its window).
-            guard.set_owed(true);
+        if let Some(tracked) = guard.as_mut().filter(|g| g.track_owed) {
+            if body.is_end_stream() {
+                guard = None;
+            } else {
+                // Until hyper asks for it, the body waits on the peer (HTTP/2: its window).
+                tracked.set_owed(true);
+            }
         }
         ResponseBody {
             inner: Some(body),

@@ -62,7 +62,7 @@ impl Drop for RequestGuard {
 #[derive(Debug)]
 pub(crate) struct ResponseGuard {
     client: ClientInfo,
-    track_owed: bool,
+    pub(super) track_owed: bool,
     owed: bool,
 }
 
@@ -80,6 +80,7 @@ impl ResponseGuard {
         &self.client
     }
 
+    #[inline]
     fn set_owed(&mut self, owed: bool) {
         if self.track_owed && self.owed != owed {
             self.owed = owed;

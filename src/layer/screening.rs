@@ -261,45 +261,48 @@ fn valid_authority<B>(req: &Request<B>) -> bool {
 /// joined) and no percent-encoding (a way to smuggle bytes such as NUL past a proxy).
 /// An empty value is allowed (RFC 9112: for a target without a host).
 fn valid_host(value: &[u8]) -> bool {
-    let (name, port) = match value.first() {
+    match value.first() {
         None => return true,
-        Some(b'[') => {
-            let Some(end) = value.iter().position(|&b| b == b']') else {
-                return false;
-            };
-            let literal = std::str::from_utf8(&value[1..end]).ok();
-            if literal
-                .and_then(|l| l.parse::<std::net::Ipv6Addr>().ok())
-                .is_none()
-            {
-                return false;
+        Some(b'[') => return valid_ip_literal(value),
+        Some(_) => {}
+    }
+    // One pass: name bytes up to the colon, at most five digits after it.
+    let mut colon = None;
+    let mut ok = true;
+    let mut port: u32 = 0;
+    for (i, &b) in value.iter().enumerate() {
+        if b == b':' {
+            if colon.is_some() || i == 0 {
+                return false; // two colons (unbracketed IPv6), or no name
             }
-            match &value[end + 1..] {
-                [] => return true,
-                [b':', port @ ..] => (&b""[..], port),
-                _ => return false,
-            }
+            colon = Some(i);
+        } else if colon.is_none() {
+            ok &= HOST_NAME[b as usize];
+        } else {
+            ok &= b.is_ascii_digit();
+            port = port * 10 + u32::from(b.wrapping_sub(b'0') % 10);
         }
-        Some(_) => {
-            // One pass: the name's bytes until the last colon, the port after it.
-            let mut colon = None;
-            let mut name_ok = true;
-            for (i, &b) in value.iter().enumerate() {
-                if b == b':' {
-                    colon = Some(i);
-                } else if colon.is_none() {
-                    name_ok &= HOST_NAME[b as usize];
-                }
-            }
-            return match colon {
-                None => name_ok,
-                Some(0) => false,
-                // A second colon (unbracketed IPv6) is not a host name.
-                Some(at) => name_ok && !value[..at].contains(&b':') && valid_port(&value[at + 1..]),
-            };
-        }
+    }
+    ok && colon.is_none_or(|at| value.len() - at <= 6 && port <= 65535)
+}
+
+/// `[IPv6]` with an optional `:port`.
+fn valid_ip_literal(value: &[u8]) -> bool {
+    let Some(end) = value.iter().position(|&b| b == b']') else {
+        return false;
     };
-    name.iter().all(|&b| HOST_NAME[b as usize]) && valid_port(port)
+    let literal = std::str::from_utf8(&value[1..end]).ok();
+    if literal
+        .and_then(|l| l.parse::<std::net::Ipv6Addr>().ok())
+        .is_none()
+    {
+        return false;
+    }
+    match &value[end + 1..] {
+        [] => true,
+        [b':', port @ ..] => valid_port(port),
+        _ => false,
+    }
 }
 
 /// A port: at most five digits, at most 65535 (empty: no port, RFC 3986 allows it).
@@ -318,7 +321,7 @@ fn valid_port(port: &[u8]) -> bool {
 }
 
 /// The bytes of a host name: unreserved characters and sub-delimiters, no comma.
-const HOST_NAME: [bool; 256] = {
+static HOST_NAME: [bool; 256] = {
     let mut table = [false; 256];
     let mut b = 0;
     while b < 256 {

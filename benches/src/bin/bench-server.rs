@@ -47,7 +47,81 @@ use tokio::net::TcpListener;
 
 const HELLO: &[u8] = b"hello world";
 
+/// The global allocator, counting when `BENCH_COUNT_ALLOC=1`: allocations and bytes allocated
+/// (totals) and bytes live. `kill -USR1` prints them as `alloc allocs=N bytes=N live=N`.
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+
+    pub static ON: AtomicBool = AtomicBool::new(false);
+    pub static ALLOCS: AtomicU64 = AtomicU64::new(0);
+    pub static BYTES: AtomicU64 = AtomicU64::new(0);
+    pub static LIVE: AtomicI64 = AtomicI64::new(0);
+
+    pub struct Counting;
+
+    // SAFETY: every call is forwarded to the system allocator unchanged; the counters are
+    // plain atomics and never allocate.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if ON.load(Relaxed) {
+                ALLOCS.fetch_add(1, Relaxed);
+                BYTES.fetch_add(layout.size() as u64, Relaxed);
+                LIVE.fetch_add(layout.size() as i64, Relaxed);
+            }
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            if ON.load(Relaxed) {
+                LIVE.fetch_sub(layout.size() as i64, Relaxed);
+            }
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if ON.load(Relaxed) {
+                ALLOCS.fetch_add(1, Relaxed);
+                BYTES.fetch_add(new_size as u64, Relaxed);
+                LIVE.fetch_add(new_size as i64 - layout.size() as i64, Relaxed);
+            }
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    /// Turns counting on if asked, and prints the counters at every SIGUSR1 (from a thread of
+    /// its own, so it works beside actix's runtime too).
+    pub fn start() {
+        if std::env::var_os("BENCH_COUNT_ALLOC").is_none() {
+            return;
+        }
+        ON.store(true, Relaxed);
+        std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("signal runtime");
+            runtime.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut usr1 = signal(SignalKind::user_defined1()).expect("SIGUSR1");
+                while usr1.recv().await.is_some() {
+                    println!(
+                        "alloc allocs={} bytes={} live={}",
+                        ALLOCS.load(Relaxed),
+                        BYTES.load(Relaxed),
+                        LIVE.load(Relaxed)
+                    );
+                }
+            });
+        });
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: counting::Counting = counting::Counting;
+
 fn main() {
+    counting::start();
     let mut args = std::env::args().skip(1);
     let usage = "usage: bench-server bare|crate|bare-tls|crate-tls|axum|actix PORT";
     let mode = args.next().expect(usage);
