@@ -1,14 +1,14 @@
 //! Opens COUNT idle connections to a server for the idle-memory measurement of run.sh.
 //!
 //! ```text
-//! bench-idle h1|h2 127.0.0.1:PORT COUNT HOLD_SECS
+//! bench-idle h1|h2 127.0.0.1:PORT COUNT HOLD_SECS [SOURCE_IP]
 //! ```
 //!
 //! Each connection (HTTP/1.1 keep-alive, or h2c with prior knowledge) sends one `GET /`, reads
 //! the whole response, and is then held open, idle. Once all COUNT have answered it prints
-//! `ready COUNT` and holds them for HOLD_SECS (at most 120), then exits. Connections are opened
-//! 50 at a time. Exits with status 1 if any connection or request failed, or if the whole
-//! set-up took more than 30 s.
+//! `ready COUNT` and holds them for HOLD_SECS (at most 600), then exits. Connections are opened
+//! 50 at a time, from SOURCE_IP if given. Exits with status 1 if any connection or request
+//! failed, or if the whole set-up took more than 120 s.
 
 use std::time::Duration;
 
@@ -21,18 +21,22 @@ use tokio::task::JoinSet;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: bench-idle h1|h2 127.0.0.1:PORT COUNT HOLD_SECS";
+    let usage = "usage: bench-idle h1|h2 127.0.0.1:PORT COUNT HOLD_SECS [SOURCE_IP]";
     let proto = args.next().expect(usage);
     let addr: String = args.next().expect(usage);
     let count: usize = args.next().expect(usage).parse().expect(usage);
     let hold: u64 = args.next().expect(usage).parse().expect(usage);
+    // An optional fifth argument: the source address to connect from (127.0.0.0/8 has many;
+    // each gives its own ~28 000 ephemeral ports).
+    let source: Option<std::net::IpAddr> = args.next().map(|a| a.parse().expect(usage));
     assert!(proto == "h1" || proto == "h2", "{usage}");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     let code = runtime.block_on(async move {
-        let setup = tokio::time::timeout(Duration::from_secs(30), open(&proto, &addr, count)).await;
+        let setup =
+            tokio::time::timeout(Duration::from_secs(120), open(&proto, &addr, count, source)).await;
         let held = match setup {
             Ok(Ok(held)) => held,
             Ok(Err(e)) => {
@@ -40,12 +44,12 @@ fn main() {
                 return 1;
             }
             Err(_) => {
-                eprintln!("bench-idle: set-up took more than 30 s");
+                eprintln!("bench-idle: set-up took more than 120 s");
                 return 1;
             }
         };
         println!("ready {}", held.len());
-        tokio::time::sleep(Duration::from_secs(hold.min(120))).await;
+        tokio::time::sleep(Duration::from_secs(hold.min(600))).await;
         drop(held);
         0
     });
@@ -58,13 +62,18 @@ enum Held {
     H2(#[allow(dead_code)] hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
 }
 
-async fn open(proto: &str, addr: &str, count: usize) -> Result<Vec<Held>, String> {
+async fn open(
+    proto: &str,
+    addr: &str,
+    count: usize,
+    source: Option<std::net::IpAddr>,
+) -> Result<Vec<Held>, String> {
     let mut held = Vec::with_capacity(count);
     let mut pending = JoinSet::new();
     let mut started = 0;
     while held.len() < count {
         while started < count && pending.len() < 50 {
-            pending.spawn(one(proto == "h2", addr.to_owned()));
+            pending.spawn(one(proto == "h2", addr.to_owned(), source));
             started += 1;
         }
         match pending.join_next().await {
@@ -77,10 +86,19 @@ async fn open(proto: &str, addr: &str, count: usize) -> Result<Vec<Held>, String
     Ok(held)
 }
 
-async fn one(h2: bool, addr: String) -> Result<Held, String> {
-    let stream = TcpStream::connect(&addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+async fn one(h2: bool, addr: String, source: Option<std::net::IpAddr>) -> Result<Held, String> {
+    let stream = match source {
+        None => TcpStream::connect(&addr).await,
+        Some(ip) => {
+            let target: std::net::SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
+            let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+            socket
+                .bind(std::net::SocketAddr::new(ip, 0))
+                .map_err(|e| format!("bind {ip}: {e}"))?;
+            socket.connect(target).await
+        }
+    }
+    .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
     let io = TokioIo::new(stream);
     let request = || {

@@ -145,7 +145,12 @@ fn main() {
     .build()
     .expect("tokio runtime");
     runtime.block_on(async move {
-        let listener = TcpListener::bind(addr).await.expect("bind");
+        let listener = if std::env::var_os("BENCH_REUSEPORT").is_some() {
+            reuseport_listener(addr)
+        } else {
+            TcpListener::bind(addr).await
+        }
+        .expect("bind");
         println!("listening on {addr} ({mode})");
         match mode.as_str() {
             "bare" => bare(listener, None).await,
@@ -262,10 +267,55 @@ async fn crate_server(listener: TcpListener, tls: bool) {
         options = options.with_http1_timeout(Some(Duration::from_secs(secs)));
         options = options.with_http2_timeout(Some(Duration::from_secs(secs)));
     }
-    Server::new(options)
-        .listener(listener)
-        .serve(tower::service_fn(crate_handler))
-        .await;
+    // BENCH_CONNECTION_LIMIT: past the default 10 000, for the many-connections run.
+    if let Some(limit) = std::env::var("BENCH_CONNECTION_LIMIT")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        options = options.with_connection_limit(limit);
+    }
+    let server = Server::new(options).listener(listener);
+    let handle = server.handle();
+    if std::env::var_os("BENCH_REPORT").is_some() {
+        tokio::spawn(report(handle.clone()));
+    }
+    server.serve(tower::service_fn(crate_handler)).await;
+    if std::env::var_os("BENCH_REPORT").is_some() {
+        println!("drained");
+    }
+}
+
+/// BENCH_REPORT=1 (the many-connections run): SIGUSR2 prints how many clients the registry
+/// lists and how long listing took (`clients=N list_us=T`); SIGTERM starts a graceful
+/// shutdown whose drain the caller times (the server prints `drained` when it is over).
+async fn report(handle: hyper_remote_client::ServerHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr2 = signal(SignalKind::user_defined2()).expect("SIGUSR2");
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM");
+    loop {
+        tokio::select! {
+            _ = usr2.recv() => {
+                let started = std::time::Instant::now();
+                let clients = handle.clients();
+                let took = started.elapsed();
+                println!("clients={} list_us={}", clients.len(), took.as_micros());
+            }
+            _ = term.recv() => {
+                handle.graceful_shutdown(Some(Duration::from_secs(10)));
+                return;
+            }
+        }
+    }
+}
+
+/// A listener several processes share (`SO_REUSEPORT`: the kernel spreads connections over
+/// them), as `Server` takes any bound tokio listener.
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// axum 0.8 with `ConnectInfo<SocketAddr>`.
