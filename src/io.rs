@@ -277,10 +277,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
             return Poll::Ready(Ok(()));
         }
         if this.eof_deferred {
+            // Register first, then look: the last response may end meanwhile.
+            this.client().state().register(cx.waker());
             if this.client().state().eof_due() {
                 return Poll::Ready(Ok(()));
             }
-            this.client().state().register(cx.waker());
             return Poll::Pending;
         }
         let wanted = buf.remaining();

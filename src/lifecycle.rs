@@ -341,7 +341,12 @@ impl<'a> Watch<'a> {
                 self.body.stop();
             } else if input_waiting || self.body.running {
                 let at = *now.get_or_insert_with(Instant::now);
-                self.body.update(&rate, at, input_waiting, snap.bytes_read);
+                // HTTP/2: body bytes only; PING, SETTINGS and WINDOW_UPDATE are not progress.
+                let bytes = match self.protocol {
+                    Protocol::Http1 => snap.bytes_read,
+                    Protocol::Http2 => snap.body_read,
+                };
+                self.body.update(&rate, at, input_waiting, bytes);
                 let body = self.body.deadline();
                 deadline = earliest(deadline, body.map(|at| (at, TimeoutKind::RequestBody)));
             }
@@ -351,8 +356,11 @@ impl<'a> Watch<'a> {
                 self.response.stop();
             } else if output_waiting || self.response.running {
                 let at = *now.get_or_insert_with(Instant::now);
-                self.response
-                    .update(&rate, at, output_waiting, snap.bytes_written);
+                let bytes = match self.protocol {
+                    Protocol::Http1 => snap.bytes_written,
+                    Protocol::Http2 => snap.body_written,
+                };
+                self.response.update(&rate, at, output_waiting, bytes);
                 let response = self.response.deadline();
                 deadline = earliest(deadline, response.map(|at| (at, TimeoutKind::Response)));
             }

@@ -283,13 +283,17 @@ impl MinDataRate {
     };
 
     /// At least `bytes_per_second` (at least 1), measured once the peer has been waited on for
-    /// `grace`.
+    /// `grace` (at least [`MIN_GRACE`](Self::MIN_GRACE): with no grace the first wait would
+    /// already be too slow).
     pub fn new(bytes_per_second: u64, grace: Duration) -> Self {
         MinDataRate {
             bytes_per_second: bytes_per_second.max(1),
-            grace,
+            grace: grace.max(Self::MIN_GRACE),
         }
     }
+
+    /// The shortest grace: 100 ms.
+    pub const MIN_GRACE: Duration = Duration::from_millis(100);
 
     /// The rate in bytes per second.
     pub fn bytes_per_second(&self) -> u64 {

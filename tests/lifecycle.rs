@@ -1351,3 +1351,97 @@ async fn a_fast_start_does_not_buy_a_long_stall() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn http2_pings_do_not_keep_a_zero_window_response_alive() {
+    // The window stays at 0 and the peer sends a PING every 40 ms: the PING acknowledgements
+    // alone would be 425 bytes/s of socket writes, above the 100 B/s asked. Control frames
+    // are not progress: the response clock still runs out.
+    let mut options = Options::default();
+    options = options.with_min_response_rate(MinDataRate::new(100, Duration::from_secs(1)));
+    let server = run(options).await;
+    let mut conn =
+        h2raw::Conn::handshake(server.addr, &[(h2raw::SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    conn.send(&h2raw::get(
+        1,
+        &[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "x"),
+            (":path", "/big"),
+        ],
+    ))
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(40));
+    let mut pings = 0u32;
+    let ended = within("the server ends the connection", async {
+        loop {
+            tokio::select! {
+                frame = conn.reader.next() => if frame.is_none() { return true },
+                _ = tick.tick() => {
+                    if pings == 200 {
+                        return false; // 8 s of pings: never cut
+                    }
+                    pings += 1;
+                    let mut data = [0u8; 8];
+                    data[4..].copy_from_slice(&pings.to_be_bytes());
+                    if conn.send(&h2raw::ping(data)).await.is_err() {
+                        return true;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended,
+        "still open after {pings} pings and {:?}; {:?}",
+        started.elapsed(),
+        server.stats()
+    );
+    eventually("counted as a response timeout", || {
+        server.stats().response_timeouts == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn eof_inside_a_body_ends_a_connection_of_ones_own_loop() {
+    // Under a bare ClientService nothing counts request bodies, so an EOF there must not be
+    // taken for a half-close: hyper sees it, the body fails, the connection ends.
+    use hyper::service::service_fn;
+    use hyper_remote_client::{ClientIo, ClientService};
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let io = ClientIo::tcp(stream);
+        let client = io.client().clone();
+        let service = ClientService::new(
+            service_fn(|req: Request<hyper::body::Incoming>| async move {
+                let read = req.into_body().collect().await.is_ok();
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(format!(
+                    "read={read}"
+                )))))
+            }),
+            client.clone(),
+        );
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(io), service)
+            .await;
+        let _ = done_tx.send(client);
+    });
+    let mut stream = connect(addr).await;
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let client = within("the connection ends", done.recv()).await.unwrap();
+    within("the client closes", client.closed()).await;
+    assert_eq!(client.pending_responses(), 0);
+}

@@ -421,9 +421,11 @@ impl ClientInfo {
         self.inner.state.pending_requests()
     }
 
-    /// Requests handed over whose response has not been fully written: counted from the moment
-    /// the connection has read the request head (also while the service is not ready yet)
-    /// until the response body has ended or is dropped (also when the service fails).
+    /// Requests handed over whose response is not done: counted from the moment the connection
+    /// has read the request head (also while the service is not ready yet) until the response
+    /// body has ended (its last frame handed to hyper, which may still be writing it) or is
+    /// dropped (also when the service fails). A response with an empty body is done once its
+    /// head is handed over.
     pub fn pending_responses(&self) -> usize {
         self.inner.state.pending_responses()
     }
@@ -466,6 +468,11 @@ impl ClientInfo {
 
     /// Resolves once the connection is closed for good (its socket closed, its `on_close`
     /// callbacks run). Any number of tasks may wait; nothing is allocated per waiter.
+    ///
+    /// An HTTP/1 peer that shuts its write side after a complete request is still answered
+    /// (a half-close), so a peer that goes away while its handler works is noticed at the next
+    /// write, or by the clocks: a long-poll handler that waits for `closed()` before answering
+    /// should also write now and then, or bound its wait.
     ///
     /// ```
     /// # async fn run(client: hyper_remote_client::ClientInfo) {

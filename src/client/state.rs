@@ -50,6 +50,8 @@ pub(crate) struct Snapshot {
     pub(crate) write_blocked: bool,
     pub(crate) bytes_read: u64,
     pub(crate) bytes_written: u64,
+    pub(crate) body_read: u64,
+    pub(crate) body_written: u64,
 }
 
 impl Snapshot {
@@ -80,6 +82,10 @@ pub(crate) struct State {
     write_blocked: AtomicBool,
     /// `RemoteClient`'s watch serves the connection (and keeps its waker registered).
     watched: AtomicBool,
+    /// HTTP/2: request body bytes handed to handlers, and response body bytes the peer's
+    /// window let through (control frames left out), for the rate clocks.
+    body_read: AtomicU64,
+    body_written: AtomicU64,
     /// Written only by the one `ClientIo` that owns the stream.
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
@@ -104,6 +110,8 @@ impl Default for State {
             version: AtomicU8::new(0),
             write_blocked: AtomicBool::new(false),
             watched: AtomicBool::new(false),
+            body_read: AtomicU64::new(0),
+            body_written: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             waker: AtomicWaker::new(),
@@ -124,6 +132,8 @@ impl State {
             write_blocked: self.write_blocked.load(Ordering::Relaxed),
             bytes_read: self.bytes_read.load(Ordering::Relaxed),
             bytes_written: self.bytes_written.load(Ordering::Relaxed),
+            body_read: self.body_read.load(Ordering::Relaxed),
+            body_written: self.body_written.load(Ordering::Relaxed),
         }
     }
 
@@ -135,6 +145,8 @@ impl State {
             write_blocked: false,
             bytes_read: 0,
             bytes_written: 0,
+            body_read: 0,
+            body_written: 0,
         }
     }
 
@@ -262,8 +274,11 @@ impl State {
     pub(crate) fn done(&self, counts: u64) {
         let before = self.work.fetch_sub(counts, Ordering::AcqRel);
         let after = before.wrapping_sub(counts);
-        if (after >> FIELD) & MASK == 0 && self.flag(EOF_DEFERRED) {
-            // The last response of a half-closed connection: hand hyper its EOF now.
+        if (after >> FIELD) & MASK == 0
+            && (self.flag(EOF_DEFERRED) || self.version.load(Ordering::Relaxed) == 3)
+        {
+            // The last response of a half-closed connection: hand hyper its EOF now. Over
+            // HTTP/2, responses end on the streams' tasks: the watch starts the idle clock.
             self.waker.wake();
         }
     }
@@ -274,7 +289,10 @@ impl State {
     pub(crate) fn defer_eof(&self) -> bool {
         let work = self.work();
         let http1 = matches!(self.version.load(Ordering::Relaxed), 1 | 2);
+        // Only where request bodies are counted (RemoteClient's `Serve`, which the watch
+        // runs): under a bare `ClientService` an EOF inside a body would look like this too.
         let deferred = http1
+            && self.watched.load(Ordering::Relaxed)
             && !self.is_exported()
             && work.pending_responses() > 0
             && work.pending_requests() == 0;
@@ -304,6 +322,16 @@ impl State {
         } else {
             self.bodies_waiting.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// HTTP/2: `n` request body bytes reached a handler.
+    pub(crate) fn body_read(&self, n: usize) {
+        self.body_read.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// HTTP/2: `n` response body bytes went through the peer's window.
+    pub(crate) fn body_written(&self, n: usize) {
+        self.body_written.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn hit_body_limit(&self) {

@@ -1,6 +1,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -48,6 +49,12 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         let result = this.inner.as_mut().poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(guard)) = (&result, this.guard.as_ref()) {
+            if guard.http2 {
+                let n = frame.data_ref().map_or(0, Buf::remaining);
+                guard.client().state().body_read(n);
+            }
+        }
         match &result {
             Poll::Pending => {
                 if let Some(guard) = this.guard.as_mut() {
@@ -136,14 +143,16 @@ impl<B: Body> Body for ResponseBody<B> {
             // The handler is producing: not the peer's doing.
             Poll::Pending => {
                 if let Some(guard) = this.guard.as_mut() {
+                    guard.frame_sent(0);
                     guard.set_owed(false);
                 }
             }
             // hyper holds a frame until the peer's window lets it through (HTTP/2), and asks
             // for the next one after that: until then the response waits on the peer. The
             // guard goes with the body, which hyper drops once the last frame is through.
-            Poll::Ready(Some(Ok(_))) => {
+            Poll::Ready(Some(Ok(frame))) => {
                 if let Some(guard) = this.guard.as_mut() {
+                    guard.frame_sent(frame.data_ref().map_or(0, Buf::remaining));
                     guard.set_owed(true);
                 }
             }

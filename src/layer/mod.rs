@@ -26,14 +26,17 @@ use crate::client::ClientInfo;
 pub(crate) struct RequestGuard {
     client: ClientInfo,
     waiting: bool,
+    /// HTTP/2: count the body's bytes for the rate clock (the socket's carry control frames).
+    pub(super) http2: bool,
 }
 
 impl RequestGuard {
     /// For a request already counted by `State::request_started`.
-    fn new(client: &ClientInfo) -> Self {
+    fn new(client: &ClientInfo, http2: bool) -> Self {
         RequestGuard {
             client: client.clone(),
             waiting: false,
+            http2,
         }
     }
 
@@ -64,6 +67,9 @@ pub(crate) struct ResponseGuard {
     client: ClientInfo,
     pub(super) track_owed: bool,
     owed: bool,
+    /// HTTP/2: the last frame's bytes, counted once hyper asks for the next one (the peer's
+    /// window let it through) or the body is done.
+    sent: usize,
 }
 
 impl ResponseGuard {
@@ -73,11 +79,22 @@ impl ResponseGuard {
             client: client.clone(),
             track_owed,
             owed: false,
+            sent: 0,
         }
     }
 
     fn client(&self) -> &ClientInfo {
         &self.client
+    }
+
+    /// HTTP/2: hyper asks for more, so the last frame went through; `next` bytes follow.
+    fn frame_sent(&mut self, next: usize) {
+        if self.track_owed {
+            if self.sent > 0 {
+                self.client.state().body_written(self.sent);
+            }
+            self.sent = next;
+        }
     }
 
     #[inline]
@@ -96,6 +113,7 @@ impl ResponseGuard {
 
 impl Drop for ResponseGuard {
     fn drop(&mut self) {
+        self.frame_sent(0);
         let owed = if self.owed { OWED } else { 0 };
         self.client.state().done(RESPONSE + owed);
     }

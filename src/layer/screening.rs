@@ -280,7 +280,10 @@ fn valid_host(value: &[u8]) -> bool {
             ok &= HOST_NAME[b as usize];
         } else {
             ok &= b.is_ascii_digit();
-            port = port * 10 + u32::from(b.wrapping_sub(b'0') % 10);
+            // Saturating: a peer's `a:99999999999` must not overflow (it is refused below).
+            port = port
+                .saturating_mul(10)
+                .saturating_add(u32::from(b.wrapping_sub(b'0') % 10));
         }
     }
     ok && colon.is_none_or(|at| value.len() - at <= 6 && port <= 65535)
@@ -410,8 +413,26 @@ mod tests {
             assert!(valid_host(good.as_bytes()), "{good:?} is valid");
         }
         for bad in [
-            "a,b", "x y", "a@b", "%00", "a%2eb", "[::1", "[::1]x", "[x]", "x:abc", "x:65536",
-            "x:123456", ":80", "a:b:c", "::1", "a/b", "a?b", "a#b",
+            "a,b",
+            "x y",
+            "a@b",
+            "%00",
+            "a%2eb",
+            "[::1",
+            "[::1]x",
+            "[x]",
+            "x:abc",
+            "x:65536",
+            "x:123456",
+            ":80",
+            "a:b:c",
+            "::1",
+            "a/b",
+            "a?b",
+            "a#b",
+            "a:99999999999",
+            "a:4294967296",
+            "[::1]:99999999999",
         ] {
             assert!(!valid_host(bad.as_bytes()), "{bad:?} is not valid");
         }

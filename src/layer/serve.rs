@@ -75,7 +75,7 @@ fn prepare<B: Body>(client: &ClientInfo, req: Request<B>) -> Prepared<B> {
     state.set_version(req.version());
     state.request_started(with_body);
     let response_guard = ResponseGuard::new(client, http2);
-    let request_guard = with_body.then(|| RequestGuard::new(client));
+    let request_guard = with_body.then(|| RequestGuard::new(client, http2));
     let options = client.options();
     if let Some(response) = screen(&req, options) {
         // The body is never read: dropping its guard counts it done.

@@ -158,7 +158,8 @@ impl ServerHandle {
     /// Starts a graceful shutdown (axum-server's verb): stop accepting, let requests in flight
     /// finish (HTTP/2: GOAWAY), close idle connections at once, and close whatever remains
     /// after `timeout` (`None`: wait as long as it takes). [`Server::serve`] returns once every
-    /// connection is closed. Called again with a shorter deadline, the shorter one applies.
+    /// connection is closed. Called again with a shorter deadline, the shorter one applies;
+    /// deadlines count from the start of the shutdown, not from the call.
     pub fn graceful_shutdown(&self, timeout: Option<Duration>) {
         self.shared.shutdown.send_modify(|stop| {
             *stop = match (*stop, timeout) {
@@ -187,7 +188,8 @@ impl ServerHandle {
     }
 
     /// Connections open now: clients being served (detached ones included) and handshakes in
-    /// progress. Never more than [`Options::connection_limit`].
+    /// progress. At most [`Options::connection_limit`] sockets are kept; while connections over
+    /// the limit are being refused, the count may briefly read a little more.
     pub fn connection_count(&self) -> usize {
         self.shared.admission.active()
     }
