@@ -274,11 +274,8 @@ impl State {
     pub(crate) fn done(&self, counts: u64) {
         let before = self.work.fetch_sub(counts, Ordering::AcqRel);
         let after = before.wrapping_sub(counts);
-        if (after >> FIELD) & MASK == 0
-            && (self.flag(EOF_DEFERRED) || self.version.load(Ordering::Relaxed) == 3)
-        {
-            // The last response of a half-closed connection: hand hyper its EOF now. Over
-            // HTTP/2, responses end on the streams' tasks: the watch starts the idle clock.
+        if (after >> FIELD) & MASK == 0 && self.flag(EOF_DEFERRED) {
+            // The last response of a half-closed connection: hand hyper its EOF now.
             self.waker.wake();
         }
     }
@@ -305,6 +302,12 @@ impl State {
     /// Whether a held-back EOF can be handed over: no response is pending any more.
     pub(crate) fn eof_due(&self) -> bool {
         self.work().pending_responses() == 0
+    }
+
+    /// Wakes the serving task: a response was dropped before it ended (an HTTP/2 stream reset
+    /// on its own task), so the watch looks again (and may start the idle clock).
+    pub(crate) fn wake_watch(&self) {
+        self.waker.wake();
     }
 
     /// A response body waits for hyper to ask for more: the peer is not taking it.

@@ -103,6 +103,7 @@ impl<B: Body> ResponseBody<B> {
     pub(crate) fn new(body: B, mut guard: Option<ResponseGuard>) -> Self {
         if let Some(tracked) = guard.as_mut().filter(|g| g.track_owed) {
             if body.is_end_stream() {
+                tracked.ended = true;
                 guard = None;
             } else {
                 // Until hyper asks for it, the body waits on the peer (HTTP/2: its window).
@@ -118,7 +119,9 @@ impl<B: Body> ResponseBody<B> {
 
 impl<B> ResponseBody<B> {
     pub(crate) fn empty(guard: Option<ResponseGuard>) -> Self {
-        drop(guard);
+        if let Some(mut guard) = guard {
+            guard.ended = true;
+        }
         ResponseBody {
             inner: None,
             guard: None,
@@ -151,13 +154,21 @@ impl<B: Body> Body for ResponseBody<B> {
             // for the next one after that: until then the response waits on the peer. The
             // guard goes with the body, which hyper drops once the last frame is through.
             Poll::Ready(Some(Ok(frame))) => {
+                let last = body.is_end_stream();
                 if let Some(guard) = this.guard.as_mut() {
                     guard.frame_sent(frame.data_ref().map_or(0, Buf::remaining));
                     guard.set_owed(true);
+                    guard.ended |= last;
                 }
             }
-            // An error, or the end: nothing more to write.
-            Poll::Ready(_) => drop(this.guard.take()),
+            // The end: nothing more to write.
+            Poll::Ready(None) => {
+                if let Some(mut guard) = this.guard.take() {
+                    guard.ended = true;
+                }
+            }
+            // An error: the stream is reset.
+            Poll::Ready(Some(Err(_))) => drop(this.guard.take()),
         }
         result
     }

@@ -70,6 +70,8 @@ pub(crate) struct ResponseGuard {
     /// HTTP/2: the last frame's bytes, counted once hyper asks for the next one (the peer's
     /// window let it through) or the body is done.
     sent: usize,
+    /// The body gave its last frame (or there was none): dropping the guard is the normal end.
+    pub(super) ended: bool,
 }
 
 impl ResponseGuard {
@@ -80,6 +82,7 @@ impl ResponseGuard {
             track_owed,
             owed: false,
             sent: 0,
+            ended: false,
         }
     }
 
@@ -115,6 +118,12 @@ impl Drop for ResponseGuard {
     fn drop(&mut self) {
         self.frame_sent(0);
         let owed = if self.owed { OWED } else { 0 };
-        self.client.state().done(RESPONSE + owed);
+        let state = self.client.state();
+        state.done(RESPONSE + owed);
+        if self.track_owed && !self.ended {
+            // HTTP/2: dropped on a stream's task before its end (a reset): nothing else may
+            // wake the connection's watch to start its idle clock.
+            state.wake_watch();
+        }
     }
 }
