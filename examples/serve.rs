@@ -7,6 +7,7 @@
 //! curl -s --data-binary @Cargo.toml http://127.0.0.1:8080/echo
 //! curl -v http://127.0.0.1:8080/close                     # the handler closes the connection
 //! curl -s 'http://127.0.0.1:8080/slow?ms=2000'            # a response that takes 2 s
+//! curl -s http://127.0.0.1:8080/metrics                   # Prometheus text format
 //! # upgrade to a raw echo connection: paste the request, then type; Ctrl-D ends it
 //! socat - TCP:127.0.0.1:8080,crlf
 //! GET /upgrade HTTP/1.1
@@ -32,10 +33,12 @@ use http_body_util::{BodyExt, Full, LengthLimitError};
 use hyper_remote_client::rustls::pki_types::pem::{self, PemObject};
 use hyper_remote_client::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use hyper_remote_client::rustls::{RootCertStore, ServerConfig};
+use hyper_remote_client::telemetry;
 use hyper_remote_client::{
     detach, server_config, ClientAuth, ClientId, ClientInfo, IpNet, Listener, Options, ProxyMode,
     ProxyProtocol, RequestBody, Server, ServerHandle, Stats, TlsAcceptor,
 };
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -245,6 +248,12 @@ async fn run(args: Args) -> Result<(), Failed> {
     // First, before the CA file is written: from here on SIGINT and SIGTERM are held for the
     // graceful shutdown (which removes the file) instead of ending the process at once.
     let shutdown = shutdown_signal()?;
+    let prometheus = PrometheusBuilder::new()
+        .with_recommended_naming(true)
+        .set_buckets(telemetry::DURATION_BUCKETS)
+        .and_then(PrometheusBuilder::install_recorder)
+        .context("installing the Prometheus recorder")?;
+    telemetry::describe();
     let proxy = args.proxy()?;
     let (tls, generated_ca) = tls_config(&args)?;
     let http = TcpListener::bind(args.http)
@@ -302,12 +311,13 @@ async fn run(args: Args) -> Result<(), Failed> {
     println!("     curl -s 'http://{http_addr}/slow?ms=2000'");
     println!("     curl -s http://{http_addr}/clients");
     println!("     curl -s http://{http_addr}/stats");
+    println!("     curl -s http://{http_addr}/metrics");
     println!("     curl -s -X POST http://{http_addr}/clients/ID/close");
 
     let handle = server.handle();
     let service = {
         let handle = handle.clone();
-        tower::service_fn(move |req| route(req, handle.clone()))
+        tower::service_fn(move |req| route(req, handle.clone(), prometheus.clone()))
     };
     server.serve_with_shutdown(service, shutdown).await;
     Ok(())
@@ -477,6 +487,7 @@ fn generate_certificate(
 async fn route(
     mut req: Request<RequestBody>,
     server: ServerHandle,
+    prometheus: PrometheusHandle,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let Some(client) = req.extensions().get::<ClientInfo>().cloned() else {
         return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, "no ClientInfo\n"));
@@ -507,6 +518,15 @@ async fn route(
             json_response(Value::Array(clients))
         }
         (&Method::GET, "/stats") => json_response(stats_json(&server.stats())),
+        (&Method::GET, "/metrics") => {
+            prometheus.run_upkeep();
+            let mut response = Response::new(Full::new(Bytes::from(prometheus.render())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
         (&Method::POST, path) if client_to_close(path).is_some() => {
             match client_to_close(path).and_then(|id| id.parse::<u64>().ok()) {
                 Some(id) if server.close(ClientId::from(id)) => text(StatusCode::OK, "closed\n"),

@@ -10,13 +10,36 @@ use hyper::rt::bounds::Http2ServerConnExec;
 use hyper::rt::{Read, Write};
 use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use pin_project_lite::pin_project;
+use tracing::Instrument;
 
 use crate::client::ClientInfo;
 use crate::lifecycle::Protocol;
 use crate::options::Options;
 use crate::BoxError;
+
+/// The executor of hyper's HTTP/2 builder: spawns each stream's task on tokio (as hyper-util's
+/// `TokioExecutor`) in the `tracing` span of its connection, so that a handler's log lines
+/// carry the connection's span over HTTP/2 as they do over HTTP/1.
+#[derive(Clone, Copy, Debug, Default)]
+#[non_exhaustive]
+pub struct StreamExecutor;
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        let span = tracing::Span::current();
+        if span.is_disabled() {
+            tokio::spawn(future);
+        } else {
+            tokio::spawn(future.instrument(span));
+        }
+    }
+}
 
 /// The HTTP versions a driver serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +66,7 @@ pub enum Protocols {
 #[derive(Clone, Debug)]
 pub struct HttpDriver {
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    http2: http2::Builder<StreamExecutor>,
     protocols: Protocols,
 }
 
@@ -71,7 +94,7 @@ impl HttpDriver {
         // Not `pipeline_flush(true)`, though it multiplies pipelined throughput (see
         // BENCHMARKS.md): it holds back the `101` of an upgrade whose first bytes arrive with the
         // request head, and the upgrade never completes.
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        let mut http2 = http2::Builder::new(StreamExecutor);
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(options.concurrent_stream_limit())
@@ -94,7 +117,7 @@ impl HttpDriver {
     }
 
     /// hyper's HTTP/2 builder, to tune. Keep its timer set.
-    pub fn http2(&mut self) -> &mut http2::Builder<TokioExecutor> {
+    pub fn http2(&mut self) -> &mut http2::Builder<StreamExecutor> {
         &mut self.http2
     }
 
@@ -105,7 +128,7 @@ impl HttpDriver {
         I: Read + Write + Unpin + Send + 'static,
         B: Body + 'static,
         B::Error: Into<BoxError>,
-        TokioExecutor: Http2ServerConnExec<S::Future, B>,
+        StreamExecutor: Http2ServerConnExec<S::Future, B>,
     {
         match protocol {
             Protocol::Http1 => Connection::Http1 {
@@ -175,7 +198,7 @@ pin_project! {
         S: HttpService<Incoming>,
     {
         Http1 { #[pin] conn: http1::UpgradeableConnection<I, S> },
-        Http2 { #[pin] conn: http2::Connection<I, S, TokioExecutor> },
+        Http2 { #[pin] conn: http2::Connection<I, S, StreamExecutor> },
     }
 }
 
@@ -186,7 +209,7 @@ where
     I: Read + Write + Unpin + Send + 'static,
     B: Body + 'static,
     B::Error: Into<BoxError>,
-    TokioExecutor: Http2ServerConnExec<S::Future, B>,
+    StreamExecutor: Http2ServerConnExec<S::Future, B>,
 {
     /// Takes no new requests, finishes the ones in flight (HTTP/2: GOAWAY), then ends.
     pub(crate) fn graceful_shutdown(self: Pin<&mut Self>) {
@@ -204,7 +227,7 @@ where
     I: Read + Write + Unpin + Send + 'static,
     B: Body + 'static,
     B::Error: Into<BoxError>,
-    TokioExecutor: Http2ServerConnExec<S::Future, B>,
+    StreamExecutor: Http2ServerConnExec<S::Future, B>,
 {
     type Output = hyper::Result<()>;
 

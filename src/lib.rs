@@ -18,6 +18,10 @@
 //!   shutdown, through a [`ServerHandle`].
 //! - [`detach()`] takes the raw connection over after an HTTP/1 upgrade, with the client still
 //!   tracked until it is dropped.
+//! - Observability: every connection is served in a `tracing` span `client` (its id, addresses,
+//!   protocol, TLS version and ALPN), so a handler's log lines carry it; with feature
+//!   `metrics`, connection and request metrics under OpenTelemetry names go to the `metrics`
+//!   facade (see `telemetry`).
 //!
 //! ```no_run
 //! use std::convert::Infallible;
@@ -77,6 +81,8 @@ mod options;
 mod proxy;
 mod remote;
 mod server;
+#[cfg(feature = "metrics")]
+pub mod telemetry;
 #[cfg(feature = "tls")]
 mod tls;
 
@@ -84,7 +90,9 @@ pub use accept::{Accept, AcceptError, Accepted, Chain};
 pub use client::TlsInfo;
 pub use client::{Address, ClientId, ClientInfo, ClientInfoBuilder, PeerCredentials, Status};
 pub use detach::{detach, DetachError, Detached, DetachedParts, OnDetach};
-pub use driver::{DefaultHttpDriverFactory, HttpDriver, HttpDriverFactory, Protocols};
+pub use driver::{
+    DefaultHttpDriverFactory, HttpDriver, HttpDriverFactory, Protocols, StreamExecutor,
+};
 #[cfg(feature = "axum")]
 pub use extract::MissingClientInfo;
 pub use io::{BorrowedSocket, ClientIo, StreamSocket};

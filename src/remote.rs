@@ -11,6 +11,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::client::ClientInfo;
 use crate::driver::{HttpDriverFactory, Protocols};
@@ -162,7 +163,23 @@ where
     /// The client is closed (and its `on_close` callbacks have run) when this returns, unless
     /// the connection was upgraded: then it closes when the upgraded I/O is dropped, or when
     /// [`Options::detached_timeout`] passes without a byte either way.
+    ///
+    /// The connection is served in a `tracing` span `client` (INFO level) with its `id`,
+    /// `remote` and `local` addresses, its `protocol` once known (`http/1.1`, `h2`) and, over
+    /// TLS, `tls` (the protocol version) and `alpn`: whatever the connection and its handlers
+    /// log (HTTP/2 streams included) carries it.
     pub async fn start<F, Svc, B>(self, factory: &F, service: Svc) -> CloseReason
+    where
+        F: HttpDriverFactory + ?Sized,
+        Svc: Handler<B>,
+        B: HandlerBody,
+    {
+        let span = connection_span(self.client());
+        self.serve(factory, service).instrument(span).await
+    }
+
+    /// [`start`](Self::start), in the caller's span.
+    pub(crate) async fn serve<F, Svc, B>(self, factory: &F, service: Svc) -> CloseReason
     where
         F: HttpDriverFactory + ?Sized,
         Svc: Handler<B>,
@@ -198,6 +215,13 @@ where
         if protocol == Protocol::Http2 {
             state.set_version(http::Version::HTTP_2);
         }
+        tracing::Span::current().record(
+            "protocol",
+            match protocol {
+                Protocol::Http1 => "http/1.1",
+                Protocol::Http2 => "h2",
+            },
+        );
 
         let service = Serve::new(service, client.clone());
         let mut conn = pin!(driver.serve(protocol, TokioIo::new(io), service));
@@ -211,6 +235,8 @@ where
                 Err(Event::Shutdown) => conn.as_mut().graceful_shutdown(),
                 Err(event) => return reason(event),
                 Ok(Ok(())) if client.is_exported() => {
+                    #[cfg(feature = "metrics")]
+                    metrics::counter!(crate::telemetry::UPGRADED_CONNECTIONS).increment(1);
                     if let Some(timeout) = options.detached_timeout() {
                         tokio::spawn(watch_detached(client.clone(), timeout));
                     }
@@ -228,8 +254,38 @@ fn reason(event: Event) -> CloseReason {
     match event {
         Event::Closed => CloseReason::Closed,
         Event::Shutdown => CloseReason::Shutdown,
-        Event::TimedOut(kind) => CloseReason::Timeout(kind),
+        Event::TimedOut(kind) => {
+            #[cfg(feature = "metrics")]
+            crate::telemetry::timeout(match kind {
+                TimeoutKind::Idle => "idle",
+                TimeoutKind::RequestHead => "request_head",
+                TimeoutKind::RequestBody => "request_body",
+                TimeoutKind::Response => "response",
+            });
+            CloseReason::Timeout(kind)
+        }
     }
+}
+
+/// The span a connection is served in: see [`RemoteClient::start`].
+pub(crate) fn connection_span(client: &ClientInfo) -> tracing::Span {
+    use tracing::field::Empty;
+    let span = tracing::info_span!(
+        "client",
+        id = %client.id(),
+        remote = %client.remote_address(),
+        local = %client.local_address(),
+        protocol = Empty,
+        tls = Empty,
+        alpn = Empty,
+    );
+    if let Some(tls) = client.tls().filter(|_| !span.is_disabled()) {
+        span.record("tls", tls.protocol());
+        if let Some(alpn) = tls.alpn_protocol() {
+            span.record("alpn", String::from_utf8_lossy(alpn).as_ref());
+        }
+    }
+    span
 }
 
 /// The idle clock of a detached connection: closes it once no byte has moved either way for
@@ -256,6 +312,8 @@ async fn watch_detached(client: ClientInfo, timeout: Duration) {
         quiet += tick;
         if quiet >= timeout {
             client.state().set_detached_timed_out();
+            #[cfg(feature = "metrics")]
+            crate::telemetry::timeout("detached");
             client.close();
             return;
         }

@@ -232,15 +232,30 @@ where
         || Options::default().tls_setup_timeout(),
         |o| o.tls_setup_timeout(),
     );
+    #[cfg(feature = "metrics")]
+    let metric = crate::telemetry::Handshake::start();
     let handshake = acceptor.accept(stream);
-    let stream = match deadline {
+    let result = match deadline {
         Some(deadline) => tokio::time::timeout(deadline, handshake)
             .await
-            .map_err(|_| TlsError::Timeout)?,
-        None => handshake.await,
-    }
-    .map_err(TlsError::Handshake)?;
+            .map_err(|_| TlsError::Timeout)
+            .and_then(|result| result.map_err(TlsError::Handshake)),
+        None => handshake.await.map_err(TlsError::Handshake),
+    };
+    let stream = match result {
+        Ok(stream) => stream,
+        Err(error) => {
+            #[cfg(feature = "metrics")]
+            metric.failed(match error {
+                TlsError::Timeout => "timeout",
+                _ => "error",
+            });
+            return Err(error);
+        }
+    };
     let tls = session_info(stream.get_ref().1);
+    #[cfg(feature = "metrics")]
+    metric.succeeded(tls.protocol());
     Ok((stream, client.tls(tls)))
 }
 

@@ -97,6 +97,9 @@ pub(crate) struct State {
     /// A duplicate of the socket of an exported client, so `close()` can shut it down while
     /// user code owns the stream. Ours, so never a descriptor that was closed and reused.
     export_socket: Mutex<Option<socket2::Socket>>,
+    /// The request metrics' handles of this connection.
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: crate::telemetry::Handles,
 }
 
 impl Default for State {
@@ -117,6 +120,8 @@ impl Default for State {
             waker: AtomicWaker::new(),
             finished: Notify::new(),
             export_socket: Mutex::new(None),
+            #[cfg(feature = "metrics")]
+            metrics: crate::telemetry::Handles::default(),
         }
     }
 }

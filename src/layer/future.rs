@@ -97,7 +97,8 @@ where
             } => {
                 // On error the guard is dropped with this future: the response is done.
                 let mut response = ready!(future.poll(cx))?;
-                if let Some(guard) = guard.as_ref() {
+                if let Some(guard) = guard.as_mut() {
+                    guard.set_status(response.status());
                     let state = guard.client().state();
                     if upgrade.exports(response.status()) {
                         // hyper hands the connection over once this response is written.
@@ -116,6 +117,9 @@ where
             }
             KindProj::Local { response, guard } => {
                 let response = response.take().unwrap_or_default();
+                if let Some(guard) = guard.as_mut() {
+                    guard.set_status(response.status());
+                }
                 Poll::Ready(Ok(response.map(|()| ResponseBody::empty(guard.take()))))
             }
         }

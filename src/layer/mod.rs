@@ -72,17 +72,34 @@ pub(crate) struct ResponseGuard {
     sent: usize,
     /// The body gave its last frame (or there was none): dropping the guard is the normal end.
     pub(super) ended: bool,
+    #[cfg(feature = "metrics")]
+    metric: Option<crate::telemetry::RequestMetric>,
 }
 
 impl ResponseGuard {
     /// For a request already counted by `State::request_started`.
-    fn new(client: &ClientInfo, track_owed: bool) -> Self {
+    fn new<B>(client: &ClientInfo, req: &http::Request<B>) -> Self {
         ResponseGuard {
             client: client.clone(),
-            track_owed,
+            track_owed: req.version() >= http::Version::HTTP_2,
             owed: false,
             sent: 0,
             ended: false,
+            #[cfg(feature = "metrics")]
+            metric: Some(crate::telemetry::RequestMetric::start(
+                client,
+                req.method(),
+                req.version(),
+            )),
+        }
+    }
+
+    /// The status of the response (for the request metrics).
+    #[inline]
+    fn set_status(&mut self, _status: http::StatusCode) {
+        #[cfg(feature = "metrics")]
+        if let Some(metric) = self.metric.as_mut() {
+            metric.set_status(_status);
         }
     }
 
@@ -124,6 +141,10 @@ impl Drop for ResponseGuard {
             // HTTP/2: dropped on a stream's task before its end (a reset): nothing else may
             // wake the connection's watch to start its idle clock.
             state.wake_watch();
+        }
+        #[cfg(feature = "metrics")]
+        if let Some(metric) = self.metric.take() {
+            metric.finish(&self.client);
         }
     }
 }

@@ -74,7 +74,7 @@ fn prepare<B: Body>(client: &ClientInfo, req: Request<B>) -> Prepared<B> {
     let http2 = req.version() >= Version::HTTP_2;
     state.set_version(req.version());
     state.request_started(with_body);
-    let response_guard = ResponseGuard::new(client, http2);
+    let response_guard = ResponseGuard::new(client, &req);
     let request_guard = with_body.then(|| RequestGuard::new(client, http2));
     let options = client.options();
     if let Some(response) = screen(&req, options) {

@@ -89,7 +89,7 @@ impl<S> ClientService<S> {
         state.set_version(req.version());
         state.request_started(false);
         let http2 = req.version() >= Version::HTTP_2;
-        let guard = ResponseGuard::new(&self.client, http2);
+        let guard = ResponseGuard::new(&self.client, req);
         let upgrade = upgrade_of(req);
         inject(&self.client, req.extensions_mut());
         (guard, upgrade, !http2)

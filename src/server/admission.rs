@@ -125,9 +125,13 @@ impl Admission {
             }
             *count += 1;
         }
+        #[cfg(feature = "metrics")]
+        metrics::gauge!(crate::telemetry::ACTIVE_CONNECTIONS).increment(1.0);
         Ok(Slot {
             admission: self.clone(),
             key,
+            #[cfg(feature = "metrics")]
+            admitted: std::time::Instant::now(),
         })
     }
 }
@@ -137,6 +141,8 @@ impl Admission {
 pub(crate) struct Slot {
     admission: Arc<Admission>,
     key: Option<IpKey>,
+    #[cfg(feature = "metrics")]
+    admitted: std::time::Instant,
 }
 
 impl Drop for Slot {
@@ -155,6 +161,12 @@ impl Drop for Slot {
             }
         }
         self.admission.release();
+        #[cfg(feature = "metrics")]
+        {
+            use crate::telemetry::{ACTIVE_CONNECTIONS, CONNECTION_DURATION};
+            metrics::gauge!(ACTIVE_CONNECTIONS).decrement(1.0);
+            metrics::histogram!(CONNECTION_DURATION).record(self.admitted.elapsed().as_secs_f64());
+        }
     }
 }
 

@@ -534,6 +534,19 @@ impl Acceptor {
             _ => &counters.acceptor_refused,
         };
         Counters::add(counter);
+        #[cfg(feature = "metrics")]
+        {
+            let reason = match error {
+                #[cfg(feature = "tls")]
+                // Counted by the TLS handshake metrics.
+                AcceptError::Tls(_) => return,
+                #[cfg(feature = "proxy-protocol")]
+                AcceptError::Proxy(_) => "proxy_protocol",
+                _ => "acceptor",
+            };
+            metrics::counter!(crate::telemetry::REJECTED_CONNECTIONS, "reason" => reason)
+                .increment(1);
+        }
     }
 
     fn admit(&self, ip: Option<IpAddr>) -> Option<Slot> {
@@ -553,6 +566,15 @@ impl Acceptor {
             Rejection::PerIpLimit => &self.shared.counters.rejected_per_ip_limit,
         };
         Counters::add(counter);
+        #[cfg(feature = "metrics")]
+        {
+            let reason = match rejection {
+                Rejection::ConnectionLimit => "connection_limit",
+                Rejection::PerIpLimit => "per_ip_limit",
+            };
+            metrics::counter!(crate::telemetry::REJECTED_CONNECTIONS, "reason" => reason)
+                .increment(1);
+        }
         debug!(?ip, ?rejection, "connection rejected");
     }
 
@@ -564,7 +586,7 @@ impl Acceptor {
         B: HandlerBody,
     {
         let info = client.client().clone();
-        let span = tracing::debug_span!("client", id = %info.id(), remote = %info.remote_address());
+        let span = crate::remote::connection_span(&info);
         let shared = self.shared.clone();
         info.on_close(move |client| {
             shared.registry.remove(client.id());
@@ -586,7 +608,7 @@ impl Acceptor {
         }
         async {
             debug!("accepted");
-            let reason = client.start(&*self.drivers, service).await;
+            let reason = client.serve(&*self.drivers, service).await;
             let counters = &self.shared.counters;
             if let CloseReason::Timeout(kind) = &reason {
                 let by_phase = match kind {

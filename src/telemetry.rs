@@ -1,0 +1,330 @@
+//! Metrics through the [`metrics`](https://docs.rs/metrics) facade (feature `metrics`): the
+//! application installs the exporter (Prometheus, OpenTelemetry, statsd...), the crate records.
+//!
+//! Request metrics follow the OpenTelemetry HTTP server conventions; connection metrics are
+//! named after Kestrel's (`kestrel.*`, themselves OpenTelemetry conventions) under the prefix
+//! `hyper_remote_client.`:
+//!
+//! | name | kind | unit | labels | recorded by |
+//! |---|---|---|---|---|
+//! | [`ACTIVE_REQUESTS`] `http.server.active_requests` | gauge | requests | `http.request.method`, `url.scheme` | every service of the crate ([`RemoteClient`](crate::RemoteClient), [`Server`](crate::Server), [`ClientService`](crate::ClientService)) |
+//! | [`REQUEST_DURATION`] `http.server.request.duration` | histogram | s | `http.request.method`, `http.response.status_code` (or `error.type`), `network.protocol.version`, `url.scheme` | the same |
+//! | [`ACTIVE_CONNECTIONS`] | gauge | connections | | [`Server`](crate::Server) (from accept to close, TLS handshakes included) |
+//! | [`CONNECTION_DURATION`] | histogram | s | | [`Server`](crate::Server) |
+//! | [`REJECTED_CONNECTIONS`] | counter | connections | `reason`: `connection_limit`, `per_ip_limit`, `proxy_protocol`, `acceptor` | [`Server`](crate::Server) |
+//! | [`UPGRADED_CONNECTIONS`] | counter | connections | | [`RemoteClient`](crate::RemoteClient) (a connection handed over after `101` / `CONNECT`) |
+//! | [`TLS_HANDSHAKE_DURATION`] | histogram | s | `tls.protocol.version`, or `error.type` (`timeout`, `error`) | [`TlsAcceptor`](crate::TlsAcceptor) |
+//! | [`ACTIVE_TLS_HANDSHAKES`] | gauge | handshakes | | [`TlsAcceptor`](crate::TlsAcceptor) |
+//! | [`TIMEOUTS`] | counter | connections | `phase`: `idle`, `request_head`, `request_body`, `response`, `detached`, `tls_handshake` | [`RemoteClient`](crate::RemoteClient), [`TlsAcceptor`](crate::TlsAcceptor) |
+//!
+//! The request duration runs from the request head read to the end of the response body
+//! handed to hyper (or its drop: a reset, a closed connection). Call [`describe`] once the
+//! exporter is installed, so that it knows the units (Prometheus then names the histograms
+//! `*_seconds` and, with recommended naming, the counters `*_total`), and give the histograms
+//! [`DURATION_BUCKETS`]:
+//!
+//! ```ignore
+//! let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+//!     .with_recommended_naming(true)
+//!     .set_buckets(hyper_remote_client::telemetry::DURATION_BUCKETS)?
+//!     .install_recorder()?;
+//! hyper_remote_client::telemetry::describe();
+//! // GET /metrics answers prometheus.render()
+//! ```
+//!
+//! Cost: the label sets of a connection are looked up once per connection and kept (a
+//! request records through handles it already has); nothing is recorded per byte.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
+
+use http::{Method, StatusCode, Version};
+use metrics::{Gauge, Histogram, Label, Unit};
+
+/// `http.server.active_requests`: requests being served (head read, response not yet done).
+pub const ACTIVE_REQUESTS: &str = "http.server.active_requests";
+/// `http.server.request.duration`, in seconds.
+pub const REQUEST_DURATION: &str = "http.server.request.duration";
+/// Connections open now: accepted, in their TLS handshake or PROXY header, served, or detached.
+pub const ACTIVE_CONNECTIONS: &str = "hyper_remote_client.active_connections";
+/// How long connections stayed open, in seconds (from accept to close).
+pub const CONNECTION_DURATION: &str = "hyper_remote_client.connection.duration";
+/// Connections refused, by `reason`.
+pub const REJECTED_CONNECTIONS: &str = "hyper_remote_client.rejected_connections";
+/// Connections handed over after an HTTP upgrade (`101`) or a `CONNECT`.
+pub const UPGRADED_CONNECTIONS: &str = "hyper_remote_client.upgraded_connections";
+/// TLS handshake durations, in seconds, failed ones included (with `error.type`).
+pub const TLS_HANDSHAKE_DURATION: &str = "hyper_remote_client.tls_handshake.duration";
+/// TLS handshakes in progress.
+pub const ACTIVE_TLS_HANDSHAKES: &str = "hyper_remote_client.active_tls_handshakes";
+/// Connections closed because a clock of their lifecycle ran out, by `phase`.
+pub const TIMEOUTS: &str = "hyper_remote_client.timeouts";
+
+/// Histogram buckets for the durations, in seconds: OpenTelemetry's advice for
+/// `http.server.request.duration`.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Describes every metric (unit and help text) to the installed recorder. Call it after
+/// installing the exporter.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        ACTIVE_REQUESTS,
+        Unit::Count,
+        "Number of active HTTP server requests."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Duration of HTTP server requests."
+    );
+    describe_gauge!(
+        ACTIVE_CONNECTIONS,
+        Unit::Count,
+        "Number of connections that are currently open."
+    );
+    describe_histogram!(
+        CONNECTION_DURATION,
+        Unit::Seconds,
+        "The duration of connections on the server."
+    );
+    describe_counter!(
+        REJECTED_CONNECTIONS,
+        Unit::Count,
+        "Number of connections rejected by the server, by reason."
+    );
+    describe_counter!(
+        UPGRADED_CONNECTIONS,
+        Unit::Count,
+        "Number of HTTP connections handed over after an upgrade."
+    );
+    describe_histogram!(
+        TLS_HANDSHAKE_DURATION,
+        Unit::Seconds,
+        "The duration of TLS handshakes on the server."
+    );
+    describe_gauge!(
+        ACTIVE_TLS_HANDSHAKES,
+        Unit::Count,
+        "Number of TLS handshakes that are currently in progress on the server."
+    );
+    describe_counter!(
+        TIMEOUTS,
+        Unit::Count,
+        "Number of connections closed by a timeout, by phase."
+    );
+}
+
+/// The value of `http.request.method`: the method for the well-known ones, `_OTHER` for the
+/// rest (the conventions' rule, which keeps the label set bounded).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::CONNECT => "CONNECT",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::PATCH => "PATCH",
+        _ => "_OTHER",
+    }
+}
+
+fn version_label(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+fn scheme_label(encrypted: bool) -> &'static str {
+    if encrypted {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// One connection's request handles, by label set: looked up in the recorder once per
+/// connection, then reused (a lock nobody else holds, and a scan of a few entries).
+#[derive(Debug, Default)]
+pub(crate) struct Handles {
+    entries: Mutex<Vec<Entry>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    method: &'static str,
+    /// `None`: the active-requests gauge of `method`.
+    duration: Option<(Version, Option<StatusCode>)>,
+    handle: Handle,
+}
+
+#[derive(Debug)]
+enum Handle {
+    Gauge(Gauge),
+    Histogram(Histogram),
+}
+
+impl Handles {
+    fn gauge(&self, method: &'static str, encrypted: bool) -> Gauge {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        for entry in entries.iter() {
+            if let (None, Handle::Gauge(gauge)) = (&entry.duration, &entry.handle) {
+                if entry.method == method {
+                    return gauge.clone();
+                }
+            }
+        }
+        let labels = [
+            Label::from_static_parts("http.request.method", method),
+            Label::from_static_parts("url.scheme", scheme_label(encrypted)),
+        ];
+        let gauge = metrics::gauge!(ACTIVE_REQUESTS, labels.iter());
+        entries.push(Entry {
+            method,
+            duration: None,
+            handle: Handle::Gauge(gauge.clone()),
+        });
+        gauge
+    }
+
+    fn record_duration(
+        &self,
+        method: &'static str,
+        version: Version,
+        status: Option<StatusCode>,
+        encrypted: bool,
+        seconds: f64,
+    ) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = Some((version, status));
+        for entry in entries.iter() {
+            if let Handle::Histogram(histogram) = &entry.handle {
+                if entry.method == method && entry.duration == key {
+                    histogram.record(seconds);
+                    return;
+                }
+            }
+        }
+        let mut labels = vec![
+            Label::from_static_parts("http.request.method", method),
+            Label::from_static_parts("network.protocol.version", version_label(version)),
+            Label::from_static_parts("url.scheme", scheme_label(encrypted)),
+        ];
+        labels.push(match status {
+            Some(status) => Label::new("http.response.status_code", status.as_str().to_owned()),
+            // No response: the service failed (hyper resets the stream or closes), or the
+            // connection went before it answered.
+            None => Label::from_static_parts("error.type", "no_response"),
+        });
+        let histogram = metrics::histogram!(REQUEST_DURATION, labels);
+        histogram.record(seconds);
+        entries.push(Entry {
+            method,
+            duration: key,
+            handle: Handle::Histogram(histogram),
+        });
+    }
+}
+
+/// One request's metrics, from its head to the end of its response.
+#[derive(Debug)]
+pub(crate) struct RequestMetric {
+    started: Instant,
+    method: &'static str,
+    version: Version,
+    status: Option<StatusCode>,
+    active: Gauge,
+}
+
+impl RequestMetric {
+    /// Counts a request as active.
+    pub(crate) fn start(client: &crate::ClientInfo, method: &Method, version: Version) -> Self {
+        let method = method_label(method);
+        let active = client.state().metrics.gauge(method, client.is_encrypted());
+        active.increment(1.0);
+        RequestMetric {
+            started: Instant::now(),
+            method,
+            version,
+            status: None,
+            active,
+        }
+    }
+
+    pub(crate) fn set_status(&mut self, status: StatusCode) {
+        self.status = Some(status);
+    }
+
+    /// The response is done: records its duration.
+    pub(crate) fn finish(self, client: &crate::ClientInfo) {
+        self.active.decrement(1.0);
+        client.state().metrics.record_duration(
+            self.method,
+            self.version,
+            self.status,
+            client.is_encrypted(),
+            self.started.elapsed().as_secs_f64(),
+        );
+    }
+}
+
+/// The value of the `phase` label of [`TIMEOUTS`].
+pub(crate) fn timeout(phase: &'static str) {
+    metrics::counter!(TIMEOUTS, "phase" => phase).increment(1);
+}
+
+/// A TLS handshake in progress: counted active until dropped, its duration recorded with its
+/// outcome (a handshake cut before its end, by a shutdown, counts as `error.type=cancelled`).
+#[cfg(feature = "tls")]
+#[derive(Debug)]
+pub(crate) struct Handshake {
+    started: Instant,
+    outcome: Option<Label>,
+}
+
+#[cfg(feature = "tls")]
+impl Handshake {
+    pub(crate) fn start() -> Self {
+        metrics::gauge!(ACTIVE_TLS_HANDSHAKES).increment(1.0);
+        Handshake {
+            started: Instant::now(),
+            outcome: None,
+        }
+    }
+
+    /// The handshake succeeded with `version` (`TLSv1.3`...).
+    pub(crate) fn succeeded(mut self, version: &str) {
+        let version = version.strip_prefix("TLSv").unwrap_or(version).to_owned();
+        self.outcome = Some(Label::new("tls.protocol.version", version));
+    }
+
+    /// The handshake failed: `timeout` or `error`.
+    pub(crate) fn failed(mut self, error: &'static str) {
+        if error == "timeout" {
+            timeout("tls_handshake");
+        }
+        self.outcome = Some(Label::from_static_parts("error.type", error));
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        metrics::gauge!(ACTIVE_TLS_HANDSHAKES).decrement(1.0);
+        let outcome = self
+            .outcome
+            .take()
+            .unwrap_or_else(|| Label::from_static_parts("error.type", "cancelled"));
+        metrics::histogram!(TLS_HANDSHAKE_DURATION, vec![outcome])
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
