@@ -132,7 +132,7 @@ impl HttpDriver {
     {
         match protocol {
             Protocol::Http1 => Connection::Http1 {
-                conn: self.http1.serve_connection(io, service).with_upgrades(),
+                conn: Some(self.http1.serve_connection(io, service).with_upgrades()),
             },
             Protocol::Http2 => Connection::Http2 {
                 conn: self.http2.serve_connection(io, service),
@@ -197,7 +197,9 @@ pin_project! {
     where
         S: HttpService<Incoming>,
     {
-        Http1 { #[pin] conn: http1::UpgradeableConnection<I, S> },
+        // Not pinned (it is `Unpin`): a connection handed over to a new process is taken out
+        // for its I/O and read buffer.
+        Http1 { conn: Option<http1::UpgradeableConnection<I, S>> },
         Http2 { #[pin] conn: http2::Connection<I, S, StreamExecutor> },
     }
 }
@@ -207,6 +209,7 @@ where
     S: HttpService<Incoming, ResBody = B>,
     S::Error: Into<BoxError>,
     I: Read + Write + Unpin + Send + 'static,
+    S: Unpin,
     B: Body + 'static,
     B::Error: Into<BoxError>,
     StreamExecutor: Http2ServerConnExec<S::Future, B>,
@@ -214,8 +217,24 @@ where
     /// Takes no new requests, finishes the ones in flight (HTTP/2: GOAWAY), then ends.
     pub(crate) fn graceful_shutdown(self: Pin<&mut Self>) {
         match self.project() {
-            ConnectionProj::Http1 { conn } => conn.graceful_shutdown(),
+            ConnectionProj::Http1 { conn } => {
+                if let Some(conn) = conn.as_mut() {
+                    Pin::new(conn).graceful_shutdown();
+                }
+            }
             ConnectionProj::Http2 { conn } => conn.graceful_shutdown(),
+        }
+    }
+
+    /// An HTTP/1 connection that has ended without an upgrade: its I/O and the bytes hyper
+    /// read past the last request.
+    pub(crate) fn take_parts(self: Pin<&mut Self>) -> Option<(I, bytes::Bytes)> {
+        match self.project() {
+            ConnectionProj::Http1 { conn } => conn
+                .take()
+                .and_then(http1::UpgradeableConnection::into_parts)
+                .map(|parts| (parts.io, parts.read_buf)),
+            ConnectionProj::Http2 { .. } => None,
         }
     }
 }
@@ -225,6 +244,7 @@ where
     S: HttpService<Incoming, ResBody = B>,
     S::Error: Into<BoxError>,
     I: Read + Write + Unpin + Send + 'static,
+    S: Unpin,
     B: Body + 'static,
     B::Error: Into<BoxError>,
     StreamExecutor: Http2ServerConnExec<S::Future, B>,
@@ -233,7 +253,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            ConnectionProj::Http1 { conn } => conn.poll(cx),
+            ConnectionProj::Http1 { conn } => match conn.as_mut() {
+                Some(conn) => Pin::new(conn).poll(cx),
+                None => Poll::Ready(Ok(())),
+            },
             ConnectionProj::Http2 { conn } => conn.poll(cx),
         }
     }

@@ -216,6 +216,14 @@ impl<S> ClientIo<S> {
         &self.prefix
     }
 
+    /// A duplicate of the socket and the bytes not read yet: what a new process needs to go
+    /// on serving the connection.
+    #[cfg(unix)]
+    pub(crate) fn hand_over(&self) -> Option<(std::os::fd::OwnedFd, Bytes)> {
+        let fd = (self.socket)(&self.stream)?.try_clone_to_owned().ok()?;
+        Some((fd, self.prefix.clone()))
+    }
+
     pub(crate) fn guard(&self) -> Arc<CloseGuard> {
         self.guard.clone()
     }
@@ -371,6 +379,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.closed() {
+            return Poll::Ready(Ok(()));
+        }
+        if this.client().state().is_handing_over() {
+            // The socket moves to another process: no FIN from this one.
             return Poll::Ready(Ok(()));
         }
         let result = Pin::new(&mut this.stream).poll_shutdown(cx);

@@ -73,6 +73,8 @@ mod detach;
 mod driver;
 #[cfg(feature = "axum")]
 mod extract;
+#[cfg(unix)]
+mod handover;
 mod io;
 mod layer;
 mod lifecycle;
@@ -95,6 +97,8 @@ pub use driver::{
 };
 #[cfg(feature = "axum")]
 pub use extract::MissingClientInfo;
+#[cfg(unix)]
+pub use handover::{listen_fds, InheritedListener, Takeover};
 pub use io::{BorrowedSocket, ClientIo, StreamSocket};
 pub use layer::{
     ClientLayer, ClientService, RequestBody, ResponseBody, ResponseFuture, ScreenedResponse,
@@ -107,7 +111,10 @@ pub use proxy::{IpNet, IpNetParseError, ProxyError, ProxyInfo, ProxyMode, ProxyP
 pub use remote::{CloseReason, Handler, HandlerBody, RemoteClient};
 pub use server::{Listener, Server, ServerHandle, Stats};
 #[cfg(feature = "tls")]
-pub use tls::{server_config, server_config_from_pem, ClientAuth, TlsAcceptor, TlsError};
+pub use tls::{
+    cert_and_key_from_pem, server_config, server_config_from_pem, server_config_with_sni,
+    ClientAuth, TlsAcceptor, TlsError,
+};
 
 #[cfg(feature = "tls")]
 pub use rustls;

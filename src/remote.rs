@@ -70,6 +70,10 @@ pub enum CloseReason {
     /// The connection was handed over after an HTTP upgrade; the client stays open until the
     /// upgraded I/O is dropped.
     Upgraded,
+    /// The connection was idle when its server was replaced by a new process
+    /// ([`Server::upgrade_socket`](crate::Server::upgrade_socket)), and now belongs to that
+    /// process; this one closed its copy without ending it.
+    HandedOver,
     /// An I/O error or an HTTP protocol error ended the connection.
     Error(BoxError),
 }
@@ -175,11 +179,17 @@ where
         B: HandlerBody,
     {
         let span = connection_span(self.client());
-        self.serve(factory, service).instrument(span).await
+        self.serve(factory, service, None).instrument(span).await
     }
 
-    /// [`start`](Self::start), in the caller's span.
-    pub(crate) async fn serve<F, Svc, B>(self, factory: &F, service: Svc) -> CloseReason
+    /// [`start`](Self::start), in the caller's span; an idle HTTP/1 connection goes to
+    /// `handover` at a shutdown, if it holds a sink then.
+    pub(crate) async fn serve<F, Svc, B>(
+        self,
+        factory: &F,
+        service: Svc,
+        handover: Option<&HandoverSlot>,
+    ) -> CloseReason
     where
         F: HttpDriverFactory + ?Sized,
         Svc: Handler<B>,
@@ -201,8 +211,32 @@ where
         };
         let mut watch = Watch::new(state, options, protocol);
         let protocol = if sniffing {
-            let mut sniff = pin!(sniff(&mut io));
-            match watch.run(sniff.as_mut()).await {
+            let mut sniffed = Sniffed::default();
+            let result = {
+                let mut sniff = pin!(sniff(&mut io, &mut sniffed));
+                watch.run(sniff.as_mut()).await
+            };
+            match result {
+                // Nothing served yet: a connection waiting for its first bytes moves whole.
+                #[cfg(unix)]
+                Err(Event::Shutdown) if handover.is_some() => {
+                    io.unread(&sniffed.buf[..sniffed.filled]);
+                    let moved = handover
+                        .and_then(|slot| movable(&client, slot))
+                        .zip(io.hand_over())
+                        .and_then(|(sink, (fd, unread))| {
+                            sink.send(crate::handover::HandedOver {
+                                fd,
+                                unix: client.is_unix(),
+                                unread,
+                            })
+                            .ok()
+                        });
+                    return match moved {
+                        Some(()) => CloseReason::HandedOver,
+                        None => CloseReason::Shutdown,
+                    };
+                }
                 Err(event) => return reason(event),
                 Ok(Ok(Some(protocol))) => protocol,
                 Ok(Ok(None)) => return CloseReason::Finished,
@@ -225,6 +259,10 @@ where
 
         let service = Serve::new(service, client.clone());
         let mut conn = pin!(driver.serve(protocol, TokioIo::new(io), service));
+        #[cfg(unix)]
+        let mut sink = None;
+        #[cfg(not(unix))]
+        let _ = handover;
         loop {
             let result = watch.run(conn.as_mut()).await;
             if state.is_closing() {
@@ -232,8 +270,36 @@ where
                 return CloseReason::Closed;
             }
             match result {
-                Err(Event::Shutdown) => conn.as_mut().graceful_shutdown(),
+                Err(Event::Shutdown) => {
+                    #[cfg(unix)]
+                    if sink.is_none() && protocol == Protocol::Http1 {
+                        sink = handover.and_then(|slot| movable(&client, slot));
+                    }
+                    conn.as_mut().graceful_shutdown();
+                }
                 Err(event) => return reason(event),
+                #[cfg(unix)]
+                Ok(Ok(())) if sink.is_some() => {
+                    // hyper was idle: it closed at once, without a byte written and without
+                    // shutting the socket down (`set_handing_over`).
+                    let parts = conn.as_mut().take_parts();
+                    let moved = parts.zip(sink.take()).and_then(|((io, read), sink)| {
+                        let io = io.into_inner();
+                        let (fd, prefix) = io.hand_over()?;
+                        let mut unread = bytes::BytesMut::from(&read[..]);
+                        unread.extend_from_slice(&prefix);
+                        sink.send(crate::handover::HandedOver {
+                            fd,
+                            unix: client.is_unix(),
+                            unread: unread.freeze(),
+                        })
+                        .ok()
+                    });
+                    return match moved {
+                        Some(()) => CloseReason::HandedOver,
+                        None => CloseReason::Shutdown,
+                    };
+                }
                 Ok(Ok(())) if client.is_exported() => {
                     #[cfg(feature = "metrics")]
                     metrics::counter!(crate::telemetry::UPGRADED_CONNECTIONS).increment(1);
@@ -248,6 +314,36 @@ where
             }
         }
     }
+}
+
+/// Where a shutting-down [`Server`](crate::Server) sends the idle connections a new process
+/// takes over (a sink once a new process is ready).
+#[cfg(unix)]
+pub(crate) type HandoverSlot = std::sync::Mutex<Option<crate::handover::Sink>>;
+/// No handover without unix sockets.
+#[cfg(not(unix))]
+pub(crate) type HandoverSlot = ();
+
+/// The sink, if this connection moves at the shutdown under way: a plain HTTP/1 connection
+/// (no TLS session, no PROXY header, which a new process could not take on) with nothing in
+/// flight. Its socket is kept from being shut down from here on.
+#[cfg(unix)]
+fn movable(client: &ClientInfo, slot: &HandoverSlot) -> Option<crate::handover::Sink> {
+    let idle = client.pending_requests() == 0
+        && client.pending_responses() == 0
+        && !client.is_exported()
+        && client.tls().is_none();
+    #[cfg(feature = "proxy-protocol")]
+    let idle = idle && client.proxy().is_none();
+    if !idle {
+        return None;
+    }
+    let sink = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()?;
+    client.state().set_handing_over();
+    Some(sink)
 }
 
 fn reason(event: Event) -> CloseReason {
@@ -322,25 +418,36 @@ async fn watch_detached(client: ClientInfo, timeout: Duration) {
 
 /// Reads until the HTTP/2 preface is seen or ruled out, and puts the bytes back.
 /// `None`: the peer closed before sending anything.
-async fn sniff<S: AsyncRead + Unpin>(io: &mut ClientIo<S>) -> io::Result<Option<Protocol>> {
-    let mut buf = [0; H2_PREFACE.len()];
-    let mut filled = 0;
+/// The bytes [`sniff`] has read: kept outside its future, so that a connection whose sniffing
+/// is cut (for a handover) keeps them.
+#[derive(Default)]
+struct Sniffed {
+    buf: [u8; H2_PREFACE.len()],
+    filled: usize,
+}
+
+async fn sniff<S: AsyncRead + Unpin>(
+    io: &mut ClientIo<S>,
+    sniffed: &mut Sniffed,
+) -> io::Result<Option<Protocol>> {
+    let Sniffed { buf, filled } = sniffed;
     let protocol = loop {
-        let n = io.read(&mut buf[filled..]).await?;
+        let n = io.read(&mut buf[*filled..]).await?;
         if n == 0 {
-            if filled == 0 {
+            if *filled == 0 {
                 return Ok(None);
             }
             break Protocol::Http1;
         }
-        filled += n;
-        if buf[..filled] != H2_PREFACE[..filled] {
+        *filled += n;
+        if buf[..*filled] != H2_PREFACE[..*filled] {
             break Protocol::Http1;
         }
-        if filled == H2_PREFACE.len() {
+        if *filled == H2_PREFACE.len() {
             break Protocol::Http2;
         }
     };
-    io.unread(&buf[..filled]);
+    io.unread(&buf[..*filled]);
+    *filled = 0;
     Ok(Some(protocol))
 }

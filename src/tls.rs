@@ -1,16 +1,21 @@
 //! The TLS acceptor (feature `tls`): handshakes with tokio-rustls, bounded in time, and fills
 //! [`TlsInfo`](crate::TlsInfo) from the session.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ServerConnection, WebPkiClientVerifier};
-use rustls::{ProtocolVersion, RootCertStore, ServerConfig};
+use rustls::server::{
+    ClientHello, ResolvesServerCert, ResolvesServerCertUsingSni, ServerConnection, WantsServerCert,
+    WebPkiClientVerifier,
+};
+use rustls::sign::CertifiedKey;
+use rustls::{ConfigBuilder, ProtocolVersion, RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -57,6 +62,24 @@ pub enum TlsError {
     /// rustls refused the configuration (a key that does not match the certificate...).
     #[error("TLS configuration: {0}")]
     Config(#[source] rustls::Error),
+    /// One certificate of [`server_config_with_sni`] was refused: a name that is not a DNS
+    /// name, or that the certificate is not valid for, or given twice; a key that does not
+    /// match its certificate...
+    #[error("{}: {source}", certificate_of(name.as_deref()))]
+    Certificate {
+        /// The SNI name the certificate was given for; `None` for the default certificate.
+        name: Option<String>,
+        /// What rustls (or this crate) found wrong.
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+fn certificate_of(name: Option<&str>) -> String {
+    match name {
+        Some(name) => format!("TLS certificate for {name}"),
+        None => "default TLS certificate".to_owned(),
+    }
 }
 
 /// Whether the server asks the client for a certificate.
@@ -79,13 +102,22 @@ pub fn server_config(
     key: PrivateKeyDer<'static>,
     client_auth: ClientAuth,
 ) -> Result<ServerConfig, rustls::Error> {
+    let config = config_builder(client_auth)?.with_single_cert(cert_chain, key)?;
+    Ok(with_alpn(config))
+}
+
+/// The settings [`server_config`] and [`server_config_with_sni`] share, up to the
+/// certificates: ring provider, TLS 1.3 and 1.2, client authentication.
+fn config_builder(
+    client_auth: ClientAuth,
+) -> Result<ConfigBuilder<ServerConfig, WantsServerCert>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let verifier = |roots: RootCertStore| {
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
     };
-    let builder = match client_auth {
+    Ok(match client_auth {
         ClientAuth::None => builder.with_no_client_auth(),
         ClientAuth::Request(roots) => builder.with_client_cert_verifier(
             verifier(roots)
@@ -98,10 +130,118 @@ pub fn server_config(
                 .build()
                 .map_err(|e| rustls::Error::General(e.to_string()))?,
         ),
-    };
-    let mut config = builder.with_single_cert(cert_chain, key)?;
+    })
+}
+
+/// The ALPN protocols every configuration of this crate offers: `h2`, then `http/1.1`.
+fn with_alpn(mut config: ServerConfig) -> ServerConfig {
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+    config
+}
+
+/// A rustls server configuration with one certificate per server name, chosen by the name
+/// the client sends in the TLS SNI extension; otherwise as [`server_config`] (ring provider,
+/// TLS 1.3 and 1.2, ALPN `h2` and `http/1.1`, `client_auth`).
+///
+/// `certs` are `(DNS name, certificate chain, private key)`: each name is matched exactly
+/// (case-insensitively; no wildcards: give `*.example.com` certificates once per name), and
+/// each certificate must be valid for its name. The same chain may serve several names.
+///
+/// A client that sends no SNI (one that connects by IP address, say), or a name not in
+/// `certs`, gets the `default` certificate if there is one; without a default, its
+/// handshake is refused (rustls sends an `access_denied` alert; the acceptor returns
+/// [`TlsError::Handshake`], and a [`Server`](crate::Server) counts a failed handshake).
+///
+/// Errors: [`TlsError::Certificate`] names the certificate that was refused (a name that is
+/// not a DNS name, that its certificate is not valid for, or that is given twice; a key that
+/// does not match its certificate); [`TlsError::Config`] if there are no certificates at all.
+///
+/// To reload, build a new configuration and hand it to [`TlsAcceptor::reload`].
+///
+/// ```no_run
+/// # fn run() -> Result<(), hyper_remote_client::TlsError> {
+/// use std::sync::Arc;
+/// use hyper_remote_client::{
+///     cert_and_key_from_pem, server_config_with_sni, ClientAuth, TlsAcceptor,
+/// };
+///
+/// let (a_chain, a_key) = cert_and_key_from_pem("a.example.pem", "a.example.key")?;
+/// let (b_chain, b_key) = cert_and_key_from_pem("b.example.pem", "b.example.key")?;
+/// let config = server_config_with_sni(
+///     [
+///         ("a.example".to_owned(), a_chain, a_key),
+///         ("b.example".to_owned(), b_chain, b_key),
+///     ],
+///     None, // no default: a client without SNI, or with another name, is refused
+///     ClientAuth::None,
+/// )?;
+/// let acceptor = TlsAcceptor::new(Arc::new(config));
+/// // Listener::tcp(tcp_listener).with_tls(acceptor.clone())
+/// # Ok(())
+/// # }
+/// ```
+pub fn server_config_with_sni<I>(
+    certs: I,
+    default: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    client_auth: ClientAuth,
+) -> Result<ServerConfig, TlsError>
+where
+    I: IntoIterator<Item = (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+{
+    let builder = config_builder(client_auth).map_err(TlsError::Config)?;
+    let provider = builder.crypto_provider().clone();
+    let refused = |name: Option<&str>, source| TlsError::Certificate {
+        name: name.map(str::to_owned),
+        source,
+    };
+    let mut by_name = ResolvesServerCertUsingSni::new();
+    let mut names = HashSet::new();
+    for (name, chain, key) in certs {
+        let certified =
+            CertifiedKey::from_der(chain, key, &provider).map_err(|e| refused(Some(&name), e))?;
+        by_name
+            .add(&name, certified)
+            .map_err(|e| refused(Some(&name), e))?;
+        // `add` checked that it is a DNS name; rustls lowercases names, here and in hellos.
+        if !names.insert(name.to_ascii_lowercase()) {
+            let twice = rustls::Error::General("the name is given twice".to_owned());
+            return Err(refused(Some(&name), twice));
+        }
+    }
+    let resolver: Arc<dyn ResolvesServerCert> = match default {
+        Some((chain, key)) => Arc::new(SniOrDefault {
+            by_name,
+            names,
+            default: Arc::new(
+                CertifiedKey::from_der(chain, key, &provider).map_err(|e| refused(None, e))?,
+            ),
+        }),
+        None if names.is_empty() => {
+            return Err(TlsError::Config(rustls::Error::General(
+                "no certificate: every handshake would be refused".to_owned(),
+            )))
+        }
+        None => Arc::new(by_name),
+    };
+    Ok(with_alpn(builder.with_cert_resolver(resolver)))
+}
+
+/// [`ResolvesServerCertUsingSni`], with a certificate for hellos without a known name.
+#[derive(Debug)]
+struct SniOrDefault {
+    by_name: ResolvesServerCertUsingSni,
+    /// The names `by_name` knows (lowercase, as rustls has them).
+    names: HashSet<String>,
+    default: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for SniOrDefault {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match client_hello.server_name() {
+            Some(name) if self.names.contains(name) => self.by_name.resolve(client_hello),
+            _ => Some(self.default.clone()),
+        }
+    }
 }
 
 /// [`server_config`] from PEM files: `cert` holds the certificate chain (end entity first),
@@ -123,6 +263,19 @@ pub fn server_config_from_pem(
     key: impl AsRef<Path>,
     client_auth: ClientAuth,
 ) -> Result<ServerConfig, TlsError> {
+    let (chain, key) = cert_and_key_from_pem(cert, key)?;
+    server_config(chain, key, client_auth).map_err(TlsError::Config)
+}
+
+/// Reads a certificate chain and its private key from PEM files, as
+/// [`server_config_from_pem`] does: `cert` holds the chain (end entity first), `key` the
+/// private key (PKCS#8, PKCS#1 or SEC1). Errors ([`TlsError::File`], [`TlsError::Pem`])
+/// name the file that failed. For [`server_config_with_sni`], or a [`server_config`] of
+/// one's own.
+pub fn cert_and_key_from_pem(
+    cert: impl AsRef<Path>,
+    key: impl AsRef<Path>,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     use rustls::pki_types::pem::PemObject;
     let read = |path: &Path| {
         std::fs::read(path).map_err(|source| TlsError::File {
@@ -150,7 +303,7 @@ pub fn server_config_from_pem(
         }
         e => pem_error(key, "not a PEM private key", Some(e)),
     })?;
-    server_config(chain, key_der, client_auth).map_err(TlsError::Config)
+    Ok((chain, key_der))
 }
 
 /// Accepts TLS on any stream (TCP, unix) and makes a [`RemoteClient`] of it, with the
@@ -158,9 +311,37 @@ pub fn server_config_from_pem(
 ///
 /// The handshake is bounded by [`Options::tls_setup_timeout`]. Run it in the connection's
 /// own task, not in the accept loop, so a slow handshake delays nobody else.
+///
+/// The configuration can be replaced while serving, without a restart: the acceptor's clones
+/// share one current configuration, and [`reload`](Self::reload) (or
+/// [`reload_from_pem`](Self::reload_from_pem)) through any of them swaps it for all. New
+/// handshakes use the new configuration; connections already set up keep the session (and
+/// certificate) they have. Keep a clone when handing the acceptor to a listener:
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use hyper_remote_client::{server_config_from_pem, ClientAuth, Listener, TlsAcceptor};
+///
+/// let acceptor = TlsAcceptor::new(Arc::new(server_config_from_pem(
+///     "cert.pem",
+///     "key.pem",
+///     ClientAuth::None,
+/// )?));
+/// let tcp = tokio::net::TcpListener::bind("0.0.0.0:443").await?;
+/// let listener = Listener::tcp(tcp).with_tls(acceptor.clone());
+/// // ... serve `listener`; later, once the files are renewed (on SIGHUP, say):
+/// if let Err(error) = acceptor.reload_from_pem("cert.pem", "key.pem", ClientAuth::None) {
+///     eprintln!("certificate not reloaded, the old one stays in use: {error}");
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct TlsAcceptor {
-    inner: tokio_rustls::TlsAcceptor,
+    /// The configuration new handshakes use, shared by the clones. A handshake takes it with
+    /// a read lock and an `Arc` clone; a reload holds the write lock for a pointer swap.
+    config: Arc<RwLock<Arc<ServerConfig>>>,
 }
 
 impl std::fmt::Debug for TlsAcceptor {
@@ -170,12 +351,55 @@ impl std::fmt::Debug for TlsAcceptor {
 }
 
 impl TlsAcceptor {
-    /// An acceptor for `config` (see [`server_config`]; a config of your own needs its ALPN
-    /// protocols set for HTTP/2 to be chosen).
+    /// An acceptor for `config` (see [`server_config`] and [`server_config_with_sni`]; a
+    /// config of your own needs its ALPN protocols set for HTTP/2 to be chosen).
     pub fn new(config: Arc<ServerConfig>) -> Self {
         TlsAcceptor {
-            inner: tokio_rustls::TlsAcceptor::from(config),
+            config: Arc::new(RwLock::new(config)),
         }
+    }
+
+    /// The configuration new handshakes use now.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        // The lock is only held to read or replace an `Arc`, which cannot panic: a poisoned
+        // lock still holds a whole value.
+        self.config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the configuration, for this acceptor and all its clones: handshakes that
+    /// start from now on use `config`; connections already set up, and handshakes under way,
+    /// keep the one they started with. Any configuration will do: one certificate
+    /// ([`server_config`]), several by SNI ([`server_config_with_sni`]), or one's own (with
+    /// its ALPN protocols set for HTTP/2 to be chosen).
+    pub fn reload(&self, config: Arc<ServerConfig>) {
+        let old = std::mem::replace(
+            &mut *self.config.write().unwrap_or_else(PoisonError::into_inner),
+            config,
+        );
+        drop(old); // after the lock is released
+    }
+
+    /// Reads `cert` and `key` and [`reload`](Self::reload)s with the configuration
+    /// [`server_config_from_pem`] makes of them. On error (a file missing or not PEM, a key
+    /// that does not match the certificate...) nothing changes: the configuration in use
+    /// stays, and the error names the file that failed, as `server_config_from_pem`'s do.
+    pub fn reload_from_pem(
+        &self,
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+        client_auth: ClientAuth,
+    ) -> Result<(), TlsError> {
+        let config = server_config_from_pem(cert, key, client_auth)?;
+        self.reload(Arc::new(config));
+        Ok(())
+    }
+
+    /// The tokio-rustls acceptor for one handshake, on the current configuration.
+    fn current(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.config())
     }
 
     /// Runs the handshake on `stream`, then builds the client from `client` (addresses
@@ -190,7 +414,7 @@ impl TlsAcceptor {
     where
         S: AsyncRead + AsyncWrite + StreamSocket + Unpin + Send + 'static,
     {
-        let (stream, client) = handshake(self.inner.clone(), stream, client).await?;
+        let (stream, client) = handshake(self.current(), stream, client).await?;
         Ok(RemoteClient::new(stream, client.build()))
     }
 
@@ -269,7 +493,7 @@ where
     /// The handshake. Bytes an earlier step read past its part can only be a start that is
     /// not TLS: refused.
     fn accept(&self, accepted: Accepted<S>) -> Self::Future {
-        let acceptor = self.inner.clone();
+        let acceptor = self.current();
         Box::pin(async move {
             if !accepted.unread.is_empty() {
                 return Err(TlsError::Handshake(io::Error::new(

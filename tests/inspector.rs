@@ -4,7 +4,8 @@
 //! `target/<profile>/deps/`.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -726,4 +727,476 @@ fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
         exited.stderr
     );
     assert!(!exited.stderr.contains("\x1b["), "{:?}", exited.stderr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GET /metrics: the Prometheus text format, scraped while real clients come and go.
+
+const ACTIVE_CONNECTIONS: &str = "hyper_remote_client_active_connections";
+const REJECTED_BY_LIMIT: &str =
+    r#"hyper_remote_client_rejected_connections_total{reason="connection_limit"}"#;
+const UPGRADED: &str = "hyper_remote_client_upgraded_connections_total";
+const REQUEST_DURATION: &str = "http_server_request_duration_seconds";
+const TLS_HANDSHAKE_DURATION: &str = "hyper_remote_client_tls_handshake_duration_seconds";
+
+/// One series of the text format: a name and its labels (in any order), as written
+/// `name{a="x",b="y"}` or `name`.
+#[derive(Debug, PartialEq, Eq)]
+struct Series {
+    name: String,
+    labels: BTreeSet<(String, String)>,
+}
+
+impl Series {
+    /// Parses `name` or `name{a="x",...}`; label values hold no `"`, `,` or `\` here.
+    fn parse(text: &str) -> Series {
+        let text = text.trim();
+        let Some((name, rest)) = text.split_once('{') else {
+            return Series {
+                name: text.to_owned(),
+                labels: BTreeSet::new(),
+            };
+        };
+        let inside = rest
+            .strip_suffix('}')
+            .unwrap_or_else(|| panic!("no closing brace in {text:?}"));
+        let labels = inside
+            .split(',')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (key, quoted) = pair
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("not a label in {text:?}: {pair:?}"));
+                let value = quoted
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or_else(|| panic!("an unquoted label value in {text:?}"));
+                (key.trim().to_owned(), value.to_owned())
+            })
+            .collect();
+        Series {
+            name: name.to_owned(),
+            labels,
+        }
+    }
+}
+
+/// The value of `series` (`name{labels}`, labels in any order) in a scrape; `None` if it is
+/// not there (a metric appears once it has been recorded).
+fn value(scrape: &str, series: &str) -> Option<f64> {
+    let wanted = Series::parse(series);
+    let mut found = None;
+    for line in scrape.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, number) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample line: {line:?}"));
+        if Series::parse(key) == wanted {
+            assert!(found.is_none(), "{series} twice in the scrape:\n{scrape}");
+            found = Some(
+                number
+                    .parse::<f64>()
+                    .unwrap_or_else(|_| panic!("not a number: {line:?}")),
+            );
+        }
+    }
+    found
+}
+
+/// `name{labels}`, or `name` without labels.
+fn series(name: &str, labels: &str) -> String {
+    if labels.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}{{{labels}}}")
+    }
+}
+
+/// Checks the histogram `name` with `labels` (`a="x",b="y"`, maybe empty) in a scrape: one
+/// cumulative bucket per bound of `DURATION_BUCKETS` then `+Inf`, never over the count, `+Inf`
+/// equal to `_count`, a `_sum` that is not negative. Returns the count.
+fn histogram_count(scrape: &str, name: &str, labels: &str) -> f64 {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let bounds = hyper_remote_client::telemetry::DURATION_BUCKETS
+        .iter()
+        .map(|bound| bound.to_string())
+        .chain(["+Inf".to_owned()]);
+    let count_series = series(&format!("{name}_count"), labels);
+    let count = value(scrape, &count_series)
+        .unwrap_or_else(|| panic!("no {count_series} in the scrape:\n{scrape}"));
+    let mut previous = 0.0;
+    for le in bounds {
+        let bucket = format!("{name}_bucket{{{labels}{sep}le=\"{le}\"}}");
+        let n = value(scrape, &bucket)
+            .unwrap_or_else(|| panic!("no {bucket} in the scrape:\n{scrape}"));
+        assert!(
+            previous <= n && n <= count,
+            "{bucket} = {n}: buckets are cumulative, up to the count {count}"
+        );
+        previous = n;
+    }
+    assert_eq!(
+        previous, count,
+        "{name}{{{labels}}}: +Inf and _count differ"
+    );
+    let sum_series = series(&format!("{name}_sum"), labels);
+    let sum = value(scrape, &sum_series).unwrap_or_else(|| panic!("no {sum_series}"));
+    assert!(sum >= 0.0 && sum.is_finite(), "{sum_series} = {sum}");
+    count
+}
+
+/// `GET /metrics` with curl over h2c: the scrapes' own requests are counted in the HTTP/2
+/// series, which leaves the HTTP/1.1 ones to what a test does.
+fn scrape(inspector: &Inspector) -> String {
+    let url = format!("http://{}/metrics", inspector.addr);
+    let out = curl(&["--http2-prior-knowledge", &url], None);
+    assert!(out.status.success(), "curl {url}: {out:?}");
+    String::from_utf8(out.stdout).expect("the text format is UTF-8")
+}
+
+/// `GET /metrics` on a kept-alive HTTP/1.1 connection (for when a new one would be refused).
+fn scrape_over(stream: &mut TcpStream) -> String {
+    let (status, body) = get(stream, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Scrapes with `scrape` until every series of `expected` reads its value, for at most
+/// [`LIMIT`]; returns that scrape.
+fn wait_for(mut scrape: impl FnMut() -> String, expected: &[(&str, f64)]) -> String {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let text = scrape();
+        let wrong: Vec<String> = expected
+            .iter()
+            .filter_map(|&(series, want)| {
+                let got = value(&text, series);
+                (got != Some(want)).then(|| format!("{series} is {got:?}, not {want}"))
+            })
+            .collect();
+        if wrong.is_empty() {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {LIMIT:?}: {wrong:?}; the last scrape:\n{text}"
+        );
+        // Pacing between scrapes, not synchronisation: the condition is what ends the wait.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A TCP connection to `addr` whose every read and write gives up after [`LIMIT`].
+fn connect(addr: &str) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    stream.set_write_timeout(Some(LIMIT)).unwrap();
+    stream
+}
+
+/// A response head, through its blank line; read byte by byte so that nothing after it (a
+/// body, upgraded bytes) is taken.
+fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            Ok(_) => panic!(
+                "closed within a response head: {:?}",
+                String::from_utf8_lossy(&head)
+            ),
+            Err(e) => panic!(
+                "reading a response head: {e}; so far {:?}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    String::from_utf8(head).expect("an ASCII head")
+}
+
+fn status_of(head: &str) -> u16 {
+    head.split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"))
+}
+
+fn header_of<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines().skip(1).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+/// `GET path` over HTTP/1.1 on `stream`, kept alive: the status and the body.
+fn get(stream: &mut TcpStream, path: &str) -> (u16, String) {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let head = read_head(stream);
+    let length: usize = header_of(&head, "content-length")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("GET {path}: no Content-Length in {head:?}"));
+    let mut body = vec![0; length];
+    stream
+        .read_exact(&mut body)
+        .unwrap_or_else(|e| panic!("GET {path}: the body: {e}"));
+    let body = String::from_utf8(body).expect("a UTF-8 body");
+    (status_of(&head), body)
+}
+
+/// Waits (each read bounded by [`LIMIT`]) for the server to close `stream`: the end of the
+/// stream or a reset, whatever it sent before (a TLS alert).
+fn expect_closed(stream: &mut TcpStream) {
+    let deadline = Instant::now() + LIMIT;
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => assert!(Instant::now() < deadline, "still sending after {LIMIT:?}"),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+                ) =>
+            {
+                return
+            }
+            Err(e) => panic!("not closed by the server: {e}"),
+        }
+    }
+}
+
+/// The HTTPS address and the generated CA file, from the lines after the first.
+fn https_and_ca(inspector: &Inspector) -> (String, PathBuf) {
+    let mut https = None;
+    loop {
+        let line = inspector.next_line().expect("the HTTPS and CA lines");
+        if let Some(addr) = line.strip_prefix("listening on https://") {
+            https = Some(addr.trim().to_owned());
+        }
+        if let Some((_, path)) = line.split_once("its CA: ") {
+            let https = https.expect("the HTTPS line comes before the CA line");
+            return (https, PathBuf::from(path.trim()));
+        }
+    }
+}
+
+#[test]
+fn metrics_active_connections_follow_idle_connections() {
+    let inspector = start(&[]);
+    // The first scrape: nothing else has connected, so the scrape's own connection.
+    let baseline = value(&scrape(&inspector), ACTIVE_CONNECTIONS).expect("the gauge");
+    assert_eq!(baseline, 1.0);
+
+    // Each answers one request, so the server has surely accepted it; then they stay idle.
+    let idle: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let mut stream = connect(&inspector.addr);
+            let (status, body) = get(&mut stream, "/");
+            assert_eq!(status, 200, "{body}");
+            stream
+        })
+        .collect();
+    wait_for(
+        || scrape(&inspector),
+        &[(ACTIVE_CONNECTIONS, baseline + 10.0)],
+    );
+
+    drop(idle);
+    let text = wait_for(|| scrape(&inspector), &[(ACTIVE_CONNECTIONS, baseline)]);
+    // Their durations are recorded when they close (with the scrapes' that closed before).
+    let closed = histogram_count(&text, "hyper_remote_client_connection_duration_seconds", "");
+    assert!(closed >= 10.0, "{closed} connection durations");
+}
+
+#[test]
+fn metrics_request_durations_count_the_requests() {
+    let inspector = start(&[]);
+    let base = format!("http://{}", inspector.addr);
+
+    // 7 GET / with curl over HTTP/1.1 (one run, the connection reused).
+    let root = format!("{base}/");
+    let mut args = vec!["--http1.1", "-w", "%{http_code}\n"];
+    for _ in 0..7 {
+        args.extend(["-o", "/dev/null", &root]);
+    }
+    let out = curl(&args, None);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200\n".repeat(7));
+    // 3 GET /nope on a raw HTTP/1.1 connection, kept alive.
+    let mut stream = connect(&inspector.addr);
+    for _ in 0..3 {
+        assert_eq!(get(&mut stream, "/nope").0, 404);
+    }
+
+    // The scrapes are HTTP/2: the HTTP/1.1 series hold exactly the requests above.
+    let h1 = r#"http_request_method="GET",network_protocol_version="1.1",url_scheme="http""#;
+    let ok = format!(r#"{h1},http_response_status_code="200""#);
+    let not_found = format!(r#"{h1},http_response_status_code="404""#);
+    // No request left in progress but the scrape's own (the gauge has no version label).
+    let active = r#"http_server_active_requests{http_request_method="GET",url_scheme="http"}"#;
+    let text = wait_for(
+        || scrape(&inspector),
+        &[
+            (&series(&format!("{REQUEST_DURATION}_count"), &ok), 7.0),
+            (
+                &series(&format!("{REQUEST_DURATION}_count"), &not_found),
+                3.0,
+            ),
+            (active, 1.0),
+        ],
+    );
+    assert_eq!(histogram_count(&text, REQUEST_DURATION, &ok), 7.0);
+    assert_eq!(histogram_count(&text, REQUEST_DURATION, &not_found), 3.0);
+    // Nothing else in HTTP/1.1.
+    let h1_series = text
+        .lines()
+        .filter(|line| line.contains(r#"network_protocol_version="1.1""#))
+        .filter(|line| !line.contains(r#"_code="200""#) && !line.contains(r#"_code="404""#))
+        .collect::<Vec<_>>();
+    assert!(h1_series.is_empty(), "{h1_series:?}");
+    // The scrapes themselves: HTTP/2, GET, 200, at least one already done.
+    let h2 = r#"http_request_method="GET",network_protocol_version="2",url_scheme="http",http_response_status_code="200""#;
+    let text = scrape(&inspector);
+    assert!(histogram_count(&text, REQUEST_DURATION, h2) >= 1.0);
+}
+
+#[test]
+fn metrics_count_connections_refused_over_the_limit() {
+    let inspector = start(&["--connection-limit", "2"]);
+    // Two connections take both slots; each answers once, so they are surely admitted.
+    let mut first = connect(&inspector.addr);
+    assert_eq!(get(&mut first, "/").0, 200);
+    let mut second = connect(&inspector.addr);
+    assert_eq!(get(&mut second, "/").0, 200);
+    // A third is accepted by the kernel, then closed by the server before any byte.
+    let mut over = connect(&inspector.addr);
+    expect_closed(&mut over);
+
+    // Scraped over a held connection: a new one would be refused as well, and counted.
+    wait_for(
+        || scrape_over(&mut first),
+        &[(REJECTED_BY_LIMIT, 1.0), (ACTIVE_CONNECTIONS, 2.0)],
+    );
+    let (_, stats) = get(&mut first, "/stats");
+    let stats: Value = serde_json::from_str(&stats).expect("JSON");
+    assert_eq!(stats["rejected_connection_limit"], 1, "{stats}");
+
+    // A slot given back admits a new connection; nothing more is refused.
+    drop(second);
+    wait_for(|| scrape_over(&mut first), &[(ACTIVE_CONNECTIONS, 1.0)]);
+    let mut third = connect(&inspector.addr);
+    assert_eq!(get(&mut third, "/").0, 200);
+    let text = wait_for(
+        || scrape_over(&mut first),
+        &[(REJECTED_BY_LIMIT, 1.0), (ACTIVE_CONNECTIONS, 2.0)],
+    );
+    for reason in ["per_ip_limit", "proxy_protocol", "acceptor"] {
+        let other =
+            format!(r#"hyper_remote_client_rejected_connections_total{{reason="{reason}"}}"#);
+        assert_eq!(value(&text, &other), None, "{other}");
+    }
+}
+
+#[test]
+fn metrics_count_upgraded_connections() {
+    let inspector = start(&[]);
+    let mut echo = connect(&inspector.addr);
+    // Without the headers it is refused, and not an upgrade.
+    assert_eq!(get(&mut echo, "/upgrade").0, 400);
+    let text = scrape(&inspector);
+    assert_eq!(value(&text, UPGRADED), None, "nothing upgraded yet");
+
+    // The same connection, upgraded.
+    echo.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: localhost\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .unwrap();
+    let head = read_head(&mut echo);
+    assert_eq!(status_of(&head), 101, "{head}");
+    assert_eq!(header_of(&head, "upgrade"), Some("echo"), "{head}");
+    for message in [&b"hello"[..], b"raw bytes \x00\xff\r\n", b"bye"] {
+        echo.write_all(message).unwrap();
+        let mut back = vec![0; message.len()];
+        echo.read_exact(&mut back).unwrap();
+        assert_eq!(back, message);
+    }
+    // Detached, it is still an open connection (beside the scrape's).
+    wait_for(
+        || scrape(&inspector),
+        &[(UPGRADED, 1.0), (ACTIVE_CONNECTIONS, 2.0)],
+    );
+
+    // The client ends its side: the echo ends and the server closes the connection.
+    echo.shutdown(Shutdown::Write).unwrap();
+    expect_closed(&mut echo);
+    drop(echo);
+    wait_for(
+        || scrape(&inspector),
+        &[(UPGRADED, 1.0), (ACTIVE_CONNECTIONS, 1.0)],
+    );
+}
+
+#[test]
+fn metrics_count_tls_handshakes() {
+    let inspector = start(&["--tls-setup-timeout", "2"]);
+    let (https, ca) = https_and_ca(&inspector);
+    let ca = display(&ca);
+    // Says nothing: its handshake times out after 2 s (while the rest goes on).
+    let mut silent = connect(&https);
+
+    let url = format!("https://{https}/");
+    for _ in 0..3 {
+        let v = curl_json(&["--http2", "--cacert", &ca, &url]);
+        assert_eq!(v["is_encrypted"], true, "{v}");
+        assert_eq!(v["crypto"]["protocol"], "TLSv1.3", "{v}");
+    }
+    let v = curl_json(&["--http2", "--cacert", &ca, "--tls-max", "1.2", &url]);
+    assert_eq!(v["crypto"]["protocol"], "TLSv1.2", "{v}");
+    // Plain HTTP to the HTTPS port: a failed handshake.
+    let mut plain = connect(&https);
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    expect_closed(&mut plain);
+    expect_closed(&mut silent);
+
+    let tls13 = r#"tls_protocol_version="1.3""#;
+    let tls12 = r#"tls_protocol_version="1.2""#;
+    let error = r#"error_type="error""#;
+    let timeout = r#"error_type="timeout""#;
+    let count = |labels| series(&format!("{TLS_HANDSHAKE_DURATION}_count"), labels);
+    // The requests over TLS: HTTP/2 by ALPN, in the https series.
+    let h2s = r#"http_request_method="GET",network_protocol_version="2",url_scheme="https",http_response_status_code="200""#;
+    let text = wait_for(
+        || scrape(&inspector),
+        &[
+            (&count(tls13), 3.0),
+            (&count(tls12), 1.0),
+            (&count(error), 1.0),
+            (&count(timeout), 1.0),
+            (
+                r#"hyper_remote_client_timeouts_total{phase="tls_handshake"}"#,
+                1.0,
+            ),
+            ("hyper_remote_client_active_tls_handshakes", 0.0),
+            (&series(&format!("{REQUEST_DURATION}_count"), h2s), 4.0),
+        ],
+    );
+    for labels in [tls13, tls12, error, timeout] {
+        histogram_count(&text, TLS_HANDSHAKE_DURATION, labels);
+    }
+    assert_eq!(
+        value(&text, &count(r#"error_type="cancelled""#)),
+        None,
+        "no handshake was cut by a shutdown"
+    );
+    // Failed handshakes are counted by the handshake metrics, not as rejected connections.
+    assert!(
+        !text.contains("hyper_remote_client_rejected_connections_total"),
+        "{text}"
+    );
 }

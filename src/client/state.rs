@@ -97,6 +97,9 @@ pub(crate) struct State {
     /// A duplicate of the socket of an exported client, so `close()` can shut it down while
     /// user code owns the stream. Ours, so never a descriptor that was closed and reused.
     export_socket: Mutex<Option<socket2::Socket>>,
+    /// The connection is being handed over to a new process: hyper's shutdown of its I/O must
+    /// not reach the socket.
+    handing_over: AtomicBool,
     /// The request metrics' handles of this connection.
     #[cfg(feature = "metrics")]
     pub(crate) metrics: crate::telemetry::Handles,
@@ -120,6 +123,7 @@ impl Default for State {
             waker: AtomicWaker::new(),
             finished: Notify::new(),
             export_socket: Mutex::new(None),
+            handing_over: AtomicBool::new(false),
             #[cfg(feature = "metrics")]
             metrics: crate::telemetry::Handles::default(),
         }
@@ -398,6 +402,14 @@ impl State {
         if self.flags.fetch_or(SHUTDOWN, Ordering::AcqRel) & SHUTDOWN == 0 {
             self.waker.wake();
         }
+    }
+
+    pub(crate) fn set_handing_over(&self) {
+        self.handing_over.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_handing_over(&self) -> bool {
+        self.handing_over.load(Ordering::Acquire)
     }
 
     pub(crate) fn set_exported(&self) {

@@ -31,6 +31,11 @@ pub(crate) struct Serve<S> {
     client: ClientInfo,
 }
 
+// hyper calls a service through `&self` and never pins it: `Serve` is never structurally
+// pinned, so it may be `Unpin` whatever `S` is. An HTTP/1 connection is then `Unpin`, and can
+// be taken apart for a handover (see `driver::Connection::take_parts`).
+impl<S> Unpin for Serve<S> {}
+
 impl<S> Serve<S> {
     pub(crate) fn new(service: S, client: ClientInfo) -> Self {
         Serve { service, client }

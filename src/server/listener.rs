@@ -167,6 +167,16 @@ impl Listener {
         self
     }
 
+    /// A duplicate of the listening socket, and whether it is a unix one (for a handover).
+    #[cfg(unix)]
+    pub(crate) fn duplicate(&self) -> io::Result<(std::os::fd::OwnedFd, bool)> {
+        use std::os::fd::AsFd;
+        match &self.kind {
+            Kind::Tcp { listener, .. } => Ok((listener.as_fd().try_clone_to_owned()?, false)),
+            Kind::Unix { listener, .. } => Ok((listener.as_fd().try_clone_to_owned()?, true)),
+        }
+    }
+
     /// The address this listener is bound to.
     pub fn local_addr(&self) -> io::Result<Address> {
         match &self.kind {

@@ -29,7 +29,7 @@ use crate::driver::{DefaultHttpDriverFactory, HttpDriverFactory};
 use crate::io::StreamSocket;
 use crate::lifecycle::TimeoutKind;
 use crate::options::Options;
-use crate::remote::{CloseReason, Handler, HandlerBody, RemoteClient};
+use crate::remote::{CloseReason, Handler, HandlerBody, HandoverSlot, RemoteClient};
 
 /// A server: accepts on its [`Listener`]s and serves every connection as a [`RemoteClient`]
 /// with one tower service, under [`Options`].
@@ -75,6 +75,12 @@ pub struct Server {
     drivers: Arc<dyn HttpDriverFactory>,
     listeners: Vec<Listener>,
     shared: Arc<Shared>,
+    /// Where a new process may take the listeners over.
+    #[cfg(unix)]
+    upgrade: Option<crate::handover::Publisher>,
+    /// The process this one replaces, to tell when ready and take idle connections from.
+    #[cfg(unix)]
+    takeover: Option<crate::handover::Takeover>,
 }
 
 struct Shared {
@@ -87,6 +93,8 @@ struct Shared {
     listening: watch::Sender<Option<Vec<Address>>>,
     /// `true` once the shutdown deadline passed: TLS handshakes still running are cut.
     forced: watch::Sender<bool>,
+    /// Once a new process took the listeners over: where idle connections go.
+    handover: HandoverSlot,
 }
 
 impl std::fmt::Debug for Shared {
@@ -214,11 +222,44 @@ impl Server {
                 shutdown: watch::Sender::new(Stop::Running),
                 listening: watch::Sender::new(None),
                 forced: watch::Sender::new(false),
+                handover: HandoverSlot::default(),
             }),
             options,
             drivers,
             listeners: Vec::new(),
+            #[cfg(unix)]
+            upgrade: None,
+            #[cfg(unix)]
+            takeover: None,
         }
+    }
+
+    /// Publishes the listeners on a unix socket at `path` (created mode 0600, a stale socket
+    /// file replaced), for a binary upgrade: a new process of the same user (checked with
+    /// `SO_PEERCRED`) connects with [`Takeover::connect`](crate::Takeover::connect), receives
+    /// the listening sockets (`SCM_RIGHTS`) and accepts on them; once it says it is ready,
+    /// this server stops accepting and shuts down gracefully with
+    /// [`Options::shutdown_timeout`] as the deadline, and [`serve`](Self::serve) returns.
+    /// Nothing is refused meanwhile: both processes share the sockets.
+    ///
+    /// Connections move as well when they can: a plain HTTP/1 connection (no TLS, no PROXY
+    /// header, no acceptor of your own) with no request in flight (idle between requests, or
+    /// with a request head only partly read) is handed to the new process with the bytes read
+    /// of it, and served there. HTTP/2, TLS, and busy connections drain here as in any
+    /// graceful shutdown (an HTTP/1 response in flight is sent with `Connection: close`).
+    #[cfg(unix)]
+    pub fn upgrade_socket(mut self, path: impl AsRef<std::path::Path>) -> std::io::Result<Server> {
+        self.upgrade = Some(crate::handover::Publisher::bind(path.as_ref())?);
+        Ok(self)
+    }
+
+    /// Takes over from the process `takeover` connected to: once this server accepts on its
+    /// listeners (add the inherited ones first, see [`Takeover`](crate::Takeover)), it tells
+    /// that process to drain, and serves the idle connections it hands over.
+    #[cfg(unix)]
+    pub fn take_over(mut self, takeover: crate::handover::Takeover) -> Server {
+        self.takeover = Some(takeover);
+        self
     }
 
     /// Adds a listener (a `TcpListener`, a `UnixListener`, or a [`Listener`] with TLS).
@@ -269,6 +310,22 @@ impl Server {
     {
         let mut accepting = JoinSet::new();
         let mut addresses = Vec::new();
+        // What a new process would take: duplicates of the listening sockets.
+        #[cfg(unix)]
+        let published: Vec<(std::os::fd::OwnedFd, u8)> = match &self.upgrade {
+            Some(_) => self
+                .listeners
+                .iter()
+                .filter_map(|listener| match listener.duplicate() {
+                    Ok((fd, unix)) => Some((fd, crate::handover::kind(unix))),
+                    Err(error) => {
+                        warn!(%error, "upgrade socket: a listener cannot be published");
+                        None
+                    }
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         for listener in std::mem::take(&mut self.listeners) {
             if let Ok(address) = listener.local_addr() {
                 addresses.push(address);
@@ -280,15 +337,65 @@ impl Server {
             };
             accepting.spawn(acceptor.run(listener, service.clone()));
         }
+        #[cfg(unix)]
+        if let Some(takeover) = self.takeover.take() {
+            let acceptor = Arc::new(Acceptor {
+                shared: self.shared.clone(),
+                options: self.options.clone(),
+                drivers: self.drivers.clone(),
+            });
+            let service = service.clone();
+            accepting.spawn(async move {
+                takeover
+                    .run(move |handed| {
+                        let (acceptor, service) = (acceptor.clone(), service.clone());
+                        tokio::spawn(async move { acceptor.adopt(handed, service).await });
+                    })
+                    .await;
+            });
+        }
         self.shared.listening.send_replace(Some(addresses));
         let mut shutdown = self.shared.shutdown.subscribe();
+        #[cfg(unix)]
+        let taker = async {
+            match &self.upgrade {
+                Some(publisher) => {
+                    let (fds, kinds): (Vec<_>, Vec<u8>) = published
+                        .iter()
+                        .map(|(fd, kind)| (std::os::fd::AsFd::as_fd(fd), *kind))
+                        .unzip();
+                    Some(publisher.wait_for_taker(&fds, &kinds).await)
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let taker = std::future::pending::<Option<()>>();
+        let mut sending = None;
         tokio::select! {
             () = signal => {
                 let handle = ServerHandle { shared: self.shared.clone() };
                 handle.graceful_shutdown(Some(self.options.shutdown_timeout()));
             }
             _ = shutdown.wait_for(|stop| *stop != Stop::Running) => {}
+            taker = taker => {
+                #[cfg(unix)]
+                if let Some(stream) = taker {
+                    let (sink, connections) = tokio::sync::mpsc::unbounded_channel();
+                    *self.lock_handover() = Some(sink);
+                    sending = Some(tokio::spawn(crate::handover::Publisher::send_connections(
+                        stream,
+                        connections,
+                    )));
+                }
+                #[cfg(not(unix))]
+                let _ = taker;
+                let handle = ServerHandle { shared: self.shared.clone() };
+                handle.graceful_shutdown(Some(self.options.shutdown_timeout()));
+            }
         }
+        #[cfg(unix)]
+        drop(published);
 
         // Stop accepting: the listeners close with their tasks.
         accepting.abort_all();
@@ -325,7 +432,23 @@ impl Server {
                 );
             }
         }
+        // Every connection has closed or moved: the new process is told this one is done.
+        #[cfg(unix)]
+        self.lock_handover().take();
+        if let Some(sending) = sending {
+            let _ = tokio::time::timeout(self.options.shutdown_timeout(), sending).await;
+        }
+        #[cfg(unix)]
+        drop(self.upgrade.take());
         info!("shut down");
+    }
+
+    #[cfg(unix)]
+    fn lock_handover(&self) -> std::sync::MutexGuard<'_, Option<crate::handover::Sink>> {
+        self.shared
+            .handover
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Waits for every connection to close, until the shutdown's deadline (which a later call
@@ -473,8 +596,8 @@ impl Acceptor {
     {
         match pipeline {
             None => {
-                self.serve(RemoteClient::new(stream, client.build()), slot, service)
-                    .await
+                let client = RemoteClient::new(stream, client.build());
+                self.serve(client, slot, service, true).await
             }
             // Boxed: the steps' futures are large, and a plain connection's task should not
             // carry their room.
@@ -519,7 +642,55 @@ impl Acceptor {
         }
         let mut client = RemoteClient::new(accepted.stream, accepted.client.build());
         client.io_mut().unread(&accepted.unread);
-        self.serve(client, slot, service).await;
+        self.serve(client, slot, service, false).await;
+    }
+
+    /// Serves a connection the process this one replaces handed over: admitted and
+    /// registered as if accepted here, with the bytes that process had read of it.
+    #[cfg(unix)]
+    async fn adopt<S, B>(self: Arc<Self>, handed: crate::handover::HandedOver, service: S)
+    where
+        S: Handler<B>,
+        B: HandlerBody,
+    {
+        Counters::add(&self.shared.counters.taken_over);
+        let unread = handed.unread;
+        if handed.unix {
+            let stream = std::os::unix::net::UnixStream::from(handed.fd);
+            let Ok(stream) = stream
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::UnixStream::from_std(stream))
+            else {
+                return;
+            };
+            let Some(slot) = self.admit(None) else { return };
+            let Ok(client) = ClientInfo::builder_for_unix(&stream) else {
+                return;
+            };
+            let mut client =
+                RemoteClient::new(stream, client.options(self.options.clone()).build());
+            client.io_mut().unread(&unread);
+            self.serve(client, slot, service, true).await;
+        } else {
+            let stream = std::net::TcpStream::from(handed.fd);
+            let Ok(stream) = stream
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpStream::from_std(stream))
+            else {
+                return;
+            };
+            let Ok(builder) = ClientInfo::builder_for_tcp(&stream) else {
+                return;
+            };
+            let Some(slot) = self.admit(builder.remote_ip()) else {
+                return;
+            };
+            let _ = stream.set_nodelay(true);
+            let mut client =
+                RemoteClient::new(stream, builder.options(self.options.clone()).build());
+            client.io_mut().unread(&unread);
+            self.serve(client, slot, service, true).await;
+        }
     }
 
     fn count_refusal(&self, error: &AcceptError) {
@@ -578,8 +749,9 @@ impl Acceptor {
         debug!(?ip, ?rejection, "connection rejected");
     }
 
-    /// Registers the client and serves it until it closes.
-    async fn serve<T, S, B>(&self, client: RemoteClient<T>, slot: Slot, service: S)
+    /// Registers the client and serves it until it closes (or, `movable` and idle at a
+    /// handover, moves to the new process).
+    async fn serve<T, S, B>(&self, client: RemoteClient<T>, slot: Slot, service: S, movable: bool)
     where
         T: AsyncRead + AsyncWrite + StreamSocket + Unpin + Send + 'static,
         S: Handler<B>,
@@ -608,7 +780,13 @@ impl Acceptor {
         }
         async {
             debug!("accepted");
-            let reason = client.serve(&*self.drivers, service).await;
+            let reason = client
+                .serve(
+                    &*self.drivers,
+                    service,
+                    movable.then_some(&self.shared.handover),
+                )
+                .await;
             let counters = &self.shared.counters;
             if let CloseReason::Timeout(kind) = &reason {
                 let by_phase = match kind {
@@ -624,6 +802,9 @@ impl Acceptor {
                     &counters.http1_timeouts
                 };
                 Counters::add(by_protocol);
+            }
+            if let CloseReason::HandedOver = &reason {
+                Counters::add(&counters.handed_over);
             }
             // Counted from the same flag as `exported_closed`, whatever the close reason.
             if info.is_exported() {

@@ -45,6 +45,12 @@ pub struct Stats {
     pub exported_active: u64,
     /// Clients closed (each client once, however it closed).
     pub closed: u64,
+    /// Idle HTTP/1 connections handed to the process that took this server's listeners over
+    /// ([`Server::upgrade_socket`](crate::Server::upgrade_socket)); counted in `closed` too.
+    pub handed_over: u64,
+    /// Connections this server took from the process it replaced
+    /// ([`Server::take_over`](crate::Server::take_over)); counted in `accepted` too.
+    pub taken_over: u64,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +72,8 @@ pub(crate) struct Counters {
     pub(crate) exported: AtomicU64,
     pub(crate) exported_closed: AtomicU64,
     pub(crate) closed: AtomicU64,
+    pub(crate) handed_over: AtomicU64,
+    pub(crate) taken_over: AtomicU64,
 }
 
 impl Counters {
@@ -95,6 +103,8 @@ impl Counters {
             exported,
             exported_active: exported.saturating_sub(get(&self.exported_closed)),
             closed: get(&self.closed),
+            handed_over: get(&self.handed_over),
+            taken_over: get(&self.taken_over),
         }
     }
 }

@@ -144,6 +144,18 @@ fn main() {
     .enable_all()
     .build()
     .expect("tokio runtime");
+    #[cfg(feature = "metrics")]
+    {
+        // As the inspector: a Prometheus recorder with the duration buckets (never scraped
+        // during a run; rendering is the scraper's cost, not the server's per request).
+        let _handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_recommended_naming(true)
+            .set_buckets(hyper_remote_client::telemetry::DURATION_BUCKETS)
+            .and_then(metrics_exporter_prometheus::PrometheusBuilder::install_recorder)
+            .expect("Prometheus recorder");
+        hyper_remote_client::telemetry::describe();
+        eprintln!("metrics: Prometheus recorder installed");
+    }
     runtime.block_on(async move {
         let listener = if std::env::var_os("BENCH_REUSEPORT").is_some() {
             reuseport_listener(addr)

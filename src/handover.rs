@@ -1,0 +1,516 @@
+//! Zero-downtime restarts (unix): a new process takes the listening sockets (and the idle
+//! HTTP/1.1 connections) of the running one over a unix socket, or inherits its listeners from
+//! systemd socket activation.
+//!
+//! The exchange on the upgrade socket, one frame at a time (`kind: u8, fd count: u8, 0, 0,
+//! payload length: u32 LE, payload`, file descriptors attached to the frame's first bytes with
+//! `SCM_RIGHTS`):
+//!
+//! 1. old → new `LISTENERS`: every listening socket, in the order the old server had them;
+//!    payload: one byte per socket (0 TCP, 1 unix).
+//! 2. new → old `READY`: the new process accepts on them now.
+//! 3. old → new `CONNECTION`, any number: an idle HTTP/1 connection; payload: its transport
+//!    byte, then the bytes the old process had read past the last request (a pipelined start).
+//! 4. old → new `DONE`: the old process has nothing left; it exits.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use tokio::io::{AsyncReadExt, Interest};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::server::Listener;
+
+const LISTENERS: u8 = 1;
+const READY: u8 = 2;
+const CONNECTION: u8 = 3;
+const DONE: u8 = 4;
+
+const TCP: u8 = 0;
+const UNIX: u8 = 1;
+
+const HEADER: usize = 8;
+/// At most this many descriptors in one frame (the listeners of a server).
+const MAX_FDS: usize = 64;
+/// A frame's payload is at most this long (a pipelined start is at most a request head).
+const MAX_PAYLOAD: usize = 1 << 20;
+
+/// A listening socket a process inherited: from the process it replaces ([`Takeover`]) or from
+/// systemd ([`listen_fds`]). Add it to a [`Server`](crate::Server) as it is, or through
+/// [`Listener`] to put TLS or the PROXY protocol on it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum InheritedListener {
+    /// A TCP listener.
+    Tcp(TcpListener),
+    /// A unix stream listener.
+    Unix(UnixListener),
+}
+
+impl InheritedListener {
+    /// Wraps a listening socket: TCP or unix, as its address family says; an error for
+    /// anything else (a datagram socket, a socket not listening).
+    fn from_fd(fd: OwnedFd) -> io::Result<InheritedListener> {
+        use rustix::net::{sockopt, AddressFamily, SocketType};
+        if sockopt::socket_type(&fd)? != SocketType::STREAM || !sockopt::socket_acceptconn(&fd)? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a listening stream socket",
+            ));
+        }
+        rustix::io::ioctl_fioclex(&fd)?;
+        let family = rustix::net::getsockname(&fd)?.address_family();
+        if family == AddressFamily::UNIX {
+            let listener = std::os::unix::net::UnixListener::from(fd);
+            listener.set_nonblocking(true)?;
+            Ok(InheritedListener::Unix(UnixListener::from_std(listener)?))
+        } else if family == AddressFamily::INET || family == AddressFamily::INET6 {
+            let listener = std::net::TcpListener::from(fd);
+            listener.set_nonblocking(true)?;
+            Ok(InheritedListener::Tcp(TcpListener::from_std(listener)?))
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a TCP or unix socket",
+            ))
+        }
+    }
+}
+
+impl From<InheritedListener> for Listener {
+    fn from(listener: InheritedListener) -> Listener {
+        match listener {
+            InheritedListener::Tcp(listener) => Listener::tcp(listener),
+            InheritedListener::Unix(listener) => Listener::unix(listener),
+        }
+    }
+}
+
+/// The listening sockets systemd (or `systemfd`, `catflap`...) passed to this process by
+/// socket activation: `LISTEN_FDS` descriptors from 3 on, if `LISTEN_PID` is this process.
+/// Empty when the variables are not set for this process. The variables are removed (the
+/// descriptors are this process's alone, and a second call finds none).
+pub fn listen_fds() -> io::Result<Vec<InheritedListener>> {
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    let pid = std::env::var("LISTEN_PID").ok();
+    let count = std::env::var("LISTEN_FDS").ok();
+    let (Some(pid), Some(count)) = (pid, count) else {
+        return Ok(Vec::new());
+    };
+    if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+        return Ok(Vec::new());
+    }
+    let count: i32 = count.trim().parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("LISTEN_FDS={count:?} is not a number"),
+        )
+    })?;
+    if TAKEN.swap(true, Ordering::AcqRel) {
+        return Ok(Vec::new());
+    }
+    // Not `set_var`/`remove_var` (unsound while other threads read the environment): the
+    // `TAKEN` flag keeps the descriptors from being taken twice.
+    const FIRST: i32 = 3;
+    (FIRST..FIRST.saturating_add(count.clamp(0, 1024)))
+        .map(|raw| {
+            // SAFETY: by the socket activation protocol, descriptors 3..3+LISTEN_FDS are open
+            // and given to this process (LISTEN_PID) to own; `TAKEN` makes sure they are
+            // wrapped once.
+            #[allow(unsafe_code)]
+            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+            InheritedListener::from_fd(fd).map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("LISTEN_FDS descriptor {raw}: {error}"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Whether a peer of the upgrade socket may take the listeners: only a process of this user.
+pub(crate) fn peer_allowed(peer_uid: u32) -> bool {
+    peer_uid == rustix::process::getuid().as_raw()
+}
+
+/// One frame on the upgrade socket.
+struct Frame {
+    kind: u8,
+    fds: Vec<OwnedFd>,
+    payload: Vec<u8>,
+}
+
+async fn send_frame(
+    stream: &UnixStream,
+    kind: u8,
+    fds: &[BorrowedFd<'_>],
+    payload: &[u8],
+) -> io::Result<()> {
+    let fd_count = u8::try_from(fds.len())
+        .ok()
+        .filter(|n| usize::from(*n) <= MAX_FDS)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"))?;
+    let length = u32::try_from(payload.len())
+        .ok()
+        .filter(|n| (*n as usize) <= MAX_PAYLOAD)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "payload too long"))?;
+    let mut header = [kind, fd_count, 0, 0, 0, 0, 0, 0];
+    header[4..].copy_from_slice(&length.to_le_bytes());
+    let mut frame = header.to_vec();
+    frame.extend_from_slice(payload);
+    // The descriptors go with the first bytes; the rest, if the socket took less, after.
+    let sent = stream
+        .async_io(Interest::WRITABLE, || {
+            let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+                return Err(io::Error::other("control buffer too small"));
+            }
+            rustix::net::sendmsg(
+                stream,
+                &[IoSlice::new(&frame)],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            )
+            .map_err(io::Error::from)
+        })
+        .await?;
+    let mut rest = &frame[sent..];
+    while !rest.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// The next frame; `None` at EOF before a frame starts.
+async fn recv_frame(stream: &mut UnixStream) -> io::Result<Option<Frame>> {
+    let mut header = [0u8; HEADER];
+    let mut fds = Vec::new();
+    let received = stream
+        .async_io(Interest::READABLE, || {
+            let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let message = rustix::net::recvmsg(
+                &*stream,
+                &mut [IoSliceMut::new(&mut header)],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            )?;
+            for message in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(received) = message {
+                    fds.extend(received);
+                }
+            }
+            Ok(message.bytes)
+        })
+        .await?;
+    if received == 0 {
+        return Ok(None);
+    }
+    stream.read_exact(&mut header[received..]).await?;
+    let length = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    if length > MAX_PAYLOAD || fds.len() != usize::from(header[1]) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "malformed frame on the upgrade socket",
+        ));
+    }
+    let mut payload = vec![0; length];
+    stream.read_exact(&mut payload).await?;
+    Ok(Some(Frame {
+        kind: header[0],
+        fds,
+        payload,
+    }))
+}
+
+/// An idle connection on its way to the new process: a duplicate of its socket, and the bytes
+/// read past its last request.
+#[derive(Debug)]
+pub(crate) struct HandedOver {
+    pub(crate) fd: OwnedFd,
+    pub(crate) unix: bool,
+    pub(crate) unread: Bytes,
+}
+
+/// Where a shutting-down server sends its idle connections once a new process took over.
+pub(crate) type Sink = mpsc::UnboundedSender<HandedOver>;
+
+/// The old process's side: the published upgrade socket.
+#[derive(Debug)]
+pub(crate) struct Publisher {
+    listener: UnixListener,
+    path: PathBuf,
+    /// The socket file's device and inode: removed on drop only if it is still this one (the
+    /// new process binds its own upgrade socket at the same path).
+    file: (u64, u64),
+}
+
+impl Publisher {
+    /// Binds the upgrade socket at `path` (a stale socket file there is replaced), mode 0600.
+    pub(crate) fn bind(path: &Path) -> io::Result<Publisher> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+                std::fs::remove_file(path)?;
+            }
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket", path.display()),
+                ))
+            }
+            Err(_) => {}
+        }
+        // Bound under a umask-independent mode: the socket is created, then restricted before
+        // anyone is accepted on it.
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(Publisher {
+            listener,
+            path: path.to_owned(),
+            file: (meta.dev(), meta.ino()),
+        })
+    }
+
+    /// Waits for a process of this user to take the listeners; hands them over and waits for
+    /// its `READY`. Returns the stream to send idle connections on. Peers of another user, and
+    /// takers that go away before `READY`, are refused and waited past.
+    pub(crate) async fn wait_for_taker(
+        &self,
+        listeners: &[BorrowedFd<'_>],
+        kinds: &[u8],
+    ) -> UnixStream {
+        loop {
+            let Ok((mut stream, _)) = self.listener.accept().await else {
+                continue;
+            };
+            match stream.peer_cred() {
+                Ok(cred) if peer_allowed(cred.uid()) => {}
+                Ok(cred) => {
+                    warn!(
+                        uid = cred.uid(),
+                        "upgrade socket: refused a process of another user"
+                    );
+                    continue;
+                }
+                Err(error) => {
+                    warn!(%error, "upgrade socket: peer credentials unreadable; refused");
+                    continue;
+                }
+            }
+            if let Err(error) = send_frame(&stream, LISTENERS, listeners, kinds).await {
+                warn!(%error, "upgrade socket: handing the listeners over failed");
+                continue;
+            }
+            match recv_frame(&mut stream).await {
+                Ok(Some(frame)) if frame.kind == READY => {
+                    info!("upgrade: the new process accepts; this one drains");
+                    return stream;
+                }
+                Ok(_) => warn!("upgrade socket: the taker left before it was ready"),
+                Err(error) => warn!(%error, "upgrade socket: the taker failed"),
+            }
+        }
+    }
+
+    /// Sends the idle connections that come through `connections`, then `DONE` once the
+    /// channel closes (every connection of the server has closed or moved).
+    pub(crate) async fn send_connections(
+        stream: UnixStream,
+        mut connections: mpsc::UnboundedReceiver<HandedOver>,
+    ) {
+        let mut moved = 0u64;
+        while let Some(connection) = connections.recv().await {
+            let mut payload = Vec::with_capacity(1 + connection.unread.len());
+            payload.push(if connection.unix { UNIX } else { TCP });
+            payload.extend_from_slice(&connection.unread);
+            match send_frame(&stream, CONNECTION, &[connection.fd.as_fd()], &payload).await {
+                Ok(()) => moved += 1,
+                // The new process is gone: this connection closes with the old one.
+                Err(error) => debug!(%error, "upgrade: an idle connection could not move"),
+            }
+        }
+        let _ = send_frame(&stream, DONE, &[], &[]).await;
+        info!(moved, "upgrade: idle connections handed over");
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|meta| (meta.dev(), meta.ino()) == self.file);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The new process's side of a binary upgrade: the listeners taken from the running process
+/// at an upgrade socket, and (once [`Server::take_over`](crate::Server::take_over) serves) the
+/// idle connections it hands over.
+///
+/// ```no_run
+/// # async fn run() -> std::io::Result<()> {
+/// use hyper_remote_client::{Options, Server, Takeover};
+///
+/// let mut takeover = Takeover::connect("/run/app/upgrade.sock").await?;
+/// let mut server = Server::new(Options::default());
+/// for listener in takeover.take_listeners() {
+///     server = server.listener(listener);
+/// }
+/// // Publish them in turn, for the next upgrade; tell the old process to drain.
+/// let server = server
+///     .upgrade_socket("/run/app/upgrade.sock")
+///     .take_over(takeover);
+/// server.serve(tower::service_fn(|_req| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("new\n")))
+/// })).await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Takeover {
+    stream: UnixStream,
+    listeners: Vec<InheritedListener>,
+}
+
+impl Takeover {
+    /// Connects to the upgrade socket of the running process and receives its listeners.
+    pub async fn connect(path: impl AsRef<Path>) -> io::Result<Takeover> {
+        let path = path.as_ref();
+        let mut stream = UnixStream::connect(path).await.map_err(|error| {
+            io::Error::new(
+                error.kind(),
+                format!("upgrade socket {}: {error}", path.display()),
+            )
+        })?;
+        let frame = recv_frame(&mut stream).await?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!(
+                    "upgrade socket {}: closed without handing the listeners over",
+                    path.display()
+                ),
+            )
+        })?;
+        if frame.kind != LISTENERS || frame.fds.len() != frame.payload.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "upgrade socket: expected the listeners",
+            ));
+        }
+        let listeners = frame
+            .fds
+            .into_iter()
+            .map(InheritedListener::from_fd)
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Takeover { stream, listeners })
+    }
+
+    /// The listeners, in the order the old process's server had them (empty once taken).
+    pub fn take_listeners(&mut self) -> Vec<InheritedListener> {
+        std::mem::take(&mut self.listeners)
+    }
+
+    /// Tells the old process that this one accepts, then receives its idle connections until
+    /// it is done; `deliver` serves each.
+    pub(crate) async fn run(mut self, mut deliver: impl FnMut(HandedOver)) {
+        if let Err(error) = send_frame(&self.stream, READY, &[], &[]).await {
+            warn!(%error, "takeover: could not tell the old process to drain");
+            return;
+        }
+        loop {
+            match recv_frame(&mut self.stream).await {
+                Ok(Some(frame)) if frame.kind == CONNECTION => {
+                    let (Some(fd), Some((&transport, unread))) =
+                        (frame.fds.into_iter().next(), frame.payload.split_first())
+                    else {
+                        warn!("takeover: malformed connection frame");
+                        continue;
+                    };
+                    deliver(HandedOver {
+                        fd,
+                        unix: transport == UNIX,
+                        unread: Bytes::copy_from_slice(unread),
+                    });
+                }
+                Ok(Some(frame)) if frame.kind == DONE => break,
+                Ok(Some(_)) => warn!("takeover: unexpected frame"),
+                Ok(None) => break,
+                Err(error) => {
+                    warn!(%error, "takeover: the upgrade socket failed");
+                    break;
+                }
+            }
+        }
+        debug!("takeover: the old process is done");
+    }
+}
+
+/// The transport byte of a listener, for `LISTENERS`.
+pub(crate) fn kind(unix: bool) -> u8 {
+    if unix {
+        UNIX
+    } else {
+        TCP
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_user_may_take_the_listeners() {
+        let me = rustix::process::getuid().as_raw();
+        assert!(peer_allowed(me));
+        assert!(!peer_allowed(me.wrapping_add(1)));
+    }
+
+    #[tokio::test]
+    async fn frames_carry_descriptors_and_payload() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        send_frame(&a, LISTENERS, &[listener.as_fd()], &[TCP])
+            .await
+            .unwrap();
+        send_frame(&a, DONE, &[], b"x").await.unwrap();
+        let frame = recv_frame(&mut b).await.unwrap().unwrap();
+        assert_eq!(
+            (frame.kind, frame.payload.as_slice()),
+            (LISTENERS, &[TCP][..])
+        );
+        let Ok(InheritedListener::Tcp(received)) =
+            InheritedListener::from_fd(frame.fds.into_iter().next().unwrap())
+        else {
+            panic!("not a TCP listener");
+        };
+        assert_eq!(received.local_addr().unwrap(), addr);
+        let frame = recv_frame(&mut b).await.unwrap().unwrap();
+        assert_eq!(
+            (frame.kind, frame.fds.len(), frame.payload),
+            (DONE, 0, b"x".to_vec())
+        );
+        drop(a);
+        assert!(recv_frame(&mut b).await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,153 @@
+//! Binary upgrade through the upgrade socket, in one process (two `Server`s, the real unix
+//! socket and `SCM_RIGHTS` between them): no connection refused, no request failed, the old
+//! server drains and returns by itself, and an idle keep-alive connection moves to the new one.
+#![cfg(unix)]
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper_remote_client::{InheritedListener, Listener, Options, RequestBody, Server, Takeover};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+mod common;
+use common::*;
+
+fn named(
+    name: &'static str,
+) -> impl Fn(Request<RequestBody>) -> std::future::Ready<Result<Response<String>, Infallible>> + Clone
+{
+    move |_req| std::future::ready(Ok(Response::new(name.to_owned())))
+}
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_and_idle_connections_move_to_the_new_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("upgrade.sock");
+    let options = Options::default().with_shutdown_timeout(Duration::from_secs(10));
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let old = Server::new(options.clone())
+        .listener(listener)
+        .upgrade_socket(&path)
+        .unwrap();
+    let old_handle = old.handle();
+    let old_task = tokio::spawn(old.serve(tower::service_fn(named("old"))));
+    old_handle.listening().await;
+
+    // An idle keep-alive connection, answered by the old server.
+    let mut keep = connect(addr).await;
+    keep.write_all(GET).await.unwrap();
+    let first = read_response(&mut keep).await;
+    assert_eq!(first.body, b"old");
+
+    // New connections all along, each one request: none may fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, served, failed) = (stop.clone(), served.clone(), failed.clone());
+        tokio::spawn(async move {
+            let mut bodies = Vec::new();
+            for _ in 0..100_000 {
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                let reply = raw_exchange(
+                    addr,
+                    b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+                match parse_response(&reply) {
+                    Some((response, _)) if response.status == 200 => {
+                        served.fetch_add(1, Ordering::Relaxed);
+                        bodies.push(response.body);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            bodies
+        })
+    };
+    eventually("some requests served by the old server", || {
+        served.load(Ordering::Relaxed) >= 20
+    })
+    .await;
+
+    // The new server takes the listener over and publishes it in turn.
+    let mut takeover = within("takeover", Takeover::connect(&path)).await.unwrap();
+    let inherited = takeover.take_listeners();
+    assert_eq!(inherited.len(), 1);
+    let mut new = Server::new(options.clone());
+    for listener in inherited {
+        assert!(matches!(listener, InheritedListener::Tcp(_)));
+        new = new.listener(Listener::from(listener));
+    }
+    let new = new.upgrade_socket(&path).unwrap().take_over(takeover);
+    let new_handle = new.handle();
+    let new_task = tokio::spawn(new.serve(tower::service_fn(named("new"))));
+
+    // The old one drains and returns by itself.
+    within("the old server to return", old_task).await.unwrap();
+    let before = served.load(Ordering::Relaxed);
+    eventually("requests served by the new server", || {
+        served.load(Ordering::Relaxed) >= before + 20
+    })
+    .await;
+    stop.store(true, Ordering::Release);
+    let bodies = within("the load", load).await.unwrap();
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests");
+    assert!(bodies.iter().any(|b| b == b"old") && bodies.iter().any(|b| b == b"new"));
+
+    // The idle connection was handed over: served by the new server, on the same socket.
+    keep.write_all(GET).await.unwrap();
+    let second = read_response(&mut keep).await;
+    assert_eq!(second.body, b"new");
+    let old_stats = old_handle.stats();
+    assert_eq!(old_stats.handed_over, 1, "{old_stats:?}");
+    assert_eq!(new_handle.stats().taken_over, 1);
+    // The upgrade socket is the new server's now.
+    assert!(path.exists());
+    new_handle.shutdown();
+    within("the new server to return", new_task).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_taker_that_leaves_before_ready_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("upgrade.sock");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let old = Server::new(Options::default())
+        .listener(listener)
+        .upgrade_socket(&path)
+        .unwrap();
+    let handle = old.handle();
+    tokio::spawn(old.serve(tower::service_fn(named("old"))));
+    handle.listening().await;
+    // Takes the listeners, then goes away without serving.
+    let takeover = within("takeover", Takeover::connect(&path)).await.unwrap();
+    drop(takeover);
+    let reply = raw_exchange(
+        addr,
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        reply.ends_with(b"old"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert!(!handle.is_shutting_down());
+    // And a later taker still can.
+    let mut again = within("takeover", Takeover::connect(&path)).await.unwrap();
+    assert_eq!(again.take_listeners().len(), 1);
+    handle.shutdown();
+}
