@@ -8,6 +8,10 @@
 //! curl -v http://127.0.0.1:8080/close                     # the handler closes the connection
 //! curl -s 'http://127.0.0.1:8080/slow?ms=2000'            # a response that takes 2 s
 //! curl -s http://127.0.0.1:8080/metrics                   # Prometheus text format
+//! # zero downtime: start with --upgrade-socket /tmp/up.sock, then, any time, a new binary with
+//! # --upgrade --upgrade-socket /tmp/up.sock takes the sockets over; the old one drains and
+//! # exits. SIGHUP reads --cert/--key again. Under systemd socket activation (LISTEN_FDS), the
+//! # inherited sockets are served instead of binding --http.
 //! # upgrade to a raw echo connection: paste the request, then type; Ctrl-D ends it
 //! socat - TCP:127.0.0.1:8080,crlf
 //! GET /upgrade HTTP/1.1
@@ -34,6 +38,8 @@ use hyper_remote_client::rustls::pki_types::pem::{self, PemObject};
 use hyper_remote_client::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use hyper_remote_client::rustls::{RootCertStore, ServerConfig};
 use hyper_remote_client::telemetry;
+#[cfg(unix)]
+use hyper_remote_client::InheritedListener;
 use hyper_remote_client::{
     detach, server_config, ClientAuth, ClientId, ClientInfo, IpNet, Listener, Options, ProxyMode,
     ProxyProtocol, RequestBody, Server, ServerHandle, Stats, TlsAcceptor,
@@ -96,6 +102,17 @@ struct Args {
     /// A network (CIDR) whose PROXY headers are trusted; repeatable.
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     trusted_proxies: Vec<IpNet>,
+    /// Publish the listening sockets on this unix socket (mode 0600) for a binary upgrade: a
+    /// new inspector started with `--upgrade` takes them (and the idle HTTP/1.1 connections)
+    /// over, and this one drains and exits.
+    #[cfg(unix)]
+    #[arg(long, value_name = "PATH")]
+    upgrade_socket: Option<PathBuf>,
+    /// Start by taking the listening sockets from the inspector at --upgrade-socket (instead
+    /// of binding --http, --https and --unix), then publish them there in turn.
+    #[cfg(unix)]
+    #[arg(long, requires = "upgrade_socket")]
+    upgrade: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -256,34 +273,47 @@ async fn run(args: Args) -> Result<(), Failed> {
     telemetry::describe();
     let proxy = args.proxy()?;
     let (tls, generated_ca) = tls_config(&args)?;
-    let http = TcpListener::bind(args.http)
-        .await
-        .context(format_args!("--http {}", args.http))?;
-    let https = TcpListener::bind(args.https)
-        .await
-        .context(format_args!("--https {}", args.https))?;
-    let http_addr = http.local_addr().context("--http")?;
-    let https_addr = https.local_addr().context("--https")?;
-    let mut server = Server::new(args.options())
-        .listener(Listener::tcp(http).with_proxy_protocol(proxy.clone()))
-        .listener(
-            Listener::tcp(https)
-                .with_tls(TlsAcceptor::new(Arc::new(tls)))
-                .with_proxy_protocol(proxy),
-        );
+    let acceptor = TlsAcceptor::new(Arc::new(tls));
+    let sockets = Sockets::open(&args).await?;
+    let http_addrs = sockets
+        .http
+        .iter()
+        .map(|listener| listener.local_addr().context("--http"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let http_addr = http_addrs[0];
+    let https_addr = sockets.https.local_addr().context("--https")?;
+    let mut server = Server::new(args.options());
+    for http in sockets.http {
+        server = server.listener(Listener::tcp(http).with_proxy_protocol(proxy.clone()));
+    }
+    server = server.listener(
+        Listener::tcp(sockets.https)
+            .with_tls(acceptor.clone())
+            .with_proxy_protocol(proxy),
+    );
     #[cfg(unix)]
-    let unix_socket = match &args.unix {
-        Some(path) => {
-            let what = format!("--unix {}", path.display());
-            remove_stale_socket(path).context(&what)?;
-            let listener = tokio::net::UnixListener::bind(path).context(&what)?;
+    let unix_socket = match sockets.unix {
+        Some((listener, path)) => {
             server = server.listener(listener);
-            Some(RemoveOnDrop(path.clone()))
+            Some(RemoveOnDrop(path))
         }
         None => None,
     };
+    #[cfg(unix)]
+    if let Some(path) = &args.upgrade_socket {
+        server = server
+            .upgrade_socket(path)
+            .context(format_args!("--upgrade-socket {}", path.display()))?;
+        if let Some(takeover) = sockets.takeover {
+            server = server.take_over(takeover);
+        }
+    }
+    #[cfg(unix)]
+    reload_on_sighup(&args, acceptor)?;
 
-    println!("listening on http://{http_addr}");
+    for addr in &http_addrs {
+        println!("listening on http://{addr}");
+    }
     println!("listening on https://{https_addr}");
     if let Some(ca) = &generated_ca {
         println!(
@@ -320,6 +350,156 @@ async fn run(args: Args) -> Result<(), Failed> {
         tower::service_fn(move |req| route(req, handle.clone(), prometheus.clone()))
     };
     server.serve_with_shutdown(service, shutdown).await;
+    #[cfg(unix)]
+    if handle.was_replaced() {
+        // The new inspector serves on the same unix socket file now.
+        std::mem::forget(unix_socket);
+        let _ = writeln!(std::io::stdout(), "handed over to the new process");
+    }
+    Ok(())
+}
+
+/// The listening sockets: taken from the inspector being replaced (`--upgrade`), inherited
+/// by socket activation (`LISTEN_FDS`: served as --http, and as --unix for unix sockets), or
+/// bound here.
+struct Sockets {
+    http: Vec<TcpListener>,
+    https: TcpListener,
+    #[cfg(unix)]
+    unix: Option<(tokio::net::UnixListener, PathBuf)>,
+    #[cfg(unix)]
+    takeover: Option<hyper_remote_client::Takeover>,
+}
+
+impl Sockets {
+    async fn open(args: &Args) -> Result<Sockets, Failed> {
+        #[cfg(unix)]
+        if args.upgrade {
+            return Self::take_over(args).await;
+        }
+        #[cfg(unix)]
+        let inherited = hyper_remote_client::listen_fds().context("LISTEN_FDS")?;
+        #[cfg(not(unix))]
+        let inherited: Vec<std::convert::Infallible> = Vec::new();
+        let mut http = Vec::new();
+        #[cfg(unix)]
+        let mut unix = None;
+        for listener in inherited {
+            #[cfg(unix)]
+            match listener {
+                InheritedListener::Tcp(listener) => http.push(listener),
+                InheritedListener::Unix(listener) => {
+                    let path = listener
+                        .local_addr()
+                        .ok()
+                        .and_then(|addr| addr.as_pathname().map(Path::to_owned))
+                        .unwrap_or_default();
+                    unix = Some((listener, path));
+                }
+                _ => {}
+            }
+            #[cfg(not(unix))]
+            match listener {}
+        }
+        if http.is_empty() {
+            http.push(
+                TcpListener::bind(args.http)
+                    .await
+                    .context(format_args!("--http {}", args.http))?,
+            );
+        }
+        let https = TcpListener::bind(args.https)
+            .await
+            .context(format_args!("--https {}", args.https))?;
+        #[cfg(unix)]
+        if let (None, Some(path)) = (&unix, &args.unix) {
+            let what = format!("--unix {}", path.display());
+            remove_stale_socket(path).context(&what)?;
+            let listener = tokio::net::UnixListener::bind(path).context(&what)?;
+            unix = Some((listener, path.clone()));
+        }
+        Ok(Sockets {
+            http,
+            https,
+            #[cfg(unix)]
+            unix,
+            #[cfg(unix)]
+            takeover: None,
+        })
+    }
+
+    /// `--upgrade`: the old inspector's listeners, in its order: the TCP ones for HTTP, the
+    /// last TCP one for HTTPS, and a unix one.
+    #[cfg(unix)]
+    async fn take_over(args: &Args) -> Result<Sockets, Failed> {
+        let path = args.upgrade_socket.as_deref().unwrap_or(Path::new(""));
+        let what = format!("--upgrade {}", path.display());
+        let mut takeover = hyper_remote_client::Takeover::connect(path)
+            .await
+            .context(&what)?;
+        let mut tcp = Vec::new();
+        let mut unix = None;
+        for listener in takeover.take_listeners() {
+            match listener {
+                InheritedListener::Tcp(listener) => tcp.push(listener),
+                InheritedListener::Unix(listener) => {
+                    let path = listener
+                        .local_addr()
+                        .ok()
+                        .and_then(|addr| addr.as_pathname().map(Path::to_owned))
+                        .unwrap_or_default();
+                    unix = Some((listener, path));
+                }
+                _ => {}
+            }
+        }
+        let https = tcp.pop().filter(|_| !tcp.is_empty()).ok_or_else(|| {
+            Failed(format!(
+                "{what}: the old process had no HTTP and HTTPS listeners"
+            ))
+        })?;
+        Ok(Sockets {
+            http: tcp,
+            https,
+            unix,
+            takeover: Some(takeover),
+        })
+    }
+}
+
+/// SIGHUP: read --cert and --key again (and --client-ca); new handshakes use them, open
+/// connections keep theirs. Without --cert (a generated certificate) there is nothing to read.
+#[cfg(unix)]
+fn reload_on_sighup(args: &Args, acceptor: TlsAcceptor) -> Result<(), Failed> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).context("handling SIGHUP")?;
+    let args = Args {
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        client_ca: args.client_ca.clone(),
+        ..Args::parse_from(["serve"])
+    };
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            if args.cert.is_none() {
+                tracing::warn!(
+                    "SIGHUP: no --cert/--key to read again (the certificate was generated)"
+                );
+                continue;
+            }
+            match tls_config(&args) {
+                Ok((config, _)) => {
+                    acceptor.reload(Arc::new(config));
+                    tracing::info!("SIGHUP: certificate reloaded");
+                    let _ = writeln!(std::io::stdout(), "reloaded the certificate");
+                }
+                Err(error) => {
+                    tracing::error!(%error, "SIGHUP: the certificate was not reloaded; the previous one stays");
+                    let _ = writeln!(std::io::stdout(), "certificate reload failed: {error}");
+                }
+            }
+        }
+    });
     Ok(())
 }
 
@@ -652,6 +832,8 @@ fn stats_json(stats: &Stats) -> Value {
         "exported_active": stats.exported_active,
         "closed": stats.closed,
         "proxy_rejected": stats.proxy_rejected,
+        "handed_over": stats.handed_over,
+        "taken_over": stats.taken_over,
     })
 }
 

@@ -95,6 +95,8 @@ struct Shared {
     forced: watch::Sender<bool>,
     /// Once a new process took the listeners over: where idle connections go.
     handover: HandoverSlot,
+    /// A new process took the listeners over.
+    replaced: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -202,6 +204,16 @@ impl ServerHandle {
         self.shared.admission.active()
     }
 
+    /// Whether a new process took this server's listeners over through its
+    /// [`upgrade_socket`](Server::upgrade_socket) (then the shutdown under way is that
+    /// handover's, and files the listeners use, such as a unix socket's path, are the new
+    /// process's: do not remove them).
+    pub fn was_replaced(&self) -> bool {
+        self.shared
+            .replaced
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Whether a shutdown has started.
     pub fn is_shutting_down(&self) -> bool {
         *self.shared.shutdown.borrow() != Stop::Running
@@ -223,6 +235,7 @@ impl Server {
                 listening: watch::Sender::new(None),
                 forced: watch::Sender::new(false),
                 handover: HandoverSlot::default(),
+                replaced: std::sync::atomic::AtomicBool::new(false),
             }),
             options,
             drivers,
@@ -381,6 +394,9 @@ impl Server {
             taker = taker => {
                 #[cfg(unix)]
                 if let Some(stream) = taker {
+                    self.shared
+                        .replaced
+                        .store(true, std::sync::atomic::Ordering::Release);
                     let (sink, connections) = tokio::sync::mpsc::unbounded_channel();
                     *self.lock_handover() = Some(sink);
                     sending = Some(tokio::spawn(crate::handover::Publisher::send_connections(
