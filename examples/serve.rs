@@ -271,6 +271,16 @@ async fn run(args: Args) -> Result<(), Failed> {
         .and_then(PrometheusBuilder::install_recorder)
         .context("installing the Prometheus recorder")?;
     telemetry::describe();
+    // Without a scrape, histogram samples would pile up: the exporter's upkeep every 5 s (what
+    // `PrometheusBuilder::install` spawns), and at every scrape.
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let proxy = args.proxy()?;
     let (tls, generated_ca) = tls_config(&args)?;
     let acceptor = TlsAcceptor::new(Arc::new(tls));

@@ -148,12 +148,18 @@ fn main() {
     {
         // As the inspector: a Prometheus recorder with the duration buckets (never scraped
         // during a run; rendering is the scraper's cost, not the server's per request).
-        let _handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_recommended_naming(true)
             .set_buckets(hyper_remote_client::telemetry::DURATION_BUCKETS)
             .and_then(metrics_exporter_prometheus::PrometheusBuilder::install_recorder)
             .expect("Prometheus recorder");
         hyper_remote_client::telemetry::describe();
+        // The exporter's upkeep (what `PrometheusBuilder::install` runs every 5 s): without
+        // it, histogram samples pile up until a scrape.
+        std::thread::spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            handle.run_upkeep();
+        });
         eprintln!("metrics: Prometheus recorder installed");
     }
     runtime.block_on(async move {
