@@ -41,6 +41,8 @@ const TCP: u8 = 0;
 const UNIX: u8 = 1;
 
 const HEADER: usize = 8;
+/// How long a taker may hold the listeners before it says it accepts on them.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// At most this many descriptors in one frame (the listeners of a server).
 const MAX_FDS: usize = 64;
 /// A frame's payload is at most this long (a pipelined start is at most a request head).
@@ -320,13 +322,17 @@ impl Publisher {
                 warn!(%error, "upgrade socket: handing the listeners over failed");
                 continue;
             }
-            match recv_frame(&mut stream).await {
-                Ok(Some(frame)) if frame.kind == READY => {
+            // A taker that never says it is ready must not hold the upgrade socket forever.
+            match tokio::time::timeout(READY_TIMEOUT, recv_frame(&mut stream)).await {
+                Ok(Ok(Some(frame))) if frame.kind == READY => {
                     info!("upgrade: the new process accepts; this one drains");
                     return stream;
                 }
-                Ok(_) => warn!("upgrade socket: the taker left before it was ready"),
-                Err(error) => warn!(%error, "upgrade socket: the taker failed"),
+                Ok(Ok(_)) => warn!("upgrade socket: the taker left before it was ready"),
+                Ok(Err(error)) => warn!(%error, "upgrade socket: the taker failed"),
+                Err(_) => warn!(
+                    "upgrade socket: the taker was not ready within {READY_TIMEOUT:?}; this process goes on"
+                ),
             }
         }
     }

@@ -117,20 +117,25 @@ pub fn describe() {
     );
 }
 
-/// The value of `http.request.method`: the method for the well-known ones, `_OTHER` for the
-/// rest (the conventions' rule, which keeps the label set bounded).
-fn method_label(method: &Method) -> &'static str {
+/// The values of `http.request.method`: the well-known methods, and `_OTHER` for the rest (the
+/// conventions' rule, which keeps the label set bounded).
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER",
+];
+
+/// The index of a method's label in [`METHODS`].
+fn method_index(method: &Method) -> u8 {
     match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::CONNECT => "CONNECT",
-        Method::OPTIONS => "OPTIONS",
-        Method::TRACE => "TRACE",
-        Method::PATCH => "PATCH",
-        _ => "_OTHER",
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::CONNECT => 5,
+        Method::OPTIONS => 6,
+        Method::TRACE => 7,
+        Method::PATCH => 8,
+        _ => 9,
     }
 }
 
@@ -152,70 +157,61 @@ fn scheme_label(encrypted: bool) -> &'static str {
     }
 }
 
-/// One connection's request handles, by label set: looked up in the recorder once per
-/// connection, then reused (a lock nobody else holds, and a scan of a few entries).
+/// One connection's request handles, by method: looked up in the recorder once per connection
+/// and label set, then reused. One lock (nobody else's, but an HTTP/2 stream's) and a scan of a
+/// few entries when a request starts, and again when it ends; no handle cloned per request.
 #[derive(Debug, Default)]
 pub(crate) struct Handles {
-    entries: Mutex<Vec<Entry>>,
+    methods: Mutex<Vec<ByMethod>>,
 }
 
 #[derive(Debug)]
-struct Entry {
-    method: &'static str,
-    /// `None`: the active-requests gauge of `method`.
-    duration: Option<(Version, Option<StatusCode>)>,
-    handle: Handle,
-}
-
-#[derive(Debug)]
-enum Handle {
-    Gauge(Gauge),
-    Histogram(Histogram),
+struct ByMethod {
+    method: u8,
+    active: Gauge,
+    durations: Vec<(Version, Option<StatusCode>, Histogram)>,
 }
 
 impl Handles {
-    fn gauge(&self, method: &'static str, encrypted: bool) -> Gauge {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        for entry in entries.iter() {
-            if let (None, Handle::Gauge(gauge)) = (&entry.duration, &entry.handle) {
-                if entry.method == method {
-                    return gauge.clone();
-                }
+    fn with_method<T>(&self, method: u8, encrypted: bool, f: impl FnOnce(&mut ByMethod) -> T) -> T {
+        let mut methods = self.methods.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = match methods.iter().position(|m| m.method == method) {
+            Some(at) => at,
+            None => {
+                let labels = [
+                    Label::from_static_parts("http.request.method", METHODS[usize::from(method)]),
+                    Label::from_static_parts("url.scheme", scheme_label(encrypted)),
+                ];
+                methods.push(ByMethod {
+                    method,
+                    active: metrics::gauge!(ACTIVE_REQUESTS, labels.iter()),
+                    durations: Vec::new(),
+                });
+                methods.len() - 1
             }
-        }
-        let labels = [
-            Label::from_static_parts("http.request.method", method),
-            Label::from_static_parts("url.scheme", scheme_label(encrypted)),
-        ];
-        let gauge = metrics::gauge!(ACTIVE_REQUESTS, labels.iter());
-        entries.push(Entry {
-            method,
-            duration: None,
-            handle: Handle::Gauge(gauge.clone()),
-        });
-        gauge
+        };
+        f(&mut methods[at])
     }
+}
 
-    fn record_duration(
-        &self,
-        method: &'static str,
+impl ByMethod {
+    fn record(
+        &mut self,
         version: Version,
         status: Option<StatusCode>,
         encrypted: bool,
         seconds: f64,
     ) {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = Some((version, status));
-        for entry in entries.iter() {
-            if let Handle::Histogram(histogram) = &entry.handle {
-                if entry.method == method && entry.duration == key {
-                    histogram.record(seconds);
-                    return;
-                }
-            }
+        if let Some((_, _, histogram)) = self
+            .durations
+            .iter()
+            .find(|(v, s, _)| *v == version && *s == status)
+        {
+            histogram.record(seconds);
+            return;
         }
         let mut labels = vec![
-            Label::from_static_parts("http.request.method", method),
+            Label::from_static_parts("http.request.method", METHODS[usize::from(self.method)]),
             Label::from_static_parts("network.protocol.version", version_label(version)),
             Label::from_static_parts("url.scheme", scheme_label(encrypted)),
         ];
@@ -227,11 +223,7 @@ impl Handles {
         });
         let histogram = metrics::histogram!(REQUEST_DURATION, labels);
         histogram.record(seconds);
-        entries.push(Entry {
-            method,
-            duration: key,
-            handle: Handle::Histogram(histogram),
-        });
+        self.durations.push((version, status, histogram));
     }
 }
 
@@ -239,24 +231,24 @@ impl Handles {
 #[derive(Debug)]
 pub(crate) struct RequestMetric {
     started: Instant,
-    method: &'static str,
+    method: u8,
     version: Version,
     status: Option<StatusCode>,
-    active: Gauge,
 }
 
 impl RequestMetric {
     /// Counts a request as active.
     pub(crate) fn start(client: &crate::ClientInfo, method: &Method, version: Version) -> Self {
-        let method = method_label(method);
-        let active = client.state().metrics.gauge(method, client.is_encrypted());
-        active.increment(1.0);
+        let method = method_index(method);
+        client
+            .state()
+            .metrics
+            .with_method(method, client.is_encrypted(), |m| m.active.increment(1.0));
         RequestMetric {
             started: Instant::now(),
             method,
             version,
             status: None,
-            active,
         }
     }
 
@@ -266,14 +258,15 @@ impl RequestMetric {
 
     /// The response is done: records its duration.
     pub(crate) fn finish(self, client: &crate::ClientInfo) {
-        self.active.decrement(1.0);
-        client.state().metrics.record_duration(
-            self.method,
-            self.version,
-            self.status,
-            client.is_encrypted(),
-            self.started.elapsed().as_secs_f64(),
-        );
+        let seconds = self.started.elapsed().as_secs_f64();
+        let encrypted = client.is_encrypted();
+        client
+            .state()
+            .metrics
+            .with_method(self.method, encrypted, |m| {
+                m.active.decrement(1.0);
+                m.record(self.version, self.status, encrypted, seconds);
+            });
     }
 }
 

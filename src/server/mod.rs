@@ -250,7 +250,8 @@ impl Server {
     /// Publishes the listeners on a unix socket at `path` (created mode 0600, a stale socket
     /// file replaced), for a binary upgrade: a new process of the same user (checked with
     /// `SO_PEERCRED`) connects with [`Takeover::connect`](crate::Takeover::connect), receives
-    /// the listening sockets (`SCM_RIGHTS`) and accepts on them; once it says it is ready,
+    /// the listening sockets (`SCM_RIGHTS`) and accepts on them; once it says it is ready
+    /// (within 60 s of taking them; otherwise this server goes on and waits for another),
     /// this server stops accepting and shuts down gracefully with
     /// [`Options::shutdown_timeout`] as the deadline, and [`serve`](Self::serve) returns.
     /// Nothing is refused meanwhile: both processes share the sockets.

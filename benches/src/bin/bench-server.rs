@@ -144,8 +144,10 @@ fn main() {
     .enable_all()
     .build()
     .expect("tokio runtime");
+    // BENCH_NO_RECORDER=1: the `metrics` feature on, but no exporter installed (the crate's own
+    // share of the cost: its handles are no-ops then).
     #[cfg(feature = "metrics")]
-    {
+    if std::env::var_os("BENCH_NO_RECORDER").is_none() {
         // As the inspector: a Prometheus recorder with the duration buckets (never scraped
         // during a run; rendering is the scraper's cost, not the server's per request).
         let handle = metrics_exporter_prometheus::PrometheusBuilder::new()

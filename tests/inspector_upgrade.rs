@@ -1,0 +1,1084 @@
+//! The inspector's zero-downtime operations end to end (`examples/serve.rs` as child
+//! processes): two binary upgrades in a row under load, the certificate reloaded on SIGHUP,
+//! systemd socket activation (`LISTEN_FDS`), and the upgrade socket refusing another user.
+//!
+//! The inspector is found next to the test binary (`target/<profile>/examples/serve`); `cargo
+//! test --test inspector_upgrade` does not rebuild it: `cargo build --all-features --example
+//! serve` first.
+#![cfg(all(unix, feature = "tls", feature = "proxy-protocol", feature = "metrics"))]
+
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hyper_remote_client::rustls;
+use hyper_remote_client::rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::Value;
+
+/// Upper bound for anything that could hang: a start, a line, a request, an exit.
+const LIMIT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// The inspector as a child process
+// ---------------------------------------------------------------------------------------------
+
+/// The inspector as a child process, its stdout read line by line and its stderr whole by two
+/// threads (so it never blocks on a full pipe). Dropped while it runs, whatever happened in the
+/// test, it is stopped as a service manager would: SIGTERM, a bounded wait, SIGKILL last.
+struct Inspector {
+    child: Child,
+    /// The `listening on http://ADDR` addresses, in order.
+    http: Vec<String>,
+    /// The `listening on https://ADDR` address.
+    https: String,
+    /// stdout, after the lines read at start; disconnected once the inspector closed stdout.
+    lines: mpsc::Receiver<String>,
+    /// All of stderr, sent once the inspector has closed it.
+    stderr: mpsc::Receiver<String>,
+}
+
+/// How an inspector ended.
+#[derive(Debug)]
+struct Exited {
+    status: ExitStatus,
+    /// stdout lines not read before.
+    stdout: Vec<String>,
+    stderr: String,
+}
+
+fn example_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let path = profile_dir
+        .join("examples")
+        .join(format!("serve{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "the inspector example was not found at {}; build it with `cargo build --all-features --example serve`",
+        path.display()
+    );
+    path
+}
+
+/// The inspector with `args`, its environment made predictable (default log level, no colour
+/// setting from outside).
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(example_path());
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID");
+    cmd
+}
+
+/// `kill -s SIGNAL PID` (std can send no signal but SIGKILL).
+fn send_signal(pid: u32, signal: &str) -> bool {
+    Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// Runs `cmd` with its output read by two threads; reads no line yet.
+fn spawn(mut cmd: Command) -> Inspector {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = lines_tx.send(line);
+        }
+    });
+    let (stderr_tx, stderr_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = stderr.read_to_end(&mut all);
+        let _ = stderr_tx.send(String::from_utf8_lossy(&all).into_owned());
+    });
+    Inspector {
+        child,
+        http: Vec::new(),
+        https: String::new(),
+        lines,
+        stderr: stderr_rx,
+    }
+}
+
+/// Runs `cmd` and waits for its `listening on http://` line(s) and its `listening on https://`
+/// line.
+fn start(cmd: Command) -> Inspector {
+    let mut inspector = spawn(cmd);
+    loop {
+        let Some(line) = inspector.next_line() else {
+            let exited = inspector.wait(LIMIT);
+            panic!("the inspector exited at start: {exited:#?}");
+        };
+        if let Some(addr) = line.strip_prefix("listening on http://") {
+            inspector.http.push(addr.trim().to_owned());
+        } else if let Some(addr) = line.strip_prefix("listening on https://") {
+            inspector.https = addr.trim().to_owned();
+            break;
+        } else {
+            panic!("unexpected line before `listening on https://`: {line:?}");
+        }
+    }
+    assert!(!inspector.http.is_empty(), "no `listening on http://` line");
+    inspector
+}
+
+impl Inspector {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The first HTTP address.
+    fn http_addr(&self) -> SocketAddr {
+        self.http[0].parse().expect("an address")
+    }
+
+    /// The next stdout line (`None` once stdout is closed); fails after [`LIMIT`].
+    fn next_line(&self) -> Option<String> {
+        match self.lines.recv_timeout(LIMIT) {
+            Ok(line) => Some(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("no line from the inspector in {LIMIT:?}")
+            }
+        }
+    }
+
+    /// Reads stdout until a line `is` is the one awaited (returned); fails if a line `fails`
+    /// comes first, if stdout closes, or after [`LIMIT`] without it.
+    fn line_where(&self, is: impl Fn(&str) -> bool, fails: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if is(&line) => return line,
+                Ok(line) => assert!(!fails(&line), "the inspector printed {line:?}"),
+                Err(error) => panic!("the awaited line did not come: {error:?}"),
+            }
+        }
+    }
+
+    /// Whether the process is still running.
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the inspector to close stdout and stderr and exit; kills it (and fails) if it
+    /// has not within `limit`.
+    fn wait(&mut self, limit: Duration) -> Exited {
+        let deadline = Instant::now() + limit;
+        let mut stdout = Vec::new();
+        let stderr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => stdout.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => match self.stderr.recv_timeout(left) {
+                    Ok(stderr) => break stderr,
+                    Err(_) => self.kill_after(limit),
+                },
+                Err(mpsc::RecvTimeoutError::Timeout) => self.kill_after(limit),
+            }
+        };
+        // stdout and stderr closed: the process has exited (or is exiting right now).
+        let status = self.child.wait().expect("wait for the inspector");
+        Exited {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn kill_after(&mut self, limit: Duration) -> ! {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        panic!(
+            "the inspector (pid {}) did not exit within {limit:?}",
+            self.pid()
+        );
+    }
+
+    /// SIGTERM, then a bounded wait for the exit.
+    fn stop(&mut self) -> Exited {
+        assert!(
+            send_signal(self.pid(), "TERM"),
+            "kill -s TERM {}",
+            self.pid()
+        );
+        self.wait(LIMIT)
+    }
+}
+
+impl Drop for Inspector {
+    fn drop(&mut self) {
+        if !self.is_running() {
+            return; // exited, and reaped: the pid cannot be another process's
+        }
+        if send_signal(self.child.id(), "TERM") {
+            // stdout closes when the process exits: an event to wait for, bounded.
+            let deadline = Instant::now() + LIMIT;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.lines.recv_timeout(left) {
+                    Ok(_) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        let _ = self.child.kill();
+                        break;
+                    }
+                }
+            }
+        } else {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/1.1 by hand, over TCP or TLS
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The server ends the connection after this response.
+    fn closes(&self) -> bool {
+        self.header("connection").is_some_and(|value| {
+            value
+                .split(',')
+                .any(|token| token.trim().eq_ignore_ascii_case("close"))
+        })
+    }
+
+    fn json(&self) -> Result<Value, String> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| format!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// A `GET /` answered in full: 200, and the connection's JSON with its `id`.
+    fn check_root(&self) -> Result<Value, String> {
+        if self.status != 200 {
+            return Err(format!(
+                "status {} ({:?})",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            ));
+        }
+        let json = self.json()?;
+        if !json["id"].is_u64() {
+            return Err(format!("no id in {json}"));
+        }
+        Ok(json)
+    }
+}
+
+/// One HTTP/1.1 connection, requests sent one at a time.
+struct Conn<S: Read + Write> {
+    reader: BufReader<S>,
+}
+
+impl<S: Read + Write> Conn<S> {
+    fn new(stream: S) -> Conn<S> {
+        Conn {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// `GET path`, with `Connection: close` if `close`; the whole response.
+    fn get(&mut self, path: &str, close: bool) -> io::Result<Response> {
+        let connection = if close { "connection: close\r\n" } else { "" };
+        let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n{connection}\r\n");
+        let stream = self.reader.get_mut();
+        stream.write_all(request.as_bytes())?;
+        stream.flush()?;
+        read_response(&mut self.reader)
+    }
+
+    fn stream(&self) -> &S {
+        self.reader.get_ref()
+    }
+}
+
+fn read_response(reader: &mut impl BufRead) -> io::Result<Response> {
+    let eof = |what: &str| io::Error::new(ErrorKind::UnexpectedEof, what.to_owned());
+    let bad = |what: String| io::Error::new(ErrorKind::InvalidData, what);
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(eof("the connection ended without a response"));
+    }
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| bad(format!("not a status line: {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(eof("the connection ended within a response head"));
+        }
+        let field = line.trim_end_matches(['\r', '\n']);
+        if field.is_empty() {
+            break;
+        }
+        let (key, value) = field
+            .split_once(':')
+            .ok_or_else(|| bad(format!("not a header field: {field:?}")))?;
+        headers.push((key.trim().to_owned(), value.trim().to_owned()));
+    }
+    let mut response = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    let length: usize = response
+        .header("content-length")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| bad(format!("no Content-Length: {:?}", response.headers)))?;
+    response.body = vec![0; length];
+    reader
+        .read_exact(&mut response.body)
+        .map_err(|error| io::Error::new(error.kind(), format!("the response body: {error}")))?;
+    Ok(response)
+}
+
+/// A TCP connection whose every read and write gives up after [`LIMIT`].
+fn tcp(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, LIMIT)?;
+    stream.set_read_timeout(Some(LIMIT))?;
+    stream.set_write_timeout(Some(LIMIT))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+fn http(addr: SocketAddr) -> Conn<TcpStream> {
+    Conn::new(tcp(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}")))
+}
+
+/// `GET /stats` on a new connection.
+fn stats(addr: SocketAddr) -> Value {
+    let response = http(addr)
+        .get("/stats", true)
+        .unwrap_or_else(|e| panic!("GET /stats from {addr}: {e}"));
+    assert_eq!(response.status, 200, "{response:?}");
+    response.json().unwrap()
+}
+
+fn count(json: &Value, key: &str) -> u64 {
+    json[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no count {key:?} in {json}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load: new connections all along, and keep-alive clients
+// ---------------------------------------------------------------------------------------------
+
+/// Phases of the two upgrades, for counting what was served when.
+const PHASES: [&str; 5] = [
+    "#1 alone",
+    "#1 -> #2 upgrade",
+    "#2 alone",
+    "#2 -> #3 upgrade",
+    "#3 alone",
+];
+
+/// However the test goes, the load stops after this.
+const LOAD_AT_MOST: Duration = Duration::from_secs(120);
+
+#[derive(Default)]
+struct Counters {
+    stop: AtomicBool,
+    phase: AtomicUsize,
+    served: [AtomicU64; PHASES.len()],
+    failed: AtomicU64,
+    refused: AtomicU64,
+    /// Keep-alive connections the server ended with `Connection: close` (allowed).
+    closed_by_server: AtomicU64,
+    /// The first failures, described.
+    failures: Mutex<Vec<String>>,
+}
+
+impl Counters {
+    fn served(&self) {
+        let phase = self.phase.load(Ordering::Acquire);
+        self.served[phase].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn fail(&self, what: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.note(what);
+    }
+
+    fn note(&self, what: String) {
+        let phase = PHASES[self.phase.load(Ordering::Acquire)];
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if failures.len() < 20 {
+            failures.push(format!("[{phase}] {what}"));
+        }
+    }
+
+    /// A connection attempt failed: refused, or another error.
+    fn connect_failed(&self, who: &str, error: io::Error) {
+        if error.kind() == ErrorKind::ConnectionRefused {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            self.note(format!("{who}: connection refused"));
+        } else {
+            self.fail(format!("{who}: connect: {error}"));
+        }
+    }
+}
+
+struct Load {
+    counters: Arc<Counters>,
+    threads: Vec<JoinHandle<()>>,
+    done: mpsc::Receiver<()>,
+}
+
+/// What the load saw.
+#[derive(Debug)]
+struct Report {
+    served: Vec<(&'static str, u64)>,
+    failed: u64,
+    refused: u64,
+    closed_by_server: u64,
+    failures: Vec<String>,
+}
+
+impl Load {
+    /// `fresh` threads opening a new connection per request (`Connection: close`), and one
+    /// keep-alive client per entry of `keep_alive` (its pause between requests).
+    fn start(addr: SocketAddr, fresh: usize, keep_alive: &[Duration]) -> Load {
+        let counters = Arc::new(Counters::default());
+        let until = Instant::now() + LOAD_AT_MOST;
+        let (done_tx, done) = mpsc::channel();
+        let mut threads = Vec::new();
+        for n in 0..fresh {
+            let (counters, done_tx) = (counters.clone(), done_tx.clone());
+            threads.push(std::thread::spawn(move || {
+                fresh_client(n, addr, &counters, until);
+                let _ = done_tx.send(());
+            }));
+        }
+        for (n, &pause) in keep_alive.iter().enumerate() {
+            let (counters, done_tx) = (counters.clone(), done_tx.clone());
+            threads.push(std::thread::spawn(move || {
+                keep_alive_client(n, addr, pause, &counters, until);
+                let _ = done_tx.send(());
+            }));
+        }
+        Load {
+            counters,
+            threads,
+            done,
+        }
+    }
+
+    fn set_phase(&self, phase: usize) {
+        self.counters.phase.store(phase, Ordering::Release);
+    }
+
+    fn served_in(&self, phase: usize) -> u64 {
+        self.counters.served[phase].load(Ordering::Relaxed)
+    }
+
+    /// Polls (bounded) until `at_least` requests were served in `phase`.
+    fn wait_served(&self, phase: usize, at_least: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.served_in(phase) < at_least {
+            assert!(
+                Instant::now() < deadline,
+                "only {} requests served in phase {:?} within 20 s; failures: {:?}",
+                self.served_in(phase),
+                PHASES[phase],
+                self.counters.failures.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the clients (each finishes its request under way, bounded) and reports.
+    fn stop(mut self) -> Report {
+        self.counters.stop.store(true, Ordering::Release);
+        // Each request is bounded by LIMIT for the connect and LIMIT per read or write.
+        let deadline = Instant::now() + 4 * LIMIT;
+        for _ in 0..self.threads.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.done
+                .recv_timeout(left)
+                .expect("the load clients stop within their request timeouts");
+        }
+        for thread in self.threads.drain(..) {
+            thread.join().expect("a load client panicked");
+        }
+        let c = &self.counters;
+        Report {
+            served: PHASES
+                .iter()
+                .zip(&c.served)
+                .map(|(name, n)| (*name, n.load(Ordering::Relaxed)))
+                .collect(),
+            failed: c.failed.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
+            closed_by_server: c.closed_by_server.load(Ordering::Relaxed),
+            failures: c.failures.lock().unwrap().clone(),
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        // A failing test: the clients stop soon (their loops check the flag), not at the end
+        // of LOAD_AT_MOST.
+        self.counters.stop.store(true, Ordering::Release);
+    }
+}
+
+fn running(counters: &Counters, until: Instant) -> bool {
+    !counters.stop.load(Ordering::Acquire) && Instant::now() < until
+}
+
+/// A new connection per request: `GET /` with `Connection: close`, answered in full.
+fn fresh_client(n: usize, addr: SocketAddr, counters: &Counters, until: Instant) {
+    let who = format!("new-connection client {n}");
+    while running(counters, until) {
+        match tcp(addr) {
+            Err(error) => {
+                counters.connect_failed(&who, error);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(stream) => match Conn::new(stream).get("/", true).map(|r| r.check_root()) {
+                Ok(Ok(_)) => counters.served(),
+                Ok(Err(wrong)) => counters.fail(format!("{who}: {wrong}")),
+                Err(error) => counters.fail(format!("{who}: {error}")),
+            },
+        }
+        // Pacing, so that two cores also run the inspectors (and ports are not used up).
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Requests one after the other on one connection; a new connection only when the server
+/// ended the last one with `Connection: close` after answering (or after a failure).
+fn keep_alive_client(
+    n: usize,
+    addr: SocketAddr,
+    pause: Duration,
+    counters: &Counters,
+    until: Instant,
+) {
+    let who = format!("keep-alive client {n}");
+    let mut conn: Option<(Conn<TcpStream>, u64)> = None;
+    while running(counters, until) {
+        let (c, requests) = match &mut conn {
+            Some(conn) => conn,
+            None => match tcp(addr) {
+                Ok(stream) => conn.insert((Conn::new(stream), 0)),
+                Err(error) => {
+                    counters.connect_failed(&who, error);
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            },
+        };
+        *requests += 1;
+        let nth = *requests;
+        match c.get("/", false) {
+            Ok(response) => match response.check_root() {
+                Ok(_) => {
+                    counters.served();
+                    if response.closes() {
+                        counters.closed_by_server.fetch_add(1, Ordering::Relaxed);
+                        conn = None;
+                    }
+                }
+                Err(wrong) => {
+                    counters.fail(format!("{who}, request {nth} on its connection: {wrong}"));
+                    conn = None;
+                }
+            },
+            Err(error) => {
+                counters.fail(format!("{who}, request {nth} on its connection: {error}"));
+                conn = None;
+            }
+        }
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Two binary upgrades in a row
+// ---------------------------------------------------------------------------------------------
+
+/// The inspectors' graceful shutdown deadline (`--shutdown-timeout`).
+const SHUTDOWN: Duration = Duration::from_secs(5);
+/// Allowed on top of it for an old inspector to exit, counted from the new one's spawn (its
+/// start, the handover, the process exit).
+const EXIT_MARGIN: Duration = Duration::from_secs(2);
+
+/// Starts the next inspector with `--upgrade`, waits for `old` to exit by itself (status 0,
+/// `handed over to the new process`, within the shutdown deadline and margin). Returns the new
+/// inspector, how long the old one took to exit, and how it did.
+fn upgrade(old: &mut Inspector, args: &[&str]) -> (Inspector, Duration, Exited) {
+    let mut args = args.to_vec();
+    args.push("--upgrade");
+    let since = Instant::now();
+    let new = start(command(&args));
+    assert_eq!(
+        new.http, old.http,
+        "the new inspector serves the same HTTP address"
+    );
+    assert_eq!(
+        new.https, old.https,
+        "the new inspector serves the same HTTPS address"
+    );
+    let exited = old.wait(SHUTDOWN + LIMIT);
+    let took = since.elapsed();
+    assert!(
+        exited.status.success(),
+        "the old inspector exits with status 0: {exited:#?}"
+    );
+    assert!(
+        exited
+            .stdout
+            .iter()
+            .any(|line| line == "handed over to the new process"),
+        "the old inspector says it handed over: {exited:#?}"
+    );
+    assert!(
+        took <= SHUTDOWN + EXIT_MARGIN,
+        "the old inspector exited {took:?} after the new one was started: more than its \
+         shutdown deadline {SHUTDOWN:?} + {EXIT_MARGIN:?}; {exited:#?}"
+    );
+    (new, took, exited)
+}
+
+/// A request on the idle keep-alive connection K: answered, by a process that took K over
+/// (and has handed nothing over yet).
+fn check_k(k: &mut Conn<TcpStream>, by: &str) {
+    let response = k
+        .get("/stats", false)
+        .unwrap_or_else(|e| panic!("the idle connection K, once {by} serves it: {e}"));
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(!response.closes(), "K stays open: {response:?}");
+    let stats = response.json().unwrap();
+    assert!(
+        count(&stats, "taken_over") >= 1,
+        "K was taken over by {by}: {stats}"
+    );
+    assert_eq!(count(&stats, "handed_over"), 0, "{by}: {stats}");
+    let root = k.get("/", false).expect("GET / on K");
+    root.check_root().expect("GET / on K");
+}
+
+#[test]
+fn two_consecutive_upgrades_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let socket = socket.to_str().unwrap();
+    let shutdown = SHUTDOWN.as_secs().to_string();
+    // --http1-timeout: K is idle for the whole test, longer than the default 15 s may be.
+    let args = [
+        "--http",
+        "127.0.0.1:0",
+        "--https",
+        "127.0.0.1:0",
+        "--upgrade-socket",
+        socket,
+        "--shutdown-timeout",
+        &shutdown,
+        "--http1-timeout",
+        "120",
+    ];
+    let mut one = start(command(&args));
+    let addr = one.http_addr();
+    {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let meta = std::fs::symlink_metadata(socket).expect("the upgrade socket exists");
+        assert!(meta.file_type().is_socket());
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "upgrade socket mode"
+        );
+    }
+
+    // K: one request, answered, then idle.
+    let mut k = http(addr);
+    let first = k.get("/", false).expect("GET / on K");
+    first.check_root().expect("GET / on K");
+    assert!(!first.closes());
+
+    let stats_one = stats(addr);
+    assert_eq!(count(&stats_one, "taken_over"), 0, "{stats_one}");
+    assert_eq!(count(&stats_one, "handed_over"), 0, "{stats_one}");
+
+    let load = Load::start(
+        addr,
+        2,
+        &[
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::from_millis(5),
+            Duration::from_millis(20),
+        ],
+    );
+    load.wait_served(0, 50);
+
+    // #1 -> #2.
+    load.set_phase(1);
+    let (mut two, took_one, _) = upgrade(&mut one, &args);
+    load.set_phase(2);
+    // Only #2 runs now: K answered means #2 took it over.
+    check_k(&mut k, "#2");
+    let stats_two = stats(addr);
+    assert!(count(&stats_two, "taken_over") >= 1, "{stats_two}");
+    assert_eq!(count(&stats_two, "handed_over"), 0, "{stats_two}");
+    load.wait_served(2, 50);
+
+    // #2 -> #3.
+    load.set_phase(3);
+    let (mut three, took_two, _) = upgrade(&mut two, &args);
+    load.set_phase(4);
+    check_k(&mut k, "#3");
+    load.wait_served(4, 50);
+
+    let report = load.stop();
+    eprintln!(
+        "#1 exited {took_one:?} after #2 was started, #2 {took_two:?} after #3; load: {report:#?}"
+    );
+    assert_eq!(report.failed, 0, "failed requests: {report:#?}");
+    assert!(report.failures.is_empty(), "{report:#?}");
+    eprintln!(
+        "keep-alive connections ended by the server with `Connection: close`: {}",
+        report.closed_by_server
+    );
+    assert_eq!(report.refused, 0, "refused connections: {report:#?}");
+    for (phase, served) in &report.served {
+        assert!(*served > 0, "nothing served during {phase:?}: {report:#?}");
+    }
+
+    let stats_three = stats(addr);
+    assert!(count(&stats_three, "taken_over") >= 1, "{stats_three}");
+    let exited = three.stop();
+    assert!(exited.status.success(), "#3 stops on SIGTERM: {exited:#?}");
+    assert!(
+        !Path::new(socket).exists(),
+        "the last inspector removes its upgrade socket: {exited:#?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. SIGHUP reloads the certificate
+// ---------------------------------------------------------------------------------------------
+
+/// A CA, and certificates for localhost and 127.0.0.1 it signs.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "inspector_upgrade test CA");
+        let cert = params.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    /// A leaf certificate: (its DER, certificate PEM, key PEM).
+    fn leaf(&self, name: &str) -> (CertificateDer<'static>, String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.der().clone(), cert.pem(), key.serialize_pem())
+    }
+
+    /// A client trusting this CA only.
+    fn client(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn https(addr: &str, client: &Arc<rustls::ClientConfig>) -> Conn<Tls> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let tcp = tcp(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = rustls::ClientConnection::new(client.clone(), name).unwrap();
+    Conn::new(rustls::StreamOwned::new(tls, tcp))
+}
+
+/// `GET /` over the TLS connection (the handshake, for the first): 200, encrypted; the
+/// certificate the server presented.
+fn tls_get(conn: &mut Conn<Tls>, what: &str) -> CertificateDer<'static> {
+    let response = conn
+        .get("/", false)
+        .unwrap_or_else(|e| panic!("{what}: GET /: {e}"));
+    let json = response
+        .check_root()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(json["is_encrypted"], Value::Bool(true), "{what}: {json}");
+    assert!(!response.closes(), "{what}: {response:?}");
+    let certs = conn
+        .stream()
+        .conn
+        .peer_certificates()
+        .expect("the server's certificates");
+    certs[0].clone().into_owned()
+}
+
+#[test]
+fn sighup_reloads_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    let ca = Ca::new();
+    let (der_one, cert_one, key_one) = ca.leaf("certificate one");
+    let (der_two, cert_two, key_two) = ca.leaf("certificate two");
+    assert_ne!(der_one, der_two);
+    std::fs::write(&cert_path, cert_one).unwrap();
+    std::fs::write(&key_path, key_one).unwrap();
+
+    let inspector = start(command(&[
+        "--http",
+        "127.0.0.1:0",
+        "--https",
+        "127.0.0.1:0",
+        "--cert",
+        cert_path.to_str().unwrap(),
+        "--key",
+        key_path.to_str().unwrap(),
+    ]));
+    let client = ca.client();
+
+    let mut a = https(&inspector.https, &client);
+    assert_eq!(
+        tls_get(&mut a, "connection A"),
+        der_one,
+        "A sees certificate 1"
+    );
+
+    std::fs::write(&cert_path, cert_two).unwrap();
+    std::fs::write(&key_path, key_two).unwrap();
+    assert!(send_signal(inspector.pid(), "HUP"), "kill -s HUP");
+    inspector.line_where(
+        |line| line == "reloaded the certificate",
+        |line| line.starts_with("certificate reload failed"),
+    );
+
+    let mut b = https(&inspector.https, &client);
+    assert_eq!(
+        tls_get(&mut b, "connection B, after SIGHUP"),
+        der_two,
+        "a new connection sees certificate 2"
+    );
+    assert_eq!(
+        tls_get(&mut a, "connection A, after SIGHUP"),
+        der_one,
+        "connection A keeps certificate 1, and still works"
+    );
+    // And once more, a new connection: still certificate 2.
+    let mut c = https(&inspector.https, &client);
+    assert_eq!(tls_get(&mut c, "connection C"), der_two);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Socket activation
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn listen_fds_socket_activation() {
+    use std::os::fd::AsRawFd;
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // --http is given an address in use: binding it would fail the start, so a start that
+    // succeeds did not bind it.
+    let blocker = TcpListener::bind("127.0.0.1:0").unwrap();
+    let blocked = blocker.local_addr().unwrap().to_string();
+
+    // `exec` keeps the shell's pid: LISTEN_PID=$$ is the inspector's own pid.
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@""#)
+        .arg(example_path())
+        .args(["--http", &blocked, "--https", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .env("LISTEN_FDS", "1");
+    let raw = listener.as_raw_fd();
+    // SAFETY: between fork and exec, only system calls (dup2, fcntl) on descriptors the child
+    // has; nothing allocates or takes a lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+            let listener = BorrowedFd::borrow_raw(raw);
+            if raw == 3 {
+                // dup2 onto itself would keep FD_CLOEXEC: clear it.
+                rustix::io::fcntl_setfd(listener, rustix::io::FdFlags::empty())?;
+            } else {
+                // dup2 clears FD_CLOEXEC on the new descriptor. Never closed here: it is the
+                // inspector's.
+                let mut three = std::mem::ManuallyDrop::new(OwnedFd::from_raw_fd(3));
+                rustix::io::dup2(listener, &mut three)?;
+            }
+            Ok(())
+        });
+    }
+    let mut inspector = start(cmd);
+    // The inspector has its own copy now.
+    drop(listener);
+
+    assert_eq!(
+        inspector.http,
+        vec![addr.to_string()],
+        "the inherited socket is served as --http, and only it"
+    );
+    assert!(inspector.is_running());
+
+    let response = http(addr)
+        .get("/", true)
+        .unwrap_or_else(|e| panic!("GET / on the inherited socket {addr}: {e}"));
+    let json = response.check_root().unwrap();
+    assert_eq!(json["local_port"], Value::from(addr.port()), "{json}");
+    assert_eq!(json["is_unix"], Value::Bool(false), "{json}");
+
+    drop(blocker);
+    let exited = inspector.stop();
+    assert!(exited.status.success(), "{exited:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. The upgrade socket refuses a process of another user
+// ---------------------------------------------------------------------------------------------
+
+/// The user a process of another user runs as (`nobody`).
+const NOBODY: u32 = 65534;
+
+#[test]
+fn upgrade_socket_refuses_another_user() {
+    if !rustix::process::getuid().is_root() {
+        eprintln!(
+            "upgrade_socket_refuses_another_user: SKIPPED: not running as root, so no process \
+             of another user can be started"
+        );
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // The directory and the socket open to everyone: only SO_PEERCRED may refuse.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let socket = socket.to_str().unwrap();
+    let args = [
+        "--http",
+        "127.0.0.1:0",
+        "--https",
+        "127.0.0.1:0",
+        "--upgrade-socket",
+        socket,
+    ];
+    let mut one = start(command(&args));
+    let addr = one.http_addr();
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    let mut upgrade_args = args.to_vec();
+    upgrade_args.push("--upgrade");
+    let mut cmd = command(&upgrade_args);
+    // Where the inspector writes its generated CA: a directory anyone may write to.
+    cmd.env("TMPDIR", "/tmp").uid(NOBODY).gid(NOBODY);
+    let mut intruder = spawn(cmd);
+    let exited = intruder.wait(LIMIT);
+    assert!(
+        !exited.status.success(),
+        "the other user's takeover fails: {exited:#?}"
+    );
+    assert!(
+        exited.stderr.contains("error: ")
+            && exited
+                .stderr
+                .contains("closed without handing the listeners over"),
+        "refused by the old inspector (not by a file permission): {exited:#?}"
+    );
+
+    // The first inspector did not hand anything over: it runs and serves.
+    assert!(one.is_running(), "the first inspector still runs");
+    http(addr)
+        .get("/", true)
+        .expect("GET / after the refused takeover")
+        .check_root()
+        .unwrap();
+    let stats_one = stats(addr);
+    assert_eq!(count(&stats_one, "handed_over"), 0, "{stats_one}");
+
+    // A takeover by the same user still works afterwards.
+    let (mut two, _, exited) = upgrade(&mut one, &args);
+    assert!(
+        exited
+            .stderr
+            .contains("upgrade socket: refused a process of another user"),
+        "the first inspector logged the refusal: {exited:#?}"
+    );
+    http(addr)
+        .get("/", true)
+        .expect("GET / once #2 took over")
+        .check_root()
+        .unwrap();
+    let exited = two.stop();
+    assert!(exited.status.success(), "{exited:#?}");
+}
