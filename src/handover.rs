@@ -384,7 +384,7 @@ impl Drop for Publisher {
 /// }
 /// // Publish them in turn, for the next upgrade; tell the old process to drain.
 /// let server = server
-///     .upgrade_socket("/run/app/upgrade.sock")
+///     .upgrade_socket("/run/app/upgrade.sock")?
 ///     .take_over(takeover);
 /// server.serve(tower::service_fn(|_req| async {
 ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("new\n")))
