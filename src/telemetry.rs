@@ -35,7 +35,7 @@
 //! Cost: the label sets of a connection are looked up once per connection and kept (a
 //! request records through handles it already has); nothing is recorded per byte.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
 use http::{Method, StatusCode, Version};
@@ -157,12 +157,21 @@ fn scheme_label(encrypted: bool) -> &'static str {
     }
 }
 
-/// One connection's request handles, by method: looked up in the recorder once per connection
-/// and label set, then reused. One lock (nobody else's, but an HTTP/2 stream's) and a scan of a
-/// few entries when a request starts, and again when it ends; no handle cloned per request.
+/// One connection's request handles: looked up in the recorder once per connection and label
+/// set, then reused, with no handle cloned per request. The first method and the first response
+/// kind (version, status) of a connection, which are most of its requests, are read without a
+/// lock; the others are kept by method under a lock (nobody else's, but an HTTP/2 stream's).
 #[derive(Debug, Default)]
 pub(crate) struct Handles {
+    fast: OnceLock<Box<Fast>>,
     methods: Mutex<Vec<ByMethod>>,
+}
+
+#[derive(Debug)]
+struct Fast {
+    method: u8,
+    active: Gauge,
+    duration: OnceLock<(Version, Option<StatusCode>, Histogram)>,
 }
 
 #[derive(Debug)]
@@ -172,19 +181,94 @@ struct ByMethod {
     durations: Vec<(Version, Option<StatusCode>, Histogram)>,
 }
 
+fn active_gauge(method: u8, encrypted: bool) -> Gauge {
+    let labels = [
+        Label::from_static_parts("http.request.method", METHODS[usize::from(method)]),
+        Label::from_static_parts("url.scheme", scheme_label(encrypted)),
+    ];
+    metrics::gauge!(ACTIVE_REQUESTS, labels.iter())
+}
+
+fn duration_histogram(
+    method: u8,
+    version: Version,
+    status: Option<StatusCode>,
+    encrypted: bool,
+) -> Histogram {
+    let mut labels = vec![
+        Label::from_static_parts("http.request.method", METHODS[usize::from(method)]),
+        Label::from_static_parts("network.protocol.version", version_label(version)),
+        Label::from_static_parts("url.scheme", scheme_label(encrypted)),
+    ];
+    labels.push(match status {
+        Some(status) => Label::new("http.response.status_code", status.as_str().to_owned()),
+        // No response: the service failed (hyper resets the stream or closes), or the
+        // connection went before it answered.
+        None => Label::from_static_parts("error.type", "no_response"),
+    });
+    metrics::histogram!(REQUEST_DURATION, labels)
+}
+
 impl Handles {
+    /// The lock-free handles, if `method` is the connection's first.
+    fn fast(&self, method: u8, encrypted: bool) -> Option<&Fast> {
+        let fast = self.fast.get_or_init(|| {
+            Box::new(Fast {
+                method,
+                active: active_gauge(method, encrypted),
+                duration: OnceLock::new(),
+            })
+        });
+        (fast.method == method).then_some(&**fast)
+    }
+
+    fn started(&self, method: u8, encrypted: bool) {
+        match self.fast(method, encrypted) {
+            Some(fast) => fast.active.increment(1.0),
+            None => self.with_method(method, encrypted, |m| m.active.increment(1.0)),
+        }
+    }
+
+    fn finished(
+        &self,
+        method: u8,
+        version: Version,
+        status: Option<StatusCode>,
+        encrypted: bool,
+        seconds: f64,
+    ) {
+        if let Some(fast) = self.fast(method, encrypted) {
+            fast.active.decrement(1.0);
+            let (v, s, histogram) = fast.duration.get_or_init(|| {
+                (
+                    version,
+                    status,
+                    duration_histogram(method, version, status, encrypted),
+                )
+            });
+            if (*v, *s) == (version, status) {
+                histogram.record(seconds);
+            } else {
+                self.with_method(method, encrypted, |m| {
+                    m.record(version, status, encrypted, seconds)
+                });
+            }
+            return;
+        }
+        self.with_method(method, encrypted, |m| {
+            m.active.decrement(1.0);
+            m.record(version, status, encrypted, seconds);
+        });
+    }
+
     fn with_method<T>(&self, method: u8, encrypted: bool, f: impl FnOnce(&mut ByMethod) -> T) -> T {
         let mut methods = self.methods.lock().unwrap_or_else(PoisonError::into_inner);
         let at = match methods.iter().position(|m| m.method == method) {
             Some(at) => at,
             None => {
-                let labels = [
-                    Label::from_static_parts("http.request.method", METHODS[usize::from(method)]),
-                    Label::from_static_parts("url.scheme", scheme_label(encrypted)),
-                ];
                 methods.push(ByMethod {
                     method,
-                    active: metrics::gauge!(ACTIVE_REQUESTS, labels.iter()),
+                    active: active_gauge(method, encrypted),
                     durations: Vec::new(),
                 });
                 methods.len() - 1
@@ -210,18 +294,7 @@ impl ByMethod {
             histogram.record(seconds);
             return;
         }
-        let mut labels = vec![
-            Label::from_static_parts("http.request.method", METHODS[usize::from(self.method)]),
-            Label::from_static_parts("network.protocol.version", version_label(version)),
-            Label::from_static_parts("url.scheme", scheme_label(encrypted)),
-        ];
-        labels.push(match status {
-            Some(status) => Label::new("http.response.status_code", status.as_str().to_owned()),
-            // No response: the service failed (hyper resets the stream or closes), or the
-            // connection went before it answered.
-            None => Label::from_static_parts("error.type", "no_response"),
-        });
-        let histogram = metrics::histogram!(REQUEST_DURATION, labels);
+        let histogram = duration_histogram(self.method, version, status, encrypted);
         histogram.record(seconds);
         self.durations.push((version, status, histogram));
     }
@@ -243,7 +316,7 @@ impl RequestMetric {
         client
             .state()
             .metrics
-            .with_method(method, client.is_encrypted(), |m| m.active.increment(1.0));
+            .started(method, client.is_encrypted());
         RequestMetric {
             started: Instant::now(),
             method,
@@ -259,14 +332,13 @@ impl RequestMetric {
     /// The response is done: records its duration.
     pub(crate) fn finish(self, client: &crate::ClientInfo) {
         let seconds = self.started.elapsed().as_secs_f64();
-        let encrypted = client.is_encrypted();
-        client
-            .state()
-            .metrics
-            .with_method(self.method, encrypted, |m| {
-                m.active.decrement(1.0);
-                m.record(self.version, self.status, encrypted, seconds);
-            });
+        client.state().metrics.finished(
+            self.method,
+            self.version,
+            self.status,
+            client.is_encrypted(),
+            seconds,
+        );
     }
 }
 
