@@ -301,22 +301,30 @@ async fn run(args: Args) -> Result<(), Failed> {
             .with_tls(acceptor.clone())
             .with_proxy_protocol(proxy),
     );
+    // A socket this inspector bound is removed when it exits; an inherited one belongs to
+    // whoever passed it (systemd, the inspector replaced).
     #[cfg(unix)]
-    let unix_socket = match sockets.unix {
-        Some((listener, path)) => {
-            server = server.listener(listener);
-            Some(RemoveOnDrop(path))
+    let mut unix_socket = None;
+    #[cfg(unix)]
+    let mut unix_paths = Vec::new();
+    #[cfg(unix)]
+    for (listener, path, bound_here) in sockets.unix {
+        server = server.listener(listener);
+        unix_paths.push(path.clone());
+        if bound_here {
+            unix_socket = Some(RemoveOnDrop(path));
         }
-        None => None,
-    };
+    }
     #[cfg(unix)]
     if let Some(path) = &args.upgrade_socket {
-        server = server
-            .upgrade_socket(path)
-            .context(format_args!("--upgrade-socket {}", path.display()))?;
+        // Taking over first: the upgrade socket's path is then taken from the old inspector
+        // only once this one accepts.
         if let Some(takeover) = sockets.takeover {
             server = server.take_over(takeover);
         }
+        server = server
+            .upgrade_socket(path)
+            .context(format_args!("--upgrade-socket {}", path.display()))?;
     }
     #[cfg(unix)]
     reload_on_sighup(&args, acceptor)?;
@@ -337,11 +345,11 @@ async fn run(args: Args) -> Result<(), Failed> {
         );
     }
     #[cfg(unix)]
-    if let Some(socket) = &unix_socket {
-        println!("listening on unix:{}", socket.0.display());
+    for path in &unix_paths {
+        println!("listening on unix:{}", path.display());
         println!(
             "     curl -s --unix-socket {} http://localhost/",
-            socket.0.display()
+            path.display()
         );
     }
     println!("try: curl -s http://{http_addr}/");
@@ -375,8 +383,9 @@ async fn run(args: Args) -> Result<(), Failed> {
 struct Sockets {
     http: Vec<TcpListener>,
     https: TcpListener,
+    /// Unix listeners, their paths, and whether they were bound here.
     #[cfg(unix)]
-    unix: Option<(tokio::net::UnixListener, PathBuf)>,
+    unix: Vec<(tokio::net::UnixListener, PathBuf, bool)>,
     #[cfg(unix)]
     takeover: Option<hyper_remote_client::Takeover>,
 }
@@ -393,7 +402,7 @@ impl Sockets {
         let inherited: Vec<std::convert::Infallible> = Vec::new();
         let mut http = Vec::new();
         #[cfg(unix)]
-        let mut unix = None;
+        let mut unix = Vec::new();
         for listener in inherited {
             #[cfg(unix)]
             match listener {
@@ -404,7 +413,7 @@ impl Sockets {
                         .ok()
                         .and_then(|addr| addr.as_pathname().map(Path::to_owned))
                         .unwrap_or_default();
-                    unix = Some((listener, path));
+                    unix.push((listener, path, false));
                 }
                 _ => {}
             }
@@ -422,11 +431,11 @@ impl Sockets {
             .await
             .context(format_args!("--https {}", args.https))?;
         #[cfg(unix)]
-        if let (None, Some(path)) = (&unix, &args.unix) {
+        if let (true, Some(path)) = (unix.is_empty(), &args.unix) {
             let what = format!("--unix {}", path.display());
             remove_stale_socket(path).context(&what)?;
             let listener = tokio::net::UnixListener::bind(path).context(&what)?;
-            unix = Some((listener, path.clone()));
+            unix.push((listener, path.clone(), true));
         }
         Ok(Sockets {
             http,
@@ -448,7 +457,7 @@ impl Sockets {
             .await
             .context(&what)?;
         let mut tcp = Vec::new();
-        let mut unix = None;
+        let mut unix = Vec::new();
         for listener in takeover.take_listeners() {
             match listener {
                 InheritedListener::Tcp(listener) => tcp.push(listener),
@@ -458,7 +467,9 @@ impl Sockets {
                         .ok()
                         .and_then(|addr| addr.as_pathname().map(Path::to_owned))
                         .unwrap_or_default();
-                    unix = Some((listener, path));
+                    // The socket file was the old inspector's: this one removes it on exit
+                    // (unless it is replaced in turn), as the old one would have.
+                    unix.push((listener, path, true));
                 }
                 _ => {}
             }

@@ -41,10 +41,12 @@ const TCP: u8 = 0;
 const UNIX: u8 = 1;
 
 const HEADER: usize = 8;
+/// How long a taker waits for the listeners.
+const LISTENERS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a taker may hold the listeners before it says it accepts on them.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-/// At most this many descriptors in one frame (the listeners of a server).
-const MAX_FDS: usize = 64;
+/// At most this many descriptors in one frame (Linux's `SCM_MAX_FD`).
+const MAX_FDS: usize = 253;
 /// A frame's payload is at most this long (a pipelined start is at most a request head).
 const MAX_PAYLOAD: usize = 1 << 20;
 
@@ -64,13 +66,8 @@ impl InheritedListener {
     /// Wraps a listening socket: TCP or unix, as its address family says; an error for
     /// anything else (a datagram socket, a socket not listening).
     fn from_fd(fd: OwnedFd) -> io::Result<InheritedListener> {
-        use rustix::net::{sockopt, AddressFamily, SocketType};
-        if sockopt::socket_type(&fd)? != SocketType::STREAM || !sockopt::socket_acceptconn(&fd)? {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a listening stream socket",
-            ));
-        }
+        use rustix::net::AddressFamily;
+        check_listening(fd.as_fd())?;
         rustix::io::ioctl_fioclex(&fd)?;
         let family = rustix::net::getsockname(&fd)?.address_family();
         if family == AddressFamily::UNIX {
@@ -101,8 +98,13 @@ impl From<InheritedListener> for Listener {
 
 /// The listening sockets systemd (or `systemfd`, `catflap`...) passed to this process by
 /// socket activation: `LISTEN_FDS` descriptors from 3 on, if `LISTEN_PID` is this process.
-/// Empty when the variables are not set for this process. The variables are removed (the
-/// descriptors are this process's alone, and a second call finds none).
+/// Empty when the variables are not set for this process, and on any call after the first
+/// (the descriptors are taken once; the variables are left as they are, since changing the
+/// environment is unsound while other threads may read it).
+///
+/// Each descriptor is checked before it is taken: an error names the first that is not an
+/// open listening TCP or unix stream socket, and no descriptor is closed then (one that is not
+/// a socket may be something else of this process's, e.g. after an `exec` that kept the pid).
 pub fn listen_fds() -> io::Result<Vec<InheritedListener>> {
     static TAKEN: AtomicBool = AtomicBool::new(false);
     let pid = std::env::var("LISTEN_PID").ok();
@@ -113,33 +115,58 @@ pub fn listen_fds() -> io::Result<Vec<InheritedListener>> {
     if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
         return Ok(Vec::new());
     }
-    let count: i32 = count.trim().parse().map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("LISTEN_FDS={count:?} is not a number"),
-        )
-    })?;
+    let count: i32 = count
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| (0..=1024).contains(n))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("LISTEN_FDS={count:?} is not a number of descriptors"),
+            )
+        })?;
     if TAKEN.swap(true, Ordering::AcqRel) {
         return Ok(Vec::new());
     }
-    // Not `set_var`/`remove_var` (unsound while other threads read the environment): the
-    // `TAKEN` flag keeps the descriptors from being taken twice.
     const FIRST: i32 = 3;
-    (FIRST..FIRST.saturating_add(count.clamp(0, 1024)))
+    let descriptors = FIRST..FIRST + count;
+    // Checked through borrows first: nothing is owned (and so closed) unless all are sockets
+    // listening for streams.
+    for raw in descriptors.clone() {
+        // SAFETY: the descriptor is only borrowed for the checks below, each of which fails
+        // cleanly (EBADF, ENOTSOCK) on a descriptor that is not open or not a socket.
+        #[allow(unsafe_code)]
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        check_listening(fd).map_err(|error| {
+            io::Error::new(
+                error.kind(),
+                format!("LISTEN_FDS descriptor {raw}: {error}"),
+            )
+        })?;
+    }
+    descriptors
         .map(|raw| {
-            // SAFETY: by the socket activation protocol, descriptors 3..3+LISTEN_FDS are open
-            // and given to this process (LISTEN_PID) to own; `TAKEN` makes sure they are
-            // wrapped once.
+            // SAFETY: by the socket activation protocol, descriptors 3..3+LISTEN_FDS are given
+            // to this process (LISTEN_PID) to own; each was just checked to be an open listening
+            // socket; `TAKEN` makes sure they are wrapped once.
             #[allow(unsafe_code)]
             let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-            InheritedListener::from_fd(fd).map_err(|error| {
-                io::Error::new(
-                    error.kind(),
-                    format!("LISTEN_FDS descriptor {raw}: {error}"),
-                )
-            })
+            InheritedListener::from_fd(fd)
         })
         .collect()
+}
+
+/// An open socket listening for streams, or why not.
+fn check_listening(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use rustix::net::{sockopt, SocketType};
+    if sockopt::socket_type(fd)? != SocketType::STREAM || !sockopt::socket_acceptconn(fd)? {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a listening stream socket",
+        ));
+    }
+    Ok(())
 }
 
 /// Whether a peer of the upgrade socket may take the listeners: only a process of this user.
@@ -255,41 +282,57 @@ pub(crate) struct HandedOver {
 /// Where a shutting-down server sends its idle connections once a new process took over.
 pub(crate) type Sink = mpsc::UnboundedSender<HandedOver>;
 
-/// The old process's side: the published upgrade socket.
+/// A server's upgrade socket. Bound at a temporary name next to its path, and renamed to the
+/// path once published: a new process that binds its own does not take the path from the
+/// running one until it has taken over.
 #[derive(Debug)]
 pub(crate) struct Publisher {
     listener: UnixListener,
     path: PathBuf,
+    temporary: PathBuf,
+    published: bool,
     /// The socket file's device and inode: removed on drop only if it is still this one (the
-    /// new process binds its own upgrade socket at the same path).
+    /// next process renames its own over the path).
     file: (u64, u64),
 }
 
 impl Publisher {
-    /// Binds the upgrade socket at `path` (a stale socket file there is replaced), mode 0600.
+    /// Binds the upgrade socket for `path`, mode 0600 (not published yet).
     pub(crate) fn bind(path: &Path) -> io::Result<Publisher> {
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
-                std::fs::remove_file(path)?;
-            }
-            Ok(_) => {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
                     format!("{} exists and is not a socket", path.display()),
-                ))
+                ));
             }
-            Err(_) => {}
         }
-        // Bound under a umask-independent mode: the socket is created, then restricted before
-        // anyone is accepted on it.
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        let meta = std::fs::symlink_metadata(path)?;
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(format!(".{}.new", std::process::id()));
+        let temporary = PathBuf::from(temporary);
+        let _ = std::fs::remove_file(&temporary);
+        let listener = UnixListener::bind(&temporary)?;
+        // Restricted before anyone can find it at `path`; the peer's uid is checked as well.
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))?;
+        let meta = std::fs::symlink_metadata(&temporary)?;
         Ok(Publisher {
             listener,
             path: path.to_owned(),
+            temporary,
+            published: false,
             file: (meta.dev(), meta.ino()),
         })
+    }
+
+    /// Moves the socket to its path (over a stale socket, or the one of the process this one
+    /// replaced).
+    pub(crate) fn publish(&mut self) -> io::Result<()> {
+        if self.published {
+            return Ok(());
+        }
+        std::fs::rename(&self.temporary, &self.path)?;
+        self.published = true;
+        Ok(())
     }
 
     /// Waits for a process of this user to take the listeners; hands them over and waits for
@@ -301,8 +344,14 @@ impl Publisher {
         kinds: &[u8],
     ) -> UnixStream {
         loop {
-            let Ok((mut stream, _)) = self.listener.accept().await else {
-                continue;
+            let mut stream = match self.listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // EMFILE and the like: waited out, not spun on.
+                    warn!(%error, "upgrade socket: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             match stream.peer_cred() {
                 Ok(cred) if peer_allowed(cred.uid()) => {}
@@ -351,7 +400,7 @@ impl Publisher {
             match send_frame(&stream, CONNECTION, &[connection.fd.as_fd()], &payload).await {
                 Ok(()) => moved += 1,
                 // The new process is gone: this connection closes with the old one.
-                Err(error) => debug!(%error, "upgrade: an idle connection could not move"),
+                Err(error) => warn!(%error, "upgrade: an idle connection could not move; closed"),
             }
         }
         let _ = send_frame(&stream, DONE, &[], &[]).await;
@@ -361,10 +410,15 @@ impl Publisher {
 
 impl Drop for Publisher {
     fn drop(&mut self) {
-        let ours = std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|meta| (meta.dev(), meta.ino()) == self.file);
+        let at = if self.published {
+            &self.path
+        } else {
+            &self.temporary
+        };
+        let ours =
+            std::fs::symlink_metadata(at).is_ok_and(|meta| (meta.dev(), meta.ino()) == self.file);
         if ours {
-            let _ = std::fs::remove_file(&self.path);
+            let _ = std::fs::remove_file(at);
         }
     }
 }
@@ -382,10 +436,12 @@ impl Drop for Publisher {
 /// for listener in takeover.take_listeners() {
 ///     server = server.listener(listener);
 /// }
-/// // Publish them in turn, for the next upgrade; tell the old process to drain.
+/// // Tell the old process to drain once serving; publish the listeners in turn, for the next
+/// // upgrade (`take_over` first: the path is then taken from the old process only once this
+/// // one is ready).
 /// let server = server
-///     .upgrade_socket("/run/app/upgrade.sock")?
-///     .take_over(takeover);
+///     .take_over(takeover)
+///     .upgrade_socket("/run/app/upgrade.sock")?;
 /// server.serve(tower::service_fn(|_req| async {
 ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("new\n")))
 /// })).await;
@@ -400,23 +456,46 @@ pub struct Takeover {
 
 impl Takeover {
     /// Connects to the upgrade socket of the running process and receives its listeners.
+    ///
+    /// The process at the socket must be of this user (`SO_PEERCRED`), and hand the listeners
+    /// over within 10 s.
     pub async fn connect(path: impl AsRef<Path>) -> io::Result<Takeover> {
         let path = path.as_ref();
-        let mut stream = UnixStream::connect(path).await.map_err(|error| {
+        let failed = |error: io::Error| {
             io::Error::new(
                 error.kind(),
                 format!("upgrade socket {}: {error}", path.display()),
             )
-        })?;
-        let frame = recv_frame(&mut stream).await?.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::ConnectionRefused,
+        };
+        let mut stream = UnixStream::connect(path).await.map_err(failed)?;
+        let cred = stream.peer_cred().map_err(failed)?;
+        if !peer_allowed(cred.uid()) {
+            return Err(failed(io::Error::new(
+                io::ErrorKind::PermissionDenied,
                 format!(
-                    "upgrade socket {}: closed without handing the listeners over",
-                    path.display()
+                    "the process there runs as uid {}, not this user",
+                    cred.uid()
                 ),
-            )
-        })?;
+            )));
+        }
+        let frame = tokio::time::timeout(LISTENERS_TIMEOUT, recv_frame(&mut stream))
+            .await
+            .map_err(|_| {
+                failed(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no listeners handed over in time",
+                ))
+            })?
+            .map_err(failed)?
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!(
+                        "upgrade socket {}: closed without handing the listeners over",
+                        path.display()
+                    ),
+                )
+            })?;
         if frame.kind != LISTENERS || frame.fds.len() != frame.payload.len() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -436,13 +515,13 @@ impl Takeover {
         std::mem::take(&mut self.listeners)
     }
 
-    /// Tells the old process that this one accepts, then receives its idle connections until
-    /// it is done; `deliver` serves each.
-    pub(crate) async fn run(mut self, mut deliver: impl FnMut(HandedOver)) {
-        if let Err(error) = send_frame(&self.stream, READY, &[], &[]).await {
-            warn!(%error, "takeover: could not tell the old process to drain");
-            return;
-        }
+    /// Tells the old process that this one accepts: it stops accepting and drains.
+    pub(crate) async fn ready(&mut self) -> io::Result<()> {
+        send_frame(&self.stream, READY, &[], &[]).await
+    }
+
+    /// Receives the old process's idle connections until it is done; `deliver` serves each.
+    pub(crate) async fn receive(mut self, mut deliver: impl FnMut(HandedOver)) {
         loop {
             match recv_frame(&mut self.stream).await {
                 Ok(Some(frame)) if frame.kind == CONNECTION => {

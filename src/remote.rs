@@ -221,17 +221,20 @@ where
                 #[cfg(unix)]
                 Err(Event::Shutdown) if handover.is_some() => {
                     io.unread(&sniffed.buf[..sniffed.filled]);
-                    let moved = handover
-                        .and_then(|slot| movable(&client, slot))
-                        .zip(io.hand_over())
-                        .and_then(|(sink, (fd, unread))| {
-                            sink.send(crate::handover::HandedOver {
-                                fd,
-                                unix: client.is_unix(),
-                                unread,
-                            })
-                            .ok()
-                        });
+                    let moved =
+                        handover
+                            .and_then(|slot| movable(&client, slot))
+                            .and_then(|moving| {
+                                let (fd, unread) = io.hand_over()?;
+                                moving
+                                    .sink
+                                    .send(crate::handover::HandedOver {
+                                        fd,
+                                        unix: client.is_unix(),
+                                        unread,
+                                    })
+                                    .ok()
+                            });
                     return match moved {
                         Some(()) => CloseReason::HandedOver,
                         None => CloseReason::Shutdown,
@@ -280,20 +283,26 @@ where
                 Err(event) => return reason(event),
                 #[cfg(unix)]
                 Ok(Ok(())) if sink.is_some() => {
-                    // hyper was idle: it closed at once, without a byte written and without
-                    // shutting the socket down (`set_handing_over`).
-                    let parts = conn.as_mut().take_parts();
-                    let moved = parts.zip(sink.take()).and_then(|((io, read), sink)| {
+                    // hyper was idle if it closed at once, without a byte moved; its socket was
+                    // not shut down (`set_handing_over`). Had it finished something first (a
+                    // response's tail), the connection closes here: dropping the only
+                    // descriptor ends it with a FIN.
+                    let moving = sink.take().filter(|moving| moving.untouched(&client));
+                    let parts =
+                        moving.and_then(|moving| Some((moving, conn.as_mut().take_parts()?)));
+                    let moved = parts.and_then(|(moving, (io, read))| {
                         let io = io.into_inner();
                         let (fd, prefix) = io.hand_over()?;
                         let mut unread = bytes::BytesMut::from(&read[..]);
                         unread.extend_from_slice(&prefix);
-                        sink.send(crate::handover::HandedOver {
-                            fd,
-                            unix: client.is_unix(),
-                            unread: unread.freeze(),
-                        })
-                        .ok()
+                        moving
+                            .sink
+                            .send(crate::handover::HandedOver {
+                                fd,
+                                unix: client.is_unix(),
+                                unread: unread.freeze(),
+                            })
+                            .ok()
                     });
                     return match moved {
                         Some(()) => CloseReason::HandedOver,
@@ -324,15 +333,37 @@ pub(crate) type HandoverSlot = std::sync::Mutex<Option<crate::handover::Sink>>;
 #[cfg(not(unix))]
 pub(crate) type HandoverSlot = ();
 
-/// The sink, if this connection moves at the shutdown under way: a plain HTTP/1 connection
-/// (no TLS session, no PROXY header, which a new process could not take on) with nothing in
-/// flight. Its socket is kept from being shut down from here on.
+/// A connection on its way to the process that replaces this one: where it goes, and the bytes
+/// moved on it when it was found idle (any byte moved since means hyper was not idle: it
+/// finished something, so the connection closes here instead).
 #[cfg(unix)]
-fn movable(client: &ClientInfo, slot: &HandoverSlot) -> Option<crate::handover::Sink> {
+struct Moving {
+    sink: crate::handover::Sink,
+    bytes: (u64, u64),
+}
+
+#[cfg(unix)]
+impl Moving {
+    /// Whether no byte moved since the connection was found idle.
+    fn untouched(&self, client: &ClientInfo) -> bool {
+        (client.bytes_read(), client.bytes_written()) == self.bytes
+    }
+}
+
+/// Where this connection moves, if it can at the shutdown under way: a plain HTTP/1 connection
+/// (no TLS session, no PROXY header, which a new process could not take on) with nothing in
+/// flight: no request or response pending, no output waiting on the peer, no request body
+/// left unread. Its socket is kept from being shut down from here on.
+#[cfg(unix)]
+fn movable(client: &ClientInfo, slot: &HandoverSlot) -> Option<Moving> {
+    let state = client.state();
     let idle = client.pending_requests() == 0
         && client.pending_responses() == 0
         && !client.is_exported()
-        && client.tls().is_none();
+        && client.tls().is_none()
+        && !state.is_write_blocked()
+        && !state.has_unread_body()
+        && !state.body_limit_hit();
     #[cfg(feature = "proxy-protocol")]
     let idle = idle && client.proxy().is_none();
     if !idle {
@@ -342,8 +373,11 @@ fn movable(client: &ClientInfo, slot: &HandoverSlot) -> Option<crate::handover::
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone()?;
-    client.state().set_handing_over();
-    Some(sink)
+    state.set_handing_over();
+    Some(Moving {
+        sink,
+        bytes: (client.bytes_read(), client.bytes_written()),
+    })
 }
 
 fn reason(event: Event) -> CloseReason {

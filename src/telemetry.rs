@@ -29,6 +29,17 @@
 //!     .set_buckets(hyper_remote_client::telemetry::DURATION_BUCKETS)?
 //!     .install_recorder()?;
 //! hyper_remote_client::telemetry::describe();
+//! // `install_recorder` spawns no upkeep: without it, histogram samples pile up between
+//! // scrapes. Run it every few seconds (`PrometheusBuilder::install` does, with its own
+//! // HTTP listener).
+//! let upkeep = prometheus.clone();
+//! tokio::spawn(async move {
+//!     let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+//!     loop {
+//!         every.tick().await;
+//!         upkeep.run_upkeep();
+//!     }
+//! });
 //! // GET /metrics answers prometheus.render()
 //! ```
 //!

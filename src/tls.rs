@@ -496,6 +496,8 @@ where
         let acceptor = self.current();
         Box::pin(async move {
             if !accepted.unread.is_empty() {
+                #[cfg(feature = "metrics")]
+                crate::telemetry::Handshake::start().failed("error");
                 return Err(TlsError::Handshake(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "the connection does not start with a TLS handshake",

@@ -100,6 +100,9 @@ pub(crate) struct State {
     /// The connection is being handed over to a new process: hyper's shutdown of its I/O must
     /// not reach the socket.
     handing_over: AtomicBool,
+    /// A request body was dropped before its end: the connection's bytes are not all
+    /// accounted for, so it cannot move to another process.
+    unread_body: AtomicBool,
     /// The request metrics' handles of this connection.
     #[cfg(feature = "metrics")]
     pub(crate) metrics: crate::telemetry::Handles,
@@ -124,6 +127,7 @@ impl Default for State {
             finished: Notify::new(),
             export_socket: Mutex::new(None),
             handing_over: AtomicBool::new(false),
+            unread_body: AtomicBool::new(false),
             #[cfg(feature = "metrics")]
             metrics: crate::telemetry::Handles::default(),
         }
@@ -406,6 +410,18 @@ impl State {
 
     pub(crate) fn set_handing_over(&self) {
         self.handing_over.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn set_unread_body(&self) {
+        self.unread_body.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn has_unread_body(&self) -> bool {
+        self.unread_body.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_write_blocked(&self) -> bool {
+        self.write_blocked.load(Ordering::Relaxed)
     }
 
     pub(crate) fn is_handing_over(&self) -> bool {

@@ -73,7 +73,11 @@ where
                     }
                 }
             }
-            Poll::Ready(_) => drop(this.guard.take()),
+            Poll::Ready(_) => {
+                if let Some(mut guard) = this.guard.take() {
+                    guard.finished = true;
+                }
+            }
         }
         result
     }

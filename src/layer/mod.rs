@@ -26,6 +26,8 @@ use crate::client::ClientInfo;
 pub(crate) struct RequestGuard {
     client: ClientInfo,
     waiting: bool,
+    /// The body reached its end (or was empty): dropped otherwise, it leaves bytes unread.
+    pub(super) finished: bool,
     /// HTTP/2: count the body's bytes for the rate clock (the socket's carry control frames).
     pub(super) http2: bool,
 }
@@ -36,6 +38,7 @@ impl RequestGuard {
         RequestGuard {
             client: client.clone(),
             waiting: false,
+            finished: false,
             http2,
         }
     }
@@ -56,6 +59,9 @@ impl RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.set_waiting(false);
+        if !self.finished {
+            self.client.state().set_unread_body();
+        }
         self.client.state().done(REQUEST);
     }
 }

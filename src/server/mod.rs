@@ -44,8 +44,10 @@ use crate::remote::{CloseReason, Handler, HandlerBody, HandoverSlot, RemoteClien
 ///   responses finish (HTTP/2: GOAWAY), close idle connections at once, force-close whatever
 ///   remains after the deadline ([`Options::shutdown_timeout`] for the signal; exported
 ///   clients included).
-/// - `tracing`: a `client` span per connection with its id and remote address; debug events
-///   for accept, reject, timeout and close (with the reason); nothing per request.
+/// - `tracing`: a `client` span (INFO) per connection with its id, addresses, protocol and TLS
+///   version and ALPN, which the connection's work (its handlers, HTTP/2 streams included)
+///   runs in; debug events for accept, reject, timeout and close (with the reason); nothing
+///   per request.
 ///
 /// ```no_run
 /// use std::convert::Infallible;
@@ -261,17 +263,33 @@ impl Server {
     /// with a request head only partly read) is handed to the new process with the bytes read
     /// of it, and served there. HTTP/2, TLS, and busy connections drain here as in any
     /// graceful shutdown (an HTTP/1 response in flight is sent with `Connection: close`).
+    ///
+    /// The socket is at `path` when this returns, unless [`take_over`](Self::take_over) was
+    /// called before: then it replaces the old process's at `path` only once this server
+    /// accepts and the old one was told to drain (so that a new process that fails before
+    /// that leaves the old one upgradable). Call `take_over` first.
     #[cfg(unix)]
     pub fn upgrade_socket(mut self, path: impl AsRef<std::path::Path>) -> std::io::Result<Server> {
-        self.upgrade = Some(crate::handover::Publisher::bind(path.as_ref())?);
+        let mut publisher = crate::handover::Publisher::bind(path.as_ref())?;
+        if self.takeover.is_none() {
+            publisher.publish()?;
+        }
+        self.upgrade = Some(publisher);
         Ok(self)
     }
 
     /// Takes over from the process `takeover` connected to: once this server accepts on its
     /// listeners (add the inherited ones first, see [`Takeover`](crate::Takeover)), it tells
     /// that process to drain, and serves the idle connections it hands over.
+    ///
+    /// Listeners not taken out of `takeover` with
+    /// [`take_listeners`](crate::Takeover::take_listeners) are added here as they are (plain):
+    /// the old process stops accepting on all of them.
     #[cfg(unix)]
-    pub fn take_over(mut self, takeover: crate::handover::Takeover) -> Server {
+    pub fn take_over(mut self, mut takeover: crate::handover::Takeover) -> Server {
+        for listener in takeover.take_listeners() {
+            self = self.listener(listener);
+        }
         self.takeover = Some(takeover);
         self
     }
@@ -324,20 +342,26 @@ impl Server {
     {
         let mut accepting = JoinSet::new();
         let mut addresses = Vec::new();
-        // What a new process would take: duplicates of the listening sockets.
+        // What a new process would take: duplicates of the listening sockets, all of them (a
+        // new process tells them apart by their order) or none.
         #[cfg(unix)]
         let published: Vec<(std::os::fd::OwnedFd, u8)> = match &self.upgrade {
-            Some(_) => self
+            Some(_) => match self
                 .listeners
                 .iter()
-                .filter_map(|listener| match listener.duplicate() {
-                    Ok((fd, unix)) => Some((fd, crate::handover::kind(unix))),
-                    Err(error) => {
-                        warn!(%error, "upgrade socket: a listener cannot be published");
-                        None
-                    }
+                .map(|listener| {
+                    let (fd, unix) = listener.duplicate()?;
+                    Ok((fd, crate::handover::kind(unix)))
                 })
-                .collect(),
+                .collect::<std::io::Result<Vec<_>>>()
+            {
+                Ok(published) => published,
+                Err(error) => {
+                    tracing::error!(%error, "upgrade socket: the listeners cannot be published");
+                    self.upgrade = None;
+                    Vec::new()
+                }
+            },
             None => Vec::new(),
         };
         for listener in std::mem::take(&mut self.listeners) {
@@ -351,27 +375,46 @@ impl Server {
             };
             accepting.spawn(acceptor.run(listener, service.clone()));
         }
+        // Taking over: once accepting, tell the old process to drain, take the upgrade socket's
+        // path, and receive its idle connections (a later upgrade of this process waits until
+        // they have all come).
         #[cfg(unix)]
-        if let Some(takeover) = self.takeover.take() {
-            let acceptor = Arc::new(Acceptor {
-                shared: self.shared.clone(),
-                options: self.options.clone(),
-                drivers: self.drivers.clone(),
-            });
-            let service = service.clone();
-            accepting.spawn(async move {
-                takeover
-                    .run(move |handed| {
+        let mut receiving = None;
+        #[cfg(unix)]
+        if let Some(mut takeover) = self.takeover.take() {
+            match takeover.ready().await {
+                Ok(()) => {
+                    let acceptor = Arc::new(Acceptor {
+                        shared: self.shared.clone(),
+                        options: self.options.clone(),
+                        drivers: self.drivers.clone(),
+                    });
+                    let service = service.clone();
+                    receiving = Some(tokio::spawn(takeover.receive(move |handed| {
                         let (acceptor, service) = (acceptor.clone(), service.clone());
                         tokio::spawn(async move { acceptor.adopt(handed, service).await });
-                    })
-                    .await;
-            });
+                    })));
+                    self.publish();
+                }
+                Err(error) => tracing::error!(
+                    %error,
+                    "takeover: the old process could not be told to drain; both serve"
+                ),
+            }
+        } else {
+            self.publish();
         }
+        #[cfg(unix)]
+        let stop_receiving = receiving
+            .as_ref()
+            .map(tokio::task::JoinHandle::abort_handle);
         self.shared.listening.send_replace(Some(addresses));
         let mut shutdown = self.shared.shutdown.subscribe();
         #[cfg(unix)]
         let taker = async {
+            if let Some(receiving) = receiving {
+                let _ = receiving.await;
+            }
             match &self.upgrade {
                 Some(publisher) => {
                     let (fds, kinds): (Vec<_>, Vec<u8>) = published
@@ -452,12 +495,26 @@ impl Server {
         // Every connection has closed or moved: the new process is told this one is done.
         #[cfg(unix)]
         self.lock_handover().take();
+        #[cfg(unix)]
+        if let Some(receiving) = stop_receiving {
+            receiving.abort();
+        }
         if let Some(sending) = sending {
             let _ = tokio::time::timeout(self.options.shutdown_timeout(), sending).await;
         }
         #[cfg(unix)]
         drop(self.upgrade.take());
         info!("shut down");
+    }
+
+    /// Puts the upgrade socket at its path, if there is one.
+    #[cfg(unix)]
+    fn publish(&mut self) {
+        if let Some(publisher) = self.upgrade.as_mut() {
+            if let Err(error) = publisher.publish() {
+                tracing::error!(%error, "upgrade socket: could not be put at its path");
+            }
+        }
     }
 
     #[cfg(unix)]
@@ -670,7 +727,6 @@ impl Acceptor {
         S: Handler<B>,
         B: HandlerBody,
     {
-        Counters::add(&self.shared.counters.taken_over);
         let unread = handed.unread;
         if handed.unix {
             let stream = std::os::unix::net::UnixStream::from(handed.fd);
@@ -681,6 +737,7 @@ impl Acceptor {
                 return;
             };
             let Some(slot) = self.admit(None) else { return };
+            Counters::add(&self.shared.counters.taken_over);
             let Ok(client) = ClientInfo::builder_for_unix(&stream) else {
                 return;
             };
@@ -702,6 +759,7 @@ impl Acceptor {
             let Some(slot) = self.admit(builder.remote_ip()) else {
                 return;
             };
+            Counters::add(&self.shared.counters.taken_over);
             let _ = stream.set_nodelay(true);
             let mut client =
                 RemoteClient::new(stream, builder.options(self.options.clone()).build());
