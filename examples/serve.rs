@@ -397,29 +397,12 @@ impl Sockets {
             return Self::take_over(args).await;
         }
         #[cfg(unix)]
-        let inherited = hyper_remote_client::listen_fds().context("LISTEN_FDS")?;
+        let (mut http, mut unix) = by_kind(
+            hyper_remote_client::listen_fds().context("LISTEN_FDS")?,
+            false,
+        );
         #[cfg(not(unix))]
-        let inherited: Vec<std::convert::Infallible> = Vec::new();
         let mut http = Vec::new();
-        #[cfg(unix)]
-        let mut unix = Vec::new();
-        for listener in inherited {
-            #[cfg(unix)]
-            match listener {
-                InheritedListener::Tcp(listener) => http.push(listener),
-                InheritedListener::Unix(listener) => {
-                    let path = listener
-                        .local_addr()
-                        .ok()
-                        .and_then(|addr| addr.as_pathname().map(Path::to_owned))
-                        .unwrap_or_default();
-                    unix.push((listener, path, false));
-                }
-                _ => {}
-            }
-            #[cfg(not(unix))]
-            match listener {}
-        }
         if http.is_empty() {
             http.push(
                 TcpListener::bind(args.http)
@@ -456,24 +439,9 @@ impl Sockets {
         let mut takeover = hyper_remote_client::Takeover::connect(path)
             .await
             .context(&what)?;
-        let mut tcp = Vec::new();
-        let mut unix = Vec::new();
-        for listener in takeover.take_listeners() {
-            match listener {
-                InheritedListener::Tcp(listener) => tcp.push(listener),
-                InheritedListener::Unix(listener) => {
-                    let path = listener
-                        .local_addr()
-                        .ok()
-                        .and_then(|addr| addr.as_pathname().map(Path::to_owned))
-                        .unwrap_or_default();
-                    // The socket file was the old inspector's: this one removes it on exit
-                    // (unless it is replaced in turn), as the old one would have.
-                    unix.push((listener, path, true));
-                }
-                _ => {}
-            }
-        }
+        // The unix socket file was the old inspector's: this one removes it on exit (unless it
+        // is replaced in turn), as the old one would have.
+        let (mut tcp, unix) = by_kind(takeover.take_listeners(), true);
         let https = tcp.pop().filter(|_| !tcp.is_empty()).ok_or_else(|| {
             Failed(format!(
                 "{what}: the old process had no HTTP and HTTPS listeners"
@@ -486,6 +454,36 @@ impl Sockets {
             takeover: Some(takeover),
         })
     }
+}
+
+/// Inherited listeners by kind: the TCP ones, and the unix ones with their paths (and
+/// `remove`: whether this inspector removes the socket file on exit).
+#[cfg(unix)]
+#[allow(clippy::type_complexity)]
+fn by_kind(
+    listeners: Vec<InheritedListener>,
+    remove: bool,
+) -> (
+    Vec<TcpListener>,
+    Vec<(tokio::net::UnixListener, PathBuf, bool)>,
+) {
+    let mut tcp = Vec::new();
+    let mut unix = Vec::new();
+    for listener in listeners {
+        match listener {
+            InheritedListener::Tcp(listener) => tcp.push(listener),
+            InheritedListener::Unix(listener) => {
+                let path = listener
+                    .local_addr()
+                    .ok()
+                    .and_then(|addr| addr.as_pathname().map(Path::to_owned))
+                    .unwrap_or_default();
+                unix.push((listener, path, remove));
+            }
+            _ => {}
+        }
+    }
+    (tcp, unix)
 }
 
 /// SIGHUP: read --cert and --key again (and --client-ca); new handshakes use them, open

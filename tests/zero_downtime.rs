@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper_remote_client::{InheritedListener, Listener, Options, RequestBody, Server, Takeover};
+use hyper_remote_client::{
+    InheritedListener, Listener, Options, RequestBody, Server, ServerHandle, Takeover,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
@@ -25,21 +27,53 @@ fn named(
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
 
+/// A server named "old" on 127.0.0.1:0, publishing its listener at `path`, accepting.
+async fn old_server(
+    path: &std::path::Path,
+    options: Options,
+) -> (
+    std::net::SocketAddr,
+    ServerHandle,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let old = Server::new(options)
+        .listener(listener)
+        .upgrade_socket(path)
+        .unwrap();
+    let handle = old.handle();
+    let task = tokio::spawn(old.serve(tower::service_fn(named("old"))));
+    handle.listening().await;
+    (addr, handle, task)
+}
+
+/// A server named "new" taking over from the one at `path` (its listeners as they come).
+async fn new_server(
+    path: &std::path::Path,
+    options: Options,
+) -> (ServerHandle, tokio::task::JoinHandle<()>) {
+    let mut takeover = within("takeover", Takeover::connect(path)).await.unwrap();
+    let mut new = Server::new(options);
+    for listener in takeover.take_listeners() {
+        assert!(matches!(listener, InheritedListener::Tcp(_)));
+        new = new.listener(Listener::from(listener));
+    }
+    let new = new.take_over(takeover).upgrade_socket(path).unwrap();
+    let handle = new.handle();
+    (
+        handle,
+        tokio::spawn(new.serve(tower::service_fn(named("new")))),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_and_idle_connections_move_to_the_new_server() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("upgrade.sock");
     let options = Options::default().with_shutdown_timeout(Duration::from_secs(10));
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let old = Server::new(options.clone())
-        .listener(listener)
-        .upgrade_socket(&path)
-        .unwrap();
-    let old_handle = old.handle();
-    let old_task = tokio::spawn(old.serve(tower::service_fn(named("old"))));
-    old_handle.listening().await;
+    let (addr, old_handle, old_task) = old_server(&path, options.clone()).await;
 
     // An idle keep-alive connection, answered by the old server.
     let mut keep = connect(addr).await;
@@ -82,17 +116,7 @@ async fn listeners_and_idle_connections_move_to_the_new_server() {
     .await;
 
     // The new server takes the listener over and publishes it in turn.
-    let mut takeover = within("takeover", Takeover::connect(&path)).await.unwrap();
-    let inherited = takeover.take_listeners();
-    assert_eq!(inherited.len(), 1);
-    let mut new = Server::new(options.clone());
-    for listener in inherited {
-        assert!(matches!(listener, InheritedListener::Tcp(_)));
-        new = new.listener(Listener::from(listener));
-    }
-    let new = new.take_over(takeover).upgrade_socket(&path).unwrap();
-    let new_handle = new.handle();
-    let new_task = tokio::spawn(new.serve(tower::service_fn(named("new"))));
+    let (new_handle, new_task) = new_server(&path, options.clone()).await;
 
     // The old one drains and returns by itself.
     within("the old server to return", old_task).await.unwrap();
@@ -128,15 +152,7 @@ async fn listeners_and_idle_connections_move_to_the_new_server() {
 async fn a_taker_that_leaves_before_ready_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("upgrade.sock");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let old = Server::new(Options::default())
-        .listener(listener)
-        .upgrade_socket(&path)
-        .unwrap();
-    let handle = old.handle();
-    tokio::spawn(old.serve(tower::service_fn(named("old"))));
-    handle.listening().await;
+    let (addr, handle, _old_task) = old_server(&path, Options::default()).await;
     // Takes the listeners, then goes away without serving.
     let takeover = within("takeover", Takeover::connect(&path)).await.unwrap();
     drop(takeover);
@@ -164,15 +180,7 @@ async fn a_taker_that_leaves_before_ready_changes_nothing() {
 async fn a_connection_with_an_unread_body_is_closed_not_moved() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("upgrade.sock");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let old = Server::new(Options::default())
-        .listener(listener)
-        .upgrade_socket(&path)
-        .unwrap();
-    let old_handle = old.handle();
-    let old_task = tokio::spawn(old.serve(tower::service_fn(named("old"))));
-    old_handle.listening().await;
+    let (addr, old_handle, old_task) = old_server(&path, Options::default()).await;
 
     // A request whose body the handler never reads, then an idle keep-alive connection.
     let mut unread = connect(addr).await;
@@ -185,14 +193,7 @@ async fn a_connection_with_an_unread_body_is_closed_not_moved() {
     idle.write_all(GET).await.unwrap();
     assert_eq!(read_response(&mut idle).await.body, b"old");
 
-    let mut takeover = within("takeover", Takeover::connect(&path)).await.unwrap();
-    let mut new = Server::new(Options::default());
-    for listener in takeover.take_listeners() {
-        new = new.listener(listener);
-    }
-    let new = new.take_over(takeover);
-    let new_handle = new.handle();
-    tokio::spawn(new.serve(tower::service_fn(named("new"))));
+    let (new_handle, _new_task) = new_server(&path, Options::default()).await;
     within("the old server to return", old_task).await.unwrap();
 
     assert_eq!(old_handle.stats().handed_over, 1, "only the idle one moved");
