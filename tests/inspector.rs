@@ -2,182 +2,41 @@
 //!
 //! `cargo test` builds the examples into `target/<profile>/examples/`; the test binaries live in
 //! `target/<profile>/deps/`.
+// The inspector is built only with the features it requires (Cargo.toml `[[example]]`).
+#![cfg(all(feature = "tls", feature = "proxy-protocol", feature = "metrics"))]
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// Upper bound for anything that could hang: a start, an exit, a request.
-const LIMIT: Duration = Duration::from_secs(10);
+mod common;
+
+use common::inspector::{example_path, Process};
+use common::LIMIT;
 
 /// Ports the OS picks, so tests never meet a real inspector on 8080 / 8443 (nor each other).
 const ANY_PORTS: [&str; 4] = ["--http", "127.0.0.1:0", "--https", "127.0.0.1:0"];
 
-/// The inspector as a child process, its output read by two threads: stdout line by line,
-/// stderr whole. When the test ends, whatever happens, it is stopped as a service manager
-/// would stop it (SIGTERM, then a bounded wait), so that it removes its generated CA file.
+/// A started inspector (see [`Process`]: stopped with SIGTERM when dropped) and the address of
+/// its first `listening on http://` line.
 struct Inspector {
-    child: Child,
+    process: Process,
     addr: String,
-    /// stdout, after the first line; disconnected once the inspector has closed its stdout.
-    lines: mpsc::Receiver<String>,
-    /// All of stderr, sent once the inspector has closed it.
-    stderr: mpsc::Receiver<String>,
-}
-
-/// How an inspector ended.
-#[derive(Debug)]
-struct Exited {
-    status: ExitStatus,
-    /// stdout lines not read before.
-    stdout: Vec<String>,
-    stderr: String,
-}
-
-impl Inspector {
-    /// The next line on stdout (`None` once stdout is closed).
-    fn next_line(&self) -> Option<String> {
-        match self.lines.recv_timeout(LIMIT) {
-            Ok(line) => Some(line),
-            Err(mpsc::RecvTimeoutError::Disconnected) => None,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                panic!("no line from the inspector in {LIMIT:?}")
-            }
-        }
-    }
-
-    /// Sends `signal` (`"TERM"`, `"INT"`), then waits (bounded) for the inspector to exit.
-    fn stop(&mut self, signal: &str) -> Exited {
-        assert!(
-            send_signal(self.child.id(), signal),
-            "kill -s {signal} {}",
-            self.child.id()
-        );
-        self.wait()
-    }
-
-    /// Waits for the inspector to close its stdout and stderr and exit; kills it (and fails)
-    /// if it has not within [`LIMIT`].
-    fn wait(&mut self) -> Exited {
-        let deadline = Instant::now() + LIMIT;
-        let mut stdout = Vec::new();
-        let stderr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => stdout.push(line),
-                Err(mpsc::RecvTimeoutError::Disconnected) => match self.stderr.recv_timeout(left) {
-                    Ok(stderr) => break stderr,
-                    Err(_) => break self.kill_after_timeout(),
-                },
-                Err(mpsc::RecvTimeoutError::Timeout) => break self.kill_after_timeout(),
-            }
-        };
-        let status = self.child.wait().expect("wait for the inspector");
-        Exited {
-            status,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn kill_after_timeout(&mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        panic!("the inspector did not exit within {LIMIT:?}");
-    }
-}
-
-impl Drop for Inspector {
-    fn drop(&mut self) {
-        if !matches!(self.child.try_wait(), Ok(None)) {
-            return; // exited and reaped already
-        }
-        if send_signal(self.child.id(), "TERM") {
-            // stdout closes when the process exits: an event to wait for, bounded.
-            let deadline = Instant::now() + LIMIT;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self.lines.recv_timeout(left) {
-                    Ok(_) => continue,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        let _ = self.child.wait();
-                        return;
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => break,
-                }
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `kill -s SIGNAL PID` (std has no way to send a signal but SIGKILL).
-fn send_signal(pid: u32, signal: &str) -> bool {
-    Command::new("kill")
-        .args(["-s", signal, &pid.to_string()])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
-fn example_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let path = profile_dir
-        .join("examples")
-        .join(format!("serve{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.is_file(),
-        "the inspector example was not found at {}; build it with `cargo test` or `cargo build --examples`",
-        path.display()
-    );
-    path
 }
 
 /// Runs the inspector with exactly `args` (and `env`); its output is read by two threads.
-fn spawn(args: &[&str], env: &[(&str, &str)]) -> Inspector {
-    let mut child = Command::new(example_path())
-        .args(args)
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> Process {
+    let mut cmd = Command::new(example_path());
+    cmd.args(args)
         // tracing-subscriber reads NO_COLOR; the colour test is about the terminal check.
         .env_remove("NO_COLOR")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the inspector example");
-    let stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let (lines_tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        // Keeps draining so the child never blocks on a full pipe.
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = lines_tx.send(line);
-        }
-    });
-    let (stderr_tx, stderr_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let _ = stderr.read_to_end(&mut all);
-        let _ = stderr_tx.send(String::from_utf8_lossy(&all).into_owned());
-    });
-    Inspector {
-        child,
-        addr: String::new(),
-        lines,
-        stderr: stderr_rx,
-    }
+        .envs(env.iter().copied());
+    Process::spawn(cmd)
 }
 
 /// Starts the inspector on ports the OS picks, plus `extra`, and waits for its first line.
@@ -187,23 +46,25 @@ fn start(extra: &[&str]) -> Inspector {
 
 fn start_with(extra: &[&str], env: &[(&str, &str)]) -> Inspector {
     let args: Vec<&str> = ANY_PORTS.iter().chain(extra).copied().collect();
-    let mut inspector = spawn(&args, env);
-    let Some(line) = inspector.next_line() else {
-        let exited = inspector.wait();
+    let mut process = spawn(&args, env);
+    let Some(line) = process.next_line() else {
+        let exited = process.wait(LIMIT);
         panic!("the inspector exited at start: {exited:?}");
     };
     let addr = line
         .strip_prefix("listening on http://")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-    inspector.addr = addr.trim().to_string();
-    inspector
+    Inspector {
+        process,
+        addr: addr.trim().to_string(),
+    }
 }
 
 /// Runs the inspector with exactly `args`, expecting it to refuse to start: it must exit
 /// with status 2 and one `error: ...` line on stderr, which is returned.
 fn refused(args: &[&str]) -> String {
     let mut inspector = spawn(args, &[]);
-    let exited = inspector.wait();
+    let exited = inspector.wait(LIMIT);
     assert_eq!(exited.status.code(), Some(2), "{args:?}: {exited:?}");
     assert!(exited.stdout.is_empty(), "{args:?}: {exited:?}");
     let error = exited
@@ -551,8 +412,8 @@ fn a_taken_port_is_named_and_the_generated_ca_removed() {
             "--http"
         };
         let mut inspector = spawn(&[flag, &taken, other, "127.0.0.1:0"], &[]);
-        let pid = inspector.child.id();
-        let exited = inspector.wait();
+        let pid = inspector.pid();
+        let exited = inspector.wait(LIMIT);
         assert_eq!(exited.status.code(), Some(2), "{exited:?}");
         let error = exited.stderr.trim_end();
         assert!(
@@ -614,7 +475,7 @@ fn unix_replaces_a_stale_socket() {
     let mut inspector = start(&["--unix", &path]);
     let v = curl_json(&["--unix-socket", &path, "http://localhost/"]);
     assert_eq!(v["is_unix"], true);
-    let exited = inspector.stop("TERM");
+    let exited = inspector.process.stop("TERM");
     assert!(exited.status.success(), "{exited:?}");
     assert!(
         !Path::new(&path).exists(),
@@ -696,16 +557,16 @@ fn bad_query_and_path_parameters_are_400() {
 fn the_generated_ca_file_is_removed_at_exit() {
     for signal in ["TERM", "INT"] {
         let mut inspector = start(&[]);
-        let pid = inspector.child.id();
+        let pid = inspector.process.pid();
         let ca = loop {
-            let line = inspector.next_line().expect("the CA line");
+            let line = inspector.process.next_line().expect("the CA line");
             if let Some((_, path)) = line.split_once("its CA: ") {
                 break PathBuf::from(path.trim());
             }
         };
         assert_eq!(ca, ca_path_of(pid));
         assert!(ca.is_file(), "{}", ca.display());
-        let exited = inspector.stop(signal);
+        let exited = inspector.process.stop(signal);
         assert!(exited.status.success(), "SIG{signal}: {exited:?}");
         assert!(
             exited.stdout.iter().any(|line| line == "shutting down"),
@@ -719,7 +580,7 @@ fn the_generated_ca_file_is_removed_at_exit() {
 fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     let mut inspector = start_with(&[], &[("RUST_LOG", "debug")]);
     let _ = curl_json(&[&format!("http://{}/", inspector.addr)]);
-    let exited = inspector.stop("TERM");
+    let exited = inspector.process.stop("TERM");
     assert!(exited.status.success(), "{exited:?}");
     assert!(
         exited.stderr.contains("shut down") && exited.stderr.contains("accepted"),
@@ -973,7 +834,10 @@ fn expect_closed(stream: &mut TcpStream) {
 fn https_and_ca(inspector: &Inspector) -> (String, PathBuf) {
     let mut https = None;
     loop {
-        let line = inspector.next_line().expect("the HTTPS and CA lines");
+        let line = inspector
+            .process
+            .next_line()
+            .expect("the HTTPS and CA lines");
         if let Some(addr) = line.strip_prefix("listening on https://") {
             https = Some(addr.trim().to_owned());
         }

@@ -10,8 +10,8 @@
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -21,52 +21,23 @@ use hyper_remote_client::rustls;
 use hyper_remote_client::rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 
-/// Upper bound for anything that could hang: a start, a line, a request, an exit.
-const LIMIT: Duration = Duration::from_secs(10);
+mod common;
+
+use common::inspector::{example_path, send_signal, Exited, Process};
+use common::LIMIT;
 
 // ---------------------------------------------------------------------------------------------
 // The inspector as a child process
 // ---------------------------------------------------------------------------------------------
 
-/// The inspector as a child process, its stdout read line by line and its stderr whole by two
-/// threads (so it never blocks on a full pipe). Dropped while it runs, whatever happened in the
-/// test, it is stopped as a service manager would: SIGTERM, a bounded wait, SIGKILL last.
+/// A started inspector (see [`Process`]: stopped with SIGTERM when dropped) and the addresses
+/// it said it listens on.
 struct Inspector {
-    child: Child,
+    process: Process,
     /// The `listening on http://ADDR` addresses, in order.
     http: Vec<String>,
     /// The `listening on https://ADDR` address.
     https: String,
-    /// stdout, after the lines read at start; disconnected once the inspector closed stdout.
-    lines: mpsc::Receiver<String>,
-    /// All of stderr, sent once the inspector has closed it.
-    stderr: mpsc::Receiver<String>,
-}
-
-/// How an inspector ended.
-#[derive(Debug)]
-struct Exited {
-    status: ExitStatus,
-    /// stdout lines not read before.
-    stdout: Vec<String>,
-    stderr: String,
-}
-
-fn example_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let path = profile_dir
-        .join("examples")
-        .join(format!("serve{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.is_file(),
-        "the inspector example was not found at {}; build it with `cargo build --all-features --example serve`",
-        path.display()
-    );
-    path
 }
 
 /// The inspector with `args`, its environment made predictable (default log level, no colour
@@ -81,177 +52,36 @@ fn command(args: &[&str]) -> Command {
     cmd
 }
 
-/// `kill -s SIGNAL PID` (std can send no signal but SIGKILL).
-fn send_signal(pid: u32, signal: &str) -> bool {
-    Command::new("kill")
-        .args(["-s", signal, &pid.to_string()])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
-/// Runs `cmd` with its output read by two threads; reads no line yet.
-fn spawn(mut cmd: Command) -> Inspector {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let (lines_tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = lines_tx.send(line);
-        }
-    });
-    let (stderr_tx, stderr_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let _ = stderr.read_to_end(&mut all);
-        let _ = stderr_tx.send(String::from_utf8_lossy(&all).into_owned());
-    });
-    Inspector {
-        child,
-        http: Vec::new(),
-        https: String::new(),
-        lines,
-        stderr: stderr_rx,
-    }
-}
-
 /// Runs `cmd` and waits for its `listening on http://` line(s) and its `listening on https://`
 /// line.
 fn start(cmd: Command) -> Inspector {
-    let mut inspector = spawn(cmd);
-    loop {
-        let Some(line) = inspector.next_line() else {
-            let exited = inspector.wait(LIMIT);
+    let mut process = Process::spawn(cmd);
+    let mut http = Vec::new();
+    let https = loop {
+        let Some(line) = process.next_line() else {
+            let exited = process.wait(LIMIT);
             panic!("the inspector exited at start: {exited:#?}");
         };
         if let Some(addr) = line.strip_prefix("listening on http://") {
-            inspector.http.push(addr.trim().to_owned());
+            http.push(addr.trim().to_owned());
         } else if let Some(addr) = line.strip_prefix("listening on https://") {
-            inspector.https = addr.trim().to_owned();
-            break;
+            break addr.trim().to_owned();
         } else {
             panic!("unexpected line before `listening on https://`: {line:?}");
         }
+    };
+    assert!(!http.is_empty(), "no `listening on http://` line");
+    Inspector {
+        process,
+        http,
+        https,
     }
-    assert!(!inspector.http.is_empty(), "no `listening on http://` line");
-    inspector
 }
 
 impl Inspector {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// The first HTTP address.
     fn http_addr(&self) -> SocketAddr {
         self.http[0].parse().expect("an address")
-    }
-
-    /// The next stdout line (`None` once stdout is closed); fails after [`LIMIT`].
-    fn next_line(&self) -> Option<String> {
-        match self.lines.recv_timeout(LIMIT) {
-            Ok(line) => Some(line),
-            Err(mpsc::RecvTimeoutError::Disconnected) => None,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                panic!("no line from the inspector in {LIMIT:?}")
-            }
-        }
-    }
-
-    /// Reads stdout until a line `is` is the one awaited (returned); fails if a line `fails`
-    /// comes first, if stdout closes, or after [`LIMIT`] without it.
-    fn line_where(&self, is: impl Fn(&str) -> bool, fails: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if is(&line) => return line,
-                Ok(line) => assert!(!fails(&line), "the inspector printed {line:?}"),
-                Err(error) => panic!("the awaited line did not come: {error:?}"),
-            }
-        }
-    }
-
-    /// Whether the process is still running.
-    fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Waits for the inspector to close stdout and stderr and exit; kills it (and fails) if it
-    /// has not within `limit`.
-    fn wait(&mut self, limit: Duration) -> Exited {
-        let deadline = Instant::now() + limit;
-        let mut stdout = Vec::new();
-        let stderr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => stdout.push(line),
-                Err(mpsc::RecvTimeoutError::Disconnected) => match self.stderr.recv_timeout(left) {
-                    Ok(stderr) => break stderr,
-                    Err(_) => self.kill_after(limit),
-                },
-                Err(mpsc::RecvTimeoutError::Timeout) => self.kill_after(limit),
-            }
-        };
-        // stdout and stderr closed: the process has exited (or is exiting right now).
-        let status = self.child.wait().expect("wait for the inspector");
-        Exited {
-            status,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn kill_after(&mut self, limit: Duration) -> ! {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        panic!(
-            "the inspector (pid {}) did not exit within {limit:?}",
-            self.pid()
-        );
-    }
-
-    /// SIGTERM, then a bounded wait for the exit.
-    fn stop(&mut self) -> Exited {
-        assert!(
-            send_signal(self.pid(), "TERM"),
-            "kill -s TERM {}",
-            self.pid()
-        );
-        self.wait(LIMIT)
-    }
-}
-
-impl Drop for Inspector {
-    fn drop(&mut self) {
-        if !self.is_running() {
-            return; // exited, and reaped: the pid cannot be another process's
-        }
-        if send_signal(self.child.id(), "TERM") {
-            // stdout closes when the process exits: an event to wait for, bounded.
-            let deadline = Instant::now() + LIMIT;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self.lines.recv_timeout(left) {
-                    Ok(_) => continue,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        let _ = self.child.kill();
-                        break;
-                    }
-                }
-            }
-        } else {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
     }
 }
 
@@ -667,7 +497,7 @@ fn upgrade(old: &mut Inspector, args: &[&str]) -> (Inspector, Duration, Exited) 
         new.https, old.https,
         "the new inspector serves the same HTTPS address"
     );
-    let exited = old.wait(SHUTDOWN + LIMIT);
+    let exited = old.process.wait(SHUTDOWN + LIMIT);
     let took = since.elapsed();
     assert!(
         exited.status.success(),
@@ -795,7 +625,7 @@ fn two_consecutive_upgrades_lose_nothing() {
 
     let stats_three = stats(addr);
     assert!(count(&stats_three, "taken_over") >= 1, "{stats_three}");
-    let exited = three.stop();
+    let exited = three.process.stop("TERM");
     assert!(exited.status.success(), "#3 stops on SIGTERM: {exited:#?}");
     assert!(
         !Path::new(socket).exists(),
@@ -915,8 +745,8 @@ fn sighup_reloads_the_certificate() {
 
     std::fs::write(&cert_path, cert_two).unwrap();
     std::fs::write(&key_path, key_two).unwrap();
-    assert!(send_signal(inspector.pid(), "HUP"), "kill -s HUP");
-    inspector.line_where(
+    assert!(send_signal(inspector.process.pid(), "HUP"), "kill -s HUP");
+    inspector.process.line_where(
         |line| line == "reloaded the certificate",
         |line| line.starts_with("certificate reload failed"),
     );
@@ -989,7 +819,7 @@ fn listen_fds_socket_activation() {
         vec![addr.to_string()],
         "the inherited socket is served as --http, and only it"
     );
-    assert!(inspector.is_running());
+    assert!(inspector.process.is_running());
 
     let response = http(addr)
         .get("/", true)
@@ -999,7 +829,7 @@ fn listen_fds_socket_activation() {
     assert_eq!(json["is_unix"], Value::Bool(false), "{json}");
 
     drop(blocker);
-    let exited = inspector.stop();
+    let exited = inspector.process.stop("TERM");
     assert!(exited.status.success(), "{exited:#?}");
 }
 
@@ -1042,7 +872,7 @@ fn upgrade_socket_refuses_another_user() {
     let mut cmd = command(&upgrade_args);
     // Where the inspector writes its generated CA: a directory anyone may write to.
     cmd.env("TMPDIR", "/tmp").uid(NOBODY).gid(NOBODY);
-    let mut intruder = spawn(cmd);
+    let mut intruder = Process::spawn(cmd);
     let exited = intruder.wait(LIMIT);
     assert!(
         !exited.status.success(),
@@ -1060,7 +890,7 @@ fn upgrade_socket_refuses_another_user() {
     );
 
     // The first inspector did not hand anything over: it runs and serves.
-    assert!(one.is_running(), "the first inspector still runs");
+    assert!(one.process.is_running(), "the first inspector still runs");
     http(addr)
         .get("/", true)
         .expect("GET / after the refused takeover")
@@ -1082,6 +912,6 @@ fn upgrade_socket_refuses_another_user() {
         .expect("GET / once #2 took over")
         .check_root()
         .unwrap();
-    let exited = two.stop();
+    let exited = two.process.stop("TERM");
     assert!(exited.status.success(), "{exited:#?}");
 }

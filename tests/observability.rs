@@ -10,8 +10,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use http::Request;
-use hyper_remote_client::{ClientInfo, Listener, Options, RequestBody, Server};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use hyper_remote_client::{ClientInfo, Options, RequestBody, Server};
 use tokio::net::TcpListener;
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -108,6 +107,8 @@ async fn a_handlers_log_line_carries_its_connection_over_http1_and_http2() {
 #[cfg(feature = "tls")]
 #[tokio::test]
 async fn over_tls_the_span_names_the_version_and_alpn() {
+    use hyper_remote_client::Listener;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (logs, _guard) = capture();
     let (acceptor, connector) = common::tls::self_signed();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -4,6 +4,9 @@
 #![allow(dead_code)]
 
 pub mod example;
+// Not gated: tests/inspector.rs, one of its two users, builds on every platform and feature set
+// (tests/inspector_upgrade.rs is gated itself); std only, so it builds in every test binary.
+pub mod inspector;
 pub mod tls;
 
 use std::convert::Infallible;
