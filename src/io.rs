@@ -4,7 +4,7 @@ use std::fmt;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -28,6 +28,13 @@ pub struct ClientIo<S> {
     export_seen: bool,
     /// The peer's EOF, held back until the response is written (HTTP/1 half-close).
     eof_deferred: bool,
+    /// HTTP/1 under `RemoteClient`: responses to a pipelined burst are gathered in `out` and
+    /// written together (see [`coalesce_writes`](Self::coalesce_writes)).
+    coalesce: bool,
+    /// Output gathered and not yet written to the stream.
+    out: Vec<u8>,
+    /// The last read would block (or found the end): no further request is on its way.
+    read_drained: bool,
     socket: SocketFn<S>,
     guard: Arc<CloseGuard>,
 }
@@ -117,6 +124,9 @@ impl<S: StreamSocket> ClientIo<S> {
             write_blocked: false,
             export_seen: false,
             eof_deferred: false,
+            coalesce: false,
+            out: Vec::new(),
+            read_drained: true,
             socket: S::socket,
             guard: Arc::new(CloseGuard(client)),
         }
@@ -220,6 +230,9 @@ impl<S> ClientIo<S> {
     /// on serving the connection.
     #[cfg(unix)]
     pub(crate) fn hand_over(&self) -> Option<(std::os::fd::OwnedFd, Bytes)> {
+        if !self.out.is_empty() {
+            return None;
+        }
         let fd = (self.socket)(&self.stream)?.try_clone_to_owned().ok()?;
         Some((fd, self.prefix.clone()))
     }
@@ -268,7 +281,90 @@ fn closed_error() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "the client was closed")
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
+/// Output gathered for one write is at most this long; a larger write goes straight through.
+const COALESCE_LIMIT: usize = 16 * 1024;
+
+impl<S> ClientIo<S> {
+    /// HTTP/1 (set by `RemoteClient` once it serves the connection with hyper's HTTP/1): the
+    /// responses to a pipelined burst are written together, as `pipeline_flush` would, but
+    /// without its hazards.
+    ///
+    /// hyper flushes after every response. Here a flush is held back only while the read side
+    /// has more requests to give (its last read returned bytes, not `Pending`), no response
+    /// and no request body is in flight (so a fast response never waits behind a slow one, a
+    /// streamed body's chunks and a `100 Continue` go out at once), and the connection is not
+    /// being upgraded. Held output is written as soon as a read would block, at the next
+    /// flush that is not held back, and before a shutdown.
+    pub(crate) fn coalesce_writes(&mut self) {
+        self.coalesce = true;
+    }
+
+    /// Whether `len` more bytes are gathered instead of written: more input is on its way (or
+    /// output is gathered already, to be written at the coming flush), and it fits.
+    fn gathers(&self, len: usize) -> bool {
+        self.coalesce
+            && (!self.read_drained || !self.out.is_empty())
+            && self.out.len() + len <= COALESCE_LIMIT
+            && !self.client().is_exported()
+    }
+
+    /// Whether a flush may wait: see [`coalesce_writes`](Self::coalesce_writes).
+    fn holds_flush(&self) -> bool {
+        if !self.coalesce || self.read_drained || self.out.is_empty() {
+            return false;
+        }
+        let state = self.client().state();
+        state.pending_responses() == 0 && state.pending_requests() == 0 && !state.is_exported()
+    }
+}
+
+impl<S: AsyncWrite + Unpin> ClientIo<S> {
+    /// Writes the gathered output.
+    fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.out) {
+                Poll::Ready(Ok(0)) => {
+                    self.client().state().set_status(Status::CLOSED_WR);
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.count_written(n);
+                    if n == self.out.len() {
+                        // Not kept: an idle connection holds no output buffer.
+                        self.out = Vec::new();
+                    } else {
+                        self.out.drain(..n);
+                    }
+                }
+                Poll::Ready(Err(error)) => {
+                    self.client().state().set_status(Status::CLOSED_WR);
+                    return Poll::Ready(Err(error));
+                }
+                Poll::Pending => {
+                    self.note_write_pending();
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The read side would block: no more requests for now, so the gathered output goes out,
+    /// unless a response in flight will flush it anyway. A write that would block has
+    /// registered for the task to be woken when it can go on.
+    fn read_drained(&mut self, cx: &mut Context<'_>) {
+        self.read_drained = true;
+        if !self.out.is_empty() {
+            let state = self.client().state();
+            if state.pending_responses() == 0 || state.pending_requests() > 0 {
+                // An error shows at the next write or flush.
+                let _ = self.poll_out(cx);
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -282,12 +378,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            this.read_drained = false;
             return Poll::Ready(Ok(()));
         }
         if this.eof_deferred {
             // Register first, then look: the last response may end meanwhile.
             this.client().state().register(cx.waker());
             if this.client().state().eof_due() {
+                this.read_drained(cx);
                 return Poll::Ready(Ok(()));
             }
             return Poll::Pending;
@@ -306,16 +404,25 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
                         // its write side and waits for its answer.
                         state.register(cx.waker());
                         this.eof_deferred = true;
+                        this.read_drained(cx);
                         return Poll::Pending;
                     }
+                    this.read_drained(cx);
                 } else {
                     this.client().state().read(n);
+                    this.read_drained = false;
                 }
             }
-            Poll::Ready(Err(_)) => this.client().state().set_status(Status::CLOSED_RD),
+            Poll::Ready(Err(_)) => {
+                this.client().state().set_status(Status::CLOSED_RD);
+                this.read_drained(cx);
+            }
             // `close()` wakes whoever waits here, also without `RemoteClient`'s watch (a
             // user's own accept loop): the read then fails and the connection ends.
-            Poll::Pending => this.client().state().register_unwatched(cx.waker()),
+            Poll::Pending => {
+                this.client().state().register_unwatched(cx.waker());
+                this.read_drained(cx);
+            }
         }
         result
     }
@@ -332,6 +439,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
             return Poll::Ready(Err(closed_error()));
         }
         this.check_export();
+        if this.coalesce {
+            if this.gathers(buf.len()) {
+                this.out.extend_from_slice(buf);
+                return Poll::Ready(Ok(buf.len()));
+            }
+            ready!(this.poll_out(cx))?;
+        }
         let result = Pin::new(&mut this.stream).poll_write(cx, buf);
         match &result {
             Poll::Ready(Ok(n)) => this.count_written(*n),
@@ -351,6 +465,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
             return Poll::Ready(Err(closed_error()));
         }
         this.check_export();
+        if this.coalesce {
+            let len = bufs.iter().map(|b| b.len()).sum();
+            if this.gathers(len) {
+                for b in bufs {
+                    this.out.extend_from_slice(b);
+                }
+                return Poll::Ready(Ok(len));
+            }
+            ready!(this.poll_out(cx))?;
+        }
         let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
         match &result {
             Poll::Ready(Ok(n)) => this.count_written(*n),
@@ -369,6 +493,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         if this.closed() {
             return Poll::Ready(Err(closed_error()));
         }
+        if this.holds_flush() {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(this.poll_out(cx))?;
         let result = Pin::new(&mut this.stream).poll_flush(cx);
         if let Poll::Ready(Err(_)) = &result {
             this.client().state().set_status(Status::CLOSED_WR);
@@ -381,6 +509,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         if this.closed() {
             return Poll::Ready(Ok(()));
         }
+        ready!(this.poll_out(cx))?;
         if this.client().state().is_handing_over() {
             // The socket moves to another process: no FIN from this one.
             return Poll::Ready(Ok(()));

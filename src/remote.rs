@@ -260,6 +260,9 @@ where
             },
         );
 
+        if protocol == Protocol::Http1 {
+            io.coalesce_writes();
+        }
         let service = Serve::new(service, client.clone());
         let mut conn = pin!(driver.serve(protocol, TokioIo::new(io), service));
         #[cfg(unix)]
@@ -460,7 +463,7 @@ struct Sniffed {
     filled: usize,
 }
 
-async fn sniff<S: AsyncRead + Unpin>(
+async fn sniff<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut ClientIo<S>,
     sniffed: &mut Sniffed,
 ) -> io::Result<Option<Protocol>> {
