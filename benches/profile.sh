@@ -32,6 +32,9 @@ command -v h2load >/dev/null || { echo "needs h2load (Debian: nghttp2-client)"; 
 command -v valgrind >/dev/null || { echo "needs valgrind"; exit 1; }
 ulimit -n "$(ulimit -Hn)"
 
+# actix-web is a binary of its own (benches/Cargo.toml says why).
+server_bin() { if [ "$2" = actix ]; then echo "$1/bench-actix"; else echo "$1/bench-server"; fi; }
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() { for _ in $(seq 600); do port_open "$1" && return 0; sleep 0.1; done; return 1; }
 next_port() { PORT=$((PORT + 1)); }
@@ -58,7 +61,7 @@ allocs() { # MODE PROTO -> "allocs/req bytes/req"
     local mode=$1 proto=$2 log pid a b
     next_port
     log=$OUT/alloc.$mode.$proto.log
-    BENCH_COUNT_ALLOC=1 taskset -c 0 "$BIN/bench-server" "$mode" "$PORT" >"$log" 2>&1 &
+    BENCH_COUNT_ALLOC=1 taskset -c 0 "$(server_bin "$BIN" "$mode")" "$mode" "$PORT" >"$log" 2>&1 &
     pid=$!
     wait_port "$PORT" || { echo "- -"; kill "$pid"; return; }
     load "$proto" "$PORT" $((N / 10))
@@ -75,7 +78,7 @@ retained() { # MODE PROTO -> bytes kept per idle connection
     next_port
     log=$OUT/idle.$mode.$proto.log
     clog=$OUT/idle-client.$mode.$proto.log
-    BENCH_COUNT_ALLOC=1 BENCH_IDLE_TIMEOUT_SECS=600 taskset -c 0 "$BIN/bench-server" "$mode" "$PORT" >"$log" 2>&1 &
+    BENCH_COUNT_ALLOC=1 BENCH_IDLE_TIMEOUT_SECS=600 taskset -c 0 "$(server_bin "$BIN" "$mode")" "$mode" "$PORT" >"$log" 2>&1 &
     pid=$!
     wait_port "$PORT" || { echo "-"; kill "$pid"; return; }
     load h1 "$PORT" 100
@@ -94,7 +97,7 @@ instructions() { # BIN MODE PROTO -> instructions/request
     for count in "$N" $((2 * N)); do
         next_port
         f=$OUT/cg.$mode.$proto.$count
-        taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$f" "$bin/bench-server" "$mode" "$PORT" >"$f.log" 2>&1 &
+        taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$f" "$(server_bin "$bin" "$mode")" "$mode" "$PORT" >"$f.log" 2>&1 &
         pid=$!
         wait_port "$PORT" || { echo "-"; kill "$pid"; return; }
         load "$proto" "$PORT" "$count"

@@ -99,10 +99,17 @@ fi
 # --- build -------------------------------------------------------------------------------
 if [ -z "${SKIP_BUILD:-}" ]; then
     log "building the servers (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    cargo build --release --manifest-path "$HERE/Cargo.toml" >"$OUT/logs/build.log" 2>&1 ||
+    # Two builds: actix-web turns on `tracing/log`, a cost every other server of its binary
+    # would pay (see benches/Cargo.toml).
+    { cargo build --release --manifest-path "$HERE/Cargo.toml" &&
+        cargo build --release --manifest-path "$HERE/Cargo.toml" --features actix --bin bench-actix
+    } >"$OUT/logs/build.log" 2>&1 ||
         { tail -30 "$OUT/logs/build.log"; die "cargo build failed"; }
 fi
 [ -x "$BIN/bench-server" ] && [ -x "$BIN/bench-idle" ] || die "no binaries in $BIN"
+case " ${SERVERS_PLAIN[*]} " in
+    *" actix "*) [ -x "$BIN/bench-actix" ] || die "no bench-actix in $BIN" ;;
+esac
 
 # 1 000 idle connections and connection churn need descriptors.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -129,6 +136,8 @@ start_server() {
     if [ "$mode" = crate-before ]; then
         [ -n "${BIN_BEFORE:-}" ] || { log "crate-before needs BIN_BEFORE"; return 1; }
         taskset -c "$SERVER_CPUS" "$BIN_BEFORE/bench-server" crate "$port" >"$logf" 2>&1 &
+    elif [ "$mode" = actix ]; then
+        taskset -c "$SERVER_CPUS" "$BIN/bench-actix" actix "$port" >"$logf" 2>&1 &
     else
         taskset -c "$SERVER_CPUS" "$BIN/bench-server" "$mode" "$port" >"$logf" 2>&1 &
     fi
