@@ -32,6 +32,11 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, future: F) {
+        if !tracing::dispatcher::has_been_set() {
+            // No subscriber was ever set: no span to carry (and no lookup per stream).
+            tokio::spawn(future);
+            return;
+        }
         let span = tracing::Span::current();
         if span.is_disabled() {
             tokio::spawn(future);

@@ -310,7 +310,7 @@ impl<S> ClientIo<S> {
 
     /// Whether a flush may wait: see [`coalesce_writes`](Self::coalesce_writes).
     fn holds_flush(&self) -> bool {
-        if !self.coalesce || self.read_drained || self.out.is_empty() {
+        if !self.coalesce || self.read_drained {
             return false;
         }
         let state = self.client().state();
@@ -493,10 +493,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         if this.closed() {
             return Poll::Ready(Err(closed_error()));
         }
-        if this.holds_flush() {
-            return Poll::Ready(Ok(()));
+        if !this.out.is_empty() {
+            if this.holds_flush() {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(this.poll_out(cx))?;
         }
-        ready!(this.poll_out(cx))?;
         let result = Pin::new(&mut this.stream).poll_flush(cx);
         if let Poll::Ready(Err(_)) = &result {
             this.client().state().set_status(Status::CLOSED_WR);
@@ -509,7 +511,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         if this.closed() {
             return Poll::Ready(Ok(()));
         }
-        ready!(this.poll_out(cx))?;
+        if !this.out.is_empty() {
+            ready!(this.poll_out(cx))?;
+        }
         if this.client().state().is_handing_over() {
             // The socket moves to another process: no FIN from this one.
             return Poll::Ready(Ok(()));

@@ -243,11 +243,17 @@ async fn bare(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
             }
         };
         let _ = stream.set_nodelay(true);
+        // What bare hyper knows of its client: the address, read once per request as the
+        // crate's handler reads its `ClientInfo`.
+        let remote = stream.peer_addr().ok();
         let builder = builder.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(HELLO))))
+            let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                black_box(remote);
+                std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(
+                    Bytes::from_static(HELLO),
+                ))))
             });
             match tls {
                 None => {
@@ -268,12 +274,15 @@ async fn bare(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
     }
 }
 
-async fn crate_handler(
+/// The crate's handler: reads the connection's `ClientInfo` (its remote address), then answers.
+/// The same shape as bare's: the request is read and dropped before the future is made, so
+/// neither future carries it.
+fn crate_handler(
     req: Request<hyper_remote_client::RequestBody>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> impl std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> {
     let client = req.extensions().get::<hyper_remote_client::ClientInfo>();
     black_box(client.map(|client| client.remote_address()));
-    Ok(Response::new(Full::new(Bytes::from_static(HELLO))))
+    std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(HELLO)))))
 }
 
 /// hyper-remote-client's `Server` with default options.

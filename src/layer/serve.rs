@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use http::{Request, Response, Version};
 use http_body::Body;
@@ -19,6 +19,7 @@ use super::screening::screen;
 use super::service::{inject, upgrade_of};
 use super::{RequestBody, RequestGuard, ResponseBody, ResponseFuture, ResponseGuard};
 use crate::client::ClientInfo;
+use crate::BoxError;
 
 /// A hyper service over a tower service, for one connection: counts each request (its response,
 /// and its body), screens it ([`ScreeningLayer`](super::ScreeningLayer)'s answers), gives it its
@@ -45,10 +46,11 @@ impl<S> Serve<S> {
 impl<S, B> hyper::service::Service<Request<Incoming>> for Serve<S>
 where
     S: Service<Request<RequestBody>, Response = Response<B>> + Clone,
+    S::Error: Into<BoxError>,
     B: Body,
 {
     type Response = Response<ResponseBody<B>>;
-    type Error = S::Error;
+    type Error = BoxError;
     type Future = ServeFuture<S, S::Future>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
@@ -56,10 +58,30 @@ where
             Prepared::Local(response, guard) => ServeFuture::Called {
                 response: ResponseFuture::local(response, guard),
             },
-            Prepared::Forward(req, guard, upgrade) => ServeFuture::Ready {
-                service: self.service.clone(),
-                request: Some((req, guard, upgrade)),
-            },
+            Prepared::Forward(req, guard, upgrade) => {
+                let mut service = self.service.clone();
+                // Most services are ready at once: then the service is called here, and the
+                // future hyper keeps (over HTTP/2, each stream's task, moved several times on
+                // its way to tokio) holds the response future alone, not the request beside it.
+                // Polled again with the task's waker if not ready, as a service allows.
+                let mut cx = Context::from_waker(Waker::noop());
+                match service.poll_ready(&mut cx) {
+                    Poll::Ready(Ok(())) => {
+                        let http1 = req.version() <= Version::HTTP_11;
+                        ServeFuture::Called {
+                            response: ResponseFuture::new(service.call(req), guard, upgrade, http1),
+                        }
+                    }
+                    // The request and its guards are dropped here: its response is done.
+                    Poll::Ready(Err(error)) => ServeFuture::Failed {
+                        error: Some(error.into()),
+                    },
+                    Poll::Pending => ServeFuture::Ready {
+                        service,
+                        request: Some(Box::new((req, guard, upgrade))),
+                    },
+                }
+            }
         }
     }
 }
@@ -95,17 +117,21 @@ fn prepare<B: Body>(client: &ClientInfo, req: Request<B>) -> Prepared<B> {
 }
 
 pin_project! {
-    /// Waits for the service to be ready, calls it, and then for its response. One state at
-    /// a time, so the task hyper spawns per HTTP/2 stream holds the larger of the two, not both.
+    /// The response of a service that was ready when the request came (the usual case), or the
+    /// wait for a service that was not: then the request waits, boxed, so that the future stays
+    /// the size of the first case.
     #[project = ServeProj]
     pub(crate) enum ServeFuture<S, F> {
         Ready {
             service: S,
-            request: Option<(Request<RequestBody>, ResponseGuard, Upgrade)>,
+            request: Option<Box<(Request<RequestBody>, ResponseGuard, Upgrade)>>,
         },
         Called {
             #[pin]
             response: ResponseFuture<F>,
+        },
+        Failed {
+            error: Option<BoxError>,
         },
     }
 }
@@ -113,20 +139,28 @@ pin_project! {
 impl<S, B> Future for ServeFuture<S, S::Future>
 where
     S: Service<Request<RequestBody>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
     B: Body,
 {
-    type Output = Result<Response<ResponseBody<B>>, S::Error>;
+    type Output = Result<Response<ResponseBody<B>>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let called = match self.as_mut().project() {
-                ServeProj::Called { response } => return response.poll(cx),
-                ServeProj::Ready { service, request } => {
-                    // On error the request and its guards are dropped with this future.
-                    ready!(service.poll_ready(cx))?;
-                    let Some((req, guard, upgrade)) = request.take() else {
+                ServeProj::Called { response } => return response.poll(cx).map_err(Into::into),
+                ServeProj::Failed { error } => {
+                    let Some(error) = error.take() else {
                         panic!("ServeFuture polled after completion");
                     };
+                    return Poll::Ready(Err(error));
+                }
+                ServeProj::Ready { service, request } => {
+                    // On error the request and its guards are dropped with this future.
+                    ready!(service.poll_ready(cx)).map_err(Into::into)?;
+                    let Some(request) = request.take() else {
+                        panic!("ServeFuture polled after completion");
+                    };
+                    let (req, guard, upgrade) = *request;
                     let http1 = req.version() <= Version::HTTP_11;
                     ResponseFuture::new(service.call(req), guard, upgrade, http1)
                 }
