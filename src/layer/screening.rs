@@ -270,27 +270,15 @@ fn valid_host(value: &[u8]) -> bool {
         Some(b'[') => return valid_ip_literal(value),
         Some(_) => {}
     }
-    // One pass: name bytes up to the colon, at most five digits after it.
-    let mut colon = None;
-    let mut ok = true;
-    let mut port: u32 = 0;
-    for (i, &b) in value.iter().enumerate() {
-        if b == b':' {
-            if colon.is_some() || i == 0 {
-                return false; // two colons (unbracketed IPv6), or no name
-            }
-            colon = Some(i);
-        } else if colon.is_none() {
-            ok &= HOST_NAME[b as usize];
-        } else {
-            ok &= b.is_ascii_digit();
-            // Saturating: a peer's `a:99999999999` must not overflow (it is refused below).
-            port = port
-                .saturating_mul(10)
-                .saturating_add(u32::from(b.wrapping_sub(b'0') % 10));
-        }
-    }
-    ok && colon.is_none_or(|at| value.len() - at <= 6 && port <= 65535)
+    // The port is after the last colon; a colon left in the name fails the table (two
+    // colons: an unbracketed IPv6 address).
+    let (name, port) = match value.iter().rposition(|&b| b == b':') {
+        Some(at) => (&value[..at], Some(&value[at + 1..])),
+        None => (value, None),
+    };
+    !name.is_empty()
+        && name.iter().all(|&b| HOST_NAME[b as usize])
+        && port.is_none_or(valid_port)
 }
 
 /// `[IPv6]` with an optional `:port`.
