@@ -96,9 +96,9 @@ impl HttpDriver {
             // request); hyper's own would default to 30 s once a timer is set.
             .header_read_timeout(None)
             .max_header_size(options.header_size_limit());
-        // Not `pipeline_flush(true)`, though it multiplies pipelined throughput (see
-        // BENCHMARKS.md): it holds back the `101` of an upgrade whose first bytes arrive with the
-        // request head, and the upgrade never completes.
+        // Not `pipeline_flush(true)`: it holds back the `101` of an upgrade whose first bytes
+        // arrive with the request head (the upgrade never completes) and a fast response
+        // behind a slow one. `RemoteClient` batches pipelined responses in `ClientIo` instead.
         let mut http2 = http2::Builder::new(StreamExecutor);
         http2
             .timer(TokioTimer::new())

@@ -377,7 +377,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
+            if n == this.prefix.len() {
+                // Not `advance`: an empty `Bytes` would keep its storage for the connection's
+                // life.
+                this.prefix = Bytes::new();
+            } else {
+                this.prefix.advance(n);
+            }
             this.read_drained = false;
             return Poll::Ready(Ok(()));
         }
