@@ -608,16 +608,12 @@ impl Acceptor {
                     .is_some_and(|p| p.reports_other_address(*ip))
             });
             let Some(slot) = self.admit(ip) else { continue };
-            let (this, service, pipeline) = (self.clone(), service.clone(), pipeline.clone());
-            tokio::spawn(async move {
-                let _ = stream.set_nodelay(true);
-                let Ok(local) = fixed_local.map_or_else(|| stream.local_addr(), Ok) else {
-                    return;
-                };
-                let client = ClientInfo::builder(remote, local).options(this.options.clone());
-                this.serve_accepted(stream, client, pipeline, slot, service)
-                    .await;
-            });
+            let _ = stream.set_nodelay(true);
+            let Ok(local) = fixed_local.map_or_else(|| stream.local_addr(), Ok) else {
+                continue;
+            };
+            let client = ClientInfo::builder(remote, local).options(self.options.clone());
+            self.spawn_client(stream, client, pipeline.as_ref(), slot, &service);
         }
     }
 
@@ -647,22 +643,22 @@ impl Acceptor {
                 continue;
             };
             let client = client.options(self.options.clone());
-            let (this, service, pipeline) = (self.clone(), service.clone(), pipeline.clone());
-            tokio::spawn(async move {
-                this.serve_accepted(stream, client, pipeline, slot, service)
-                    .await;
-            });
+            self.spawn_client(stream, client, pipeline.as_ref(), slot, &service);
         }
     }
 
-    /// Runs the listener's steps (if any), then serves the client.
-    async fn serve_accepted<I, S, B>(
-        &self,
+    /// Spawns the task serving an accepted client, after the listener's steps (if any).
+    ///
+    /// The task's future is `serve`'s own (or the steps', boxed: they are large, and a plain
+    /// connection's task should not carry their room), not an `async` block around it: a block
+    /// would keep its captures beside the future they were moved into, per connection.
+    fn spawn_client<I, S, B>(
+        self: &Arc<Self>,
         stream: I,
         client: ClientInfoBuilder,
-        pipeline: Option<Arc<dyn Pipeline<I>>>,
+        pipeline: Option<&Arc<dyn Pipeline<I>>>,
         slot: Slot,
-        service: S,
+        service: &S,
     ) where
         I: AsyncRead + AsyncWrite + StreamSocket + Unpin + Send + 'static,
         S: Handler<B>,
@@ -671,12 +667,16 @@ impl Acceptor {
         match pipeline {
             None => {
                 let client = RemoteClient::new(stream, client.build());
-                self.serve(client, slot, service, true).await
+                tokio::spawn(self.clone().serve(client, slot, service.clone(), true));
             }
-            // Boxed: the steps' futures are large, and a plain connection's task should not
-            // carry their room.
             Some(pipeline) => {
-                Box::pin(self.serve_after_steps(stream, client, pipeline, slot, service)).await
+                tokio::spawn(Box::pin(self.clone().serve_after_steps(
+                    stream,
+                    client,
+                    pipeline.clone(),
+                    slot,
+                    service.clone(),
+                )));
             }
         }
     }
@@ -684,7 +684,7 @@ impl Acceptor {
     /// Runs the steps (cut when a shutdown passes its deadline; refusals counted), applies the
     /// per-IP limit to the address they found, then serves the client.
     async fn serve_after_steps<I, S, B>(
-        &self,
+        self: Arc<Self>,
         stream: I,
         client: ClientInfoBuilder,
         pipeline: Arc<dyn Pipeline<I>>,
@@ -826,7 +826,17 @@ impl Acceptor {
 
     /// Registers the client and serves it until it closes (or, `movable` and idle at a
     /// handover, moves to the new process).
-    async fn serve<T, S, B>(&self, client: RemoteClient<T>, slot: Slot, service: S, movable: bool)
+    ///
+    /// A function returning the future rather than an `async fn`: the future holds what the
+    /// connection's serving needs once (an `async fn` would keep its arguments beside the
+    /// futures they are moved into).
+    fn serve<T, S, B>(
+        self: Arc<Self>,
+        client: RemoteClient<T>,
+        slot: Slot,
+        service: S,
+        movable: bool,
+    ) -> impl Future<Output = ()>
     where
         T: AsyncRead + AsyncWrite + StreamSocket + Unpin + Send + 'static,
         S: Handler<B>,
@@ -853,7 +863,7 @@ impl Acceptor {
             registry::State::ShuttingDown => info.shutdown(),
             registry::State::Forced => info.close(),
         }
-        async {
+        async move {
             debug!("accepted");
             let reason = client
                 .serve(
@@ -888,7 +898,6 @@ impl Acceptor {
             debug!(?reason, "connection ended");
         }
         .instrument(span)
-        .await;
     }
 }
 
