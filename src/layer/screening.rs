@@ -276,9 +276,7 @@ fn valid_host(value: &[u8]) -> bool {
         Some(at) => (&value[..at], Some(&value[at + 1..])),
         None => (value, None),
     };
-    !name.is_empty()
-        && name.iter().all(|&b| HOST_NAME[b as usize])
-        && port.is_none_or(valid_port)
+    !name.is_empty() && name.iter().all(|&b| HOST_NAME[b as usize]) && port.is_none_or(valid_port)
 }
 
 /// `[IPv6]` with an optional `:port`.
