@@ -32,8 +32,10 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, future: F) {
-        if !tracing::dispatcher::has_been_set() {
-            // No subscriber was ever set: no span to carry (and no lookup per stream).
+        if tracing::level_filters::LevelFilter::current()
+            == tracing::level_filters::LevelFilter::OFF
+        {
+            // No subscriber enables anything: no span to carry (and no lookup per stream).
             tokio::spawn(future);
             return;
         }

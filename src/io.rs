@@ -4,7 +4,7 @@ use std::fmt;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -35,6 +35,8 @@ pub struct ClientIo<S> {
     out: Vec<u8>,
     /// The last read would block (or found the end): no further request is on its way.
     read_drained: bool,
+    /// A flush was held back, and nothing was read or gathered since.
+    held: bool,
     socket: SocketFn<S>,
     guard: Arc<CloseGuard>,
 }
@@ -127,6 +129,7 @@ impl<S: StreamSocket> ClientIo<S> {
             coalesce: false,
             out: Vec::new(),
             read_drained: true,
+            held: false,
             socket: S::socket,
             guard: Arc::new(CloseGuard(client)),
         }
@@ -332,6 +335,7 @@ impl<S: AsyncWrite + Unpin> ClientIo<S> {
                     if n == self.out.len() {
                         // Not kept: an idle connection holds no output buffer.
                         self.out = Vec::new();
+                        self.held = false;
                     } else {
                         self.out.drain(..n);
                     }
@@ -357,9 +361,25 @@ impl<S: AsyncWrite + Unpin> ClientIo<S> {
         if !self.out.is_empty() {
             let state = self.client().state();
             if state.pending_responses() == 0 || state.pending_requests() > 0 {
-                // An error shows at the next write or flush.
-                let _ = self.poll_out(cx);
+                // An error shows at the next write or flush. The flush hyper asked for was
+                // answered already: the stream's own is ours to make.
+                if let Poll::Ready(Ok(())) = self.poll_out(cx) {
+                    let _ = Pin::new(&mut self.stream).poll_flush(cx);
+                }
             }
+        }
+    }
+
+    /// hyper ended the connection with an error (a handler's or a body's): the answers held
+    /// for the burst before it go out if the socket takes them now, as they would have without
+    /// the batching. Nothing waits: the connection is being dropped.
+    pub(crate) fn write_held_now(&mut self) {
+        if self.out.is_empty() || self.closed() {
+            return;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Poll::Ready(Ok(())) = self.poll_out(&mut cx) {
+            let _ = Pin::new(&mut self.stream).poll_flush(&mut cx);
         }
     }
 }
@@ -448,6 +468,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         if this.coalesce {
             if this.gathers(buf.len()) {
                 this.out.extend_from_slice(buf);
+                this.held = false;
                 return Poll::Ready(Ok(buf.len()));
             }
             ready!(this.poll_out(cx))?;
@@ -477,6 +498,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
                 for b in bufs {
                     this.out.extend_from_slice(b);
                 }
+                this.held = false;
                 return Poll::Ready(Ok(len));
             }
             ready!(this.poll_out(cx))?;
@@ -500,7 +522,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
             return Poll::Ready(Err(closed_error()));
         }
         if !this.out.is_empty() {
-            if this.holds_flush() {
+            if !this.held && this.holds_flush() {
+                // hyper goes on with the next request it has read. Should it yield instead
+                // (one branch of its dispatcher returns without looking at its read buffer
+                // again), this wake-up brings it back; a second flush with nothing read or
+                // gathered in between writes.
+                this.held = true;
+                cx.waker().wake_by_ref();
                 return Poll::Ready(Ok(()));
             }
             ready!(this.poll_out(cx))?;

@@ -322,7 +322,12 @@ where
                 }
                 Ok(Ok(())) if watch.shutdown_seen() => return CloseReason::Shutdown,
                 Ok(Ok(())) => return CloseReason::Finished,
-                Ok(Err(error)) => return CloseReason::Error(error.into()),
+                Ok(Err(error)) => {
+                    if let Some((io, _)) = conn.as_mut().take_parts() {
+                        io.into_inner().write_held_now();
+                    }
+                    return CloseReason::Error(error.into());
+                }
             }
         }
     }

@@ -633,3 +633,43 @@ async fn a_burst_over_tls_is_answered_in_order() {
         .await
         .expect("server task");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 9. A failing request in a burst
+
+/// A handler's error ends the connection through hyper's error path, which neither flushes
+/// nor shuts the stream down: the answers held for the requests before it still go out.
+#[tokio::test]
+async fn answers_before_a_failing_request_are_written() {
+    let service = tower::service_fn(|req: Request<RequestBody>| async move {
+        if req.uri().path() == "/fail" {
+            Err(std::io::Error::other("the handler failed"))
+        } else {
+            Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        }
+    });
+    let harness = common::serve(Options::default(), service).await;
+    let mut conn = Conn::tcp(harness.addr).await;
+
+    let bytes = [get("/a"), get("/b"), get("/fail"), get("/c")].concat();
+    conn.send(bytes.as_bytes()).await;
+
+    let all = conn.rest_to_eof("the answers, to EOF").await;
+    let mut rest = &all[..];
+    for k in 0..2 {
+        let (response, used) = parse_response(rest).unwrap_or_else(|| {
+            panic!(
+                "answer {k} missing at EOF: {:?}",
+                String::from_utf8_lossy(&all)
+            )
+        });
+        assert_eq!(response.status, 200, "answer {k}: {response:?}");
+        assert_eq!(response.body, b"ok", "answer {k}");
+        rest = &rest[used..];
+    }
+    assert!(
+        !String::from_utf8_lossy(rest).contains("HTTP/1.1 200"),
+        "no answer after the failing request: {:?}",
+        String::from_utf8_lossy(rest)
+    );
+}

@@ -60,18 +60,24 @@ where
             },
             Prepared::Forward(req, guard, upgrade) => {
                 let mut service = self.service.clone();
-                // Most services are ready at once: then the service is called here, and the
-                // future hyper keeps (over HTTP/2, each stream's task, moved several times on
-                // its way to tokio) holds the response future alone, not the request beside it.
-                // Polled again with the task's waker if not ready, as a service allows.
+                if req.version() >= Version::HTTP_2 {
+                    // hyper calls this on the connection's task; the service's own `call` (a
+                    // router's work, a panic) belongs on the stream's task, as under hyper-util.
+                    // The request waits boxed, so the stream's future stays small.
+                    return ServeFuture::Ready {
+                        service,
+                        request: Some(Box::new((req, guard, upgrade))),
+                    };
+                }
+                // HTTP/1 serves from the connection's task anyway. Most services are ready at
+                // once: then the service is called here, and the future hyper keeps holds the
+                // response future alone, not the request beside it. Polled again with the
+                // task's waker if not ready, as a service allows.
                 let mut cx = Context::from_waker(Waker::noop());
                 match service.poll_ready(&mut cx) {
-                    Poll::Ready(Ok(())) => {
-                        let http1 = req.version() <= Version::HTTP_11;
-                        ServeFuture::Called {
-                            response: ResponseFuture::new(service.call(req), guard, upgrade, http1),
-                        }
-                    }
+                    Poll::Ready(Ok(())) => ServeFuture::Called {
+                        response: ResponseFuture::new(service.call(req), guard, upgrade, true),
+                    },
                     // The request and its guards are dropped here: its response is done.
                     Poll::Ready(Err(error)) => ServeFuture::Failed {
                         error: Some(error.into()),
@@ -117,9 +123,9 @@ fn prepare<B: Body>(client: &ClientInfo, req: Request<B>) -> Prepared<B> {
 }
 
 pin_project! {
-    /// The response of a service that was ready when the request came (the usual case), or the
-    /// wait for a service that was not: then the request waits, boxed, so that the future stays
-    /// the size of the first case.
+    /// The response of a service that was ready when the request came (HTTP/1, the usual
+    /// case), or the wait for the service to be ready (HTTP/2, or a service that was not):
+    /// then the request waits boxed, so that the future stays the size of the first case.
     #[project = ServeProj]
     pub(crate) enum ServeFuture<S, F> {
         Ready {
