@@ -301,3 +301,42 @@ fn builder_defaults_and_close_without_io() {
     client.close();
     assert_eq!(count.load(Ordering::SeqCst), 1);
 }
+
+/// The crate calls a ready service as soon as hyper hands it the request (on the connection's
+/// task, where hyper calls a service of its own): a service whose `call` panics fails that
+/// request alone. The HTTP/2 connection goes on serving its other streams.
+#[tokio::test]
+async fn a_service_panicking_in_call_fails_its_request_alone() {
+    use hyper_remote_client::{Options, RequestBody};
+    let service = tower::service_fn(|req: http::Request<RequestBody>| {
+        if req.uri().path() == "/panic" {
+            panic!("the service panics in call (expected by this test)");
+        }
+        async { Ok::<_, std::convert::Infallible>(common::ok("ok")) }
+    });
+    let harness = common::serve(Options::default(), service).await;
+    let mut client = common::h2_client(harness.addr).await;
+
+    let failed = common::within(
+        "the panicking request",
+        client
+            .sender
+            .send_request(common::h2_req(harness.addr, "GET", "/panic", "")),
+    )
+    .await;
+    assert!(failed.is_err(), "the stream is reset: {failed:?}");
+
+    for _ in 0..3 {
+        let response = common::within(
+            "a request after it, on the same connection",
+            client
+                .sender
+                .send_request(common::h2_req(harness.addr, "GET", "/ok", "")),
+        )
+        .await
+        .expect("the connection still serves");
+        assert_eq!(response.status(), 200);
+        assert_eq!(common::body_of(response).await, "ok");
+    }
+    assert!(!client.conn.is_finished(), "the connection is still open");
+}

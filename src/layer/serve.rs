@@ -5,6 +5,7 @@
 //! rate limit) is working, and no clock of the peer's runs meanwhile.
 
 use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 
@@ -60,29 +61,31 @@ where
             },
             Prepared::Forward(req, guard, upgrade) => {
                 let mut service = self.service.clone();
-                if req.version() >= Version::HTTP_2 {
-                    // hyper calls this on the connection's task; the service's own `call` (a
-                    // router's work, a panic) belongs on the stream's task, as under hyper-util.
-                    // The request waits boxed, so the stream's future stays small.
-                    return ServeFuture::Ready {
-                        service,
-                        request: Some(Box::new((req, guard, upgrade))),
-                    };
-                }
-                // HTTP/1 serves from the connection's task anyway. Most services are ready at
-                // once: then the service is called here, and the future hyper keeps holds the
-                // response future alone, not the request beside it. Polled again with the
-                // task's waker if not ready, as a service allows.
-                let mut cx = Context::from_waker(Waker::noop());
-                match service.poll_ready(&mut cx) {
-                    Poll::Ready(Ok(())) => ServeFuture::Called {
-                        response: ResponseFuture::new(service.call(req), guard, upgrade, true),
+                let http1 = req.version() <= Version::HTTP_11;
+                // Most services are ready at once: then the service is called here, on the
+                // connection's task, where hyper calls a service of its own, and the future
+                // hyper keeps (over HTTP/2 each stream's task, moved several times on its way
+                // to tokio) holds the response future alone, not the request beside it. Polled
+                // again with the task's waker if not ready, as a service allows. A panic of
+                // the service fails this request alone, as it would in a stream's task.
+                let attempt = catch_unwind(AssertUnwindSafe(|| {
+                    let mut cx = Context::from_waker(Waker::noop());
+                    match service.poll_ready(&mut cx) {
+                        Poll::Ready(Ok(())) => Attempt::Called(service.call(req)),
+                        Poll::Ready(Err(error)) => Attempt::Failed(error.into()),
+                        Poll::Pending => Attempt::NotReady(req),
+                    }
+                }));
+                match attempt {
+                    Ok(Attempt::Called(future)) => ServeFuture::Called {
+                        response: ResponseFuture::new(future, guard, upgrade, http1),
                     },
                     // The request and its guards are dropped here: its response is done.
-                    Poll::Ready(Err(error)) => ServeFuture::Failed {
-                        error: Some(error.into()),
+                    Ok(Attempt::Failed(error)) => ServeFuture::Failed { error: Some(error) },
+                    Err(_panic) => ServeFuture::Failed {
+                        error: Some("the service panicked".into()),
                     },
-                    Poll::Pending => ServeFuture::Ready {
+                    Ok(Attempt::NotReady(req)) => ServeFuture::Ready {
                         service,
                         request: Some(Box::new((req, guard, upgrade))),
                     },
@@ -90,6 +93,14 @@ where
             }
         }
     }
+}
+
+/// What calling a service at once came to (a value of the moment: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Attempt<F> {
+    Called(F),
+    Failed(BoxError),
+    NotReady(Request<RequestBody>),
 }
 
 /// A request, counted and screened: answered by the crate, or on its way to the service.
@@ -123,9 +134,9 @@ fn prepare<B: Body>(client: &ClientInfo, req: Request<B>) -> Prepared<B> {
 }
 
 pin_project! {
-    /// The response of a service that was ready when the request came (HTTP/1, the usual
-    /// case), or the wait for the service to be ready (HTTP/2, or a service that was not):
-    /// then the request waits boxed, so that the future stays the size of the first case.
+    /// The response of a service that was ready when the request came (the usual case), or the
+    /// wait for a service that was not: then the request waits, boxed, so that the future stays
+    /// the size of the first case.
     #[project = ServeProj]
     pub(crate) enum ServeFuture<S, F> {
         Ready {
