@@ -297,7 +297,9 @@ impl<S> ClientIo<S> {
     /// and no request body is in flight (so a fast response never waits behind a slow one, a
     /// streamed body's chunks and a `100 Continue` go out at once), and the connection is not
     /// being upgraded. Held output is written as soon as a read would block, at the next
-    /// flush that is not held back, and before a shutdown.
+    /// flush that is not held back, at a second flush with nothing read or gathered since the
+    /// first (the first wakes the task), before a shutdown, and, if the socket takes it at once,
+    /// when hyper ends the connection with an error.
     pub(crate) fn coalesce_writes(&mut self) {
         self.coalesce = true;
     }
