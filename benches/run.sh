@@ -15,6 +15,7 @@
 #   WORKLOADS       which workloads, in order (default: all):
 #                   h2c pipelined keepalive churn tls-h2 tls-handshake idle
 #   SERVERS         the plain servers to compare (default: bare crate axum actix); add
+#                   crate-spawn (the crate with Options::http2_inline_streams off), or
 #                   crate-before with BIN_BEFORE set to compare this crate with another build
 #   BIN_BEFORE      release binaries of another tree (e.g. the previous commit), for crate-before
 #   BENCH_RUNTIME   multi: the servers run on tokio's multi-thread runtime (one worker when
@@ -122,7 +123,7 @@ port_of() {
         bare) echo $((BASE_PORT + 1)) ;; crate) echo $((BASE_PORT + 2)) ;;
         bare-tls) echo $((BASE_PORT + 3)) ;; crate-tls) echo $((BASE_PORT + 4)) ;;
         axum) echo $((BASE_PORT + 5)) ;; actix) echo $((BASE_PORT + 6)) ;;
-        crate-before) echo $((BASE_PORT + 7)) ;;
+        crate-before) echo $((BASE_PORT + 7)) ;; crate-spawn) echo $((BASE_PORT + 8)) ;;
     esac
 }
 

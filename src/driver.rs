@@ -1,6 +1,8 @@
 //! [`HttpDriver`] and [`HttpDriverFactory`]: which HTTP version serves a connection, and how.
 
+use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -19,33 +21,113 @@ use crate::lifecycle::Protocol;
 use crate::options::Options;
 use crate::BoxError;
 
-/// The executor of hyper's HTTP/2 builder: spawns each stream's task on tokio (as hyper-util's
-/// `TokioExecutor`) in the `tracing` span of its connection, so that a handler's log lines
-/// carry the connection's span over HTTP/2 as they do over HTTP/1.
-#[derive(Clone, Copy, Debug, Default)]
-#[non_exhaustive]
-pub struct StreamExecutor;
+/// The executor of hyper's HTTP/2 builder.
+///
+/// Inside a connection served by this crate, each new stream is first polled on the
+/// connection's own task, right after hyper accepted it: a stream whose response is ready at
+/// once (a handler that does not wait) is answered there without a task of its own. A stream
+/// that has to wait is then spawned on tokio (as hyper-util's `TokioExecutor` does) and goes on
+/// there, so slow handlers still run concurrently and on any worker. A panic in that first
+/// poll ends that stream alone, as it would in a task of its own.
+///
+/// Elsewhere (a builder used outside this crate's connections), each stream is spawned.
+/// Either way a spawned stream runs in the `tracing` span of its connection, so that a
+/// handler's log lines carry the connection's span over HTTP/2 as they do over HTTP/1.
+///
+/// [`Options::http2_inline_streams`] off (or [`StreamExecutor::spawning`]): every stream is
+/// spawned.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamExecutor {
+    inline: bool,
+}
+
+impl StreamExecutor {
+    /// The executor that polls a new stream on its connection's task first (the default).
+    pub fn inline() -> Self {
+        StreamExecutor { inline: true }
+    }
+
+    /// The executor that spawns every stream on a task of its own.
+    pub fn spawning() -> Self {
+        StreamExecutor { inline: false }
+    }
+}
+
+impl Default for StreamExecutor {
+    fn default() -> Self {
+        Self::inline()
+    }
+}
+
+type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+thread_local! {
+    /// Whether a connection of this crate is being polled on this thread: its new streams wait
+    /// in `STREAMS` for their first poll.
+    static COLLECTING: Cell<bool> = const { Cell::new(false) };
+    static STREAMS: RefCell<Vec<Stream>> = const { RefCell::new(Vec::new()) };
+}
 
 impl<F> hyper::rt::Executor<F> for StreamExecutor
 where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, future: F) {
-        if tracing::level_filters::LevelFilter::current()
-            == tracing::level_filters::LevelFilter::OFF
-        {
-            // No subscriber enables anything: no span to carry (and no lookup per stream).
-            tokio::spawn(future);
-            return;
-        }
-        let span = tracing::Span::current();
-        if span.is_disabled() {
-            tokio::spawn(future);
+        if self.inline && COLLECTING.get() {
+            let future: Stream = Box::pin(future);
+            STREAMS.with_borrow_mut(|streams| streams.push(future));
         } else {
-            tokio::spawn(future.instrument(span));
+            spawn(future);
         }
     }
+}
+
+fn spawn<F>(future: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    if tracing::level_filters::LevelFilter::current() == tracing::level_filters::LevelFilter::OFF {
+        // No subscriber enables anything: no span to carry (and no lookup per stream).
+        tokio::spawn(future);
+        return;
+    }
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        tokio::spawn(future);
+    } else {
+        tokio::spawn(future.instrument(span));
+    }
+}
+
+/// Polls an HTTP/2 connection, then gives each stream it accepted meanwhile its first poll on
+/// this task; the ones that wait are spawned.
+fn poll_http2<T>(cx: &mut Context<'_>, poll: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
+    let outer = COLLECTING.replace(true);
+    let result = poll(cx);
+    COLLECTING.set(outer);
+    if outer {
+        // An enclosing connection on this task gives them their first poll.
+        return result;
+    }
+    let mut streams = STREAMS.with_borrow_mut(std::mem::take);
+    if streams.is_empty() {
+        STREAMS.with_borrow_mut(|spare| *spare = streams);
+        return result;
+    }
+    for mut stream in streams.drain(..) {
+        let poll = std::panic::catch_unwind(AssertUnwindSafe(|| stream.as_mut().poll(cx)));
+        // Ready: answered. A panic: the stream is dropped (hyper's h2 resets it), as a task
+        // of its own would be.
+        if let Ok(Poll::Pending) = poll {
+            spawn(stream);
+        }
+    }
+    STREAMS.with_borrow_mut(|spare| {
+        if spare.capacity() < streams.capacity() {
+            *spare = streams;
+        }
+    });
+    result
 }
 
 /// The HTTP versions a driver serves.
@@ -101,7 +183,11 @@ impl HttpDriver {
         // Not `pipeline_flush(true)`: it holds back the `101` of an upgrade whose first bytes
         // arrive with the request head (the upgrade never completes) and a fast response
         // behind a slow one. `RemoteClient` batches pipelined responses in `ClientIo` instead.
-        let mut http2 = http2::Builder::new(StreamExecutor);
+        let mut http2 = http2::Builder::new(if options.http2_inline_streams() {
+            StreamExecutor::inline()
+        } else {
+            StreamExecutor::spawning()
+        });
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(options.concurrent_stream_limit())
@@ -264,7 +350,7 @@ where
                 Some(conn) => Pin::new(conn).poll(cx),
                 None => Poll::Ready(Ok(())),
             },
-            ConnectionProj::Http2 { conn } => conn.poll(cx),
+            ConnectionProj::Http2 { conn } => poll_http2(cx, |cx| conn.poll(cx)),
         }
     }
 }

@@ -39,6 +39,7 @@ pub struct Options {
     allowed_methods: Vec<Method>,
     shutdown_timeout: Duration,
     http2_cleartext: bool,
+    http2_inline_streams: bool,
 }
 
 impl Default for Options {
@@ -67,6 +68,7 @@ impl Default for Options {
             ],
             shutdown_timeout: Duration::from_secs(3),
             http2_cleartext: true,
+            http2_inline_streams: true,
         }
     }
 }
@@ -256,6 +258,25 @@ impl Options {
     /// Sets [`http2_cleartext`](Self::http2_cleartext).
     pub fn with_http2_cleartext(mut self, value: bool) -> Self {
         self.http2_cleartext = value;
+        self
+    }
+
+    /// Answer an HTTP/2 stream whose response is ready at once on its connection's task, without
+    /// a task of its own (see [`StreamExecutor`](crate::StreamExecutor)); a stream that has to
+    /// wait gets its task either way. Default on: it saves a task spawn and two task switches
+    /// per request (BENCHMARKS.md measures it).
+    ///
+    /// Turn it off when handlers do long synchronous work before their first wait *and* few
+    /// connections carry many concurrent streams (a proxy or gRPC client multiplexing onto one
+    /// connection): on, those streams of one connection run one after the other on its
+    /// worker; off, each is a task the runtime can run on any worker.
+    pub fn http2_inline_streams(&self) -> bool {
+        self.http2_inline_streams
+    }
+
+    /// Sets [`http2_inline_streams`](Self::http2_inline_streams).
+    pub fn with_http2_inline_streams(mut self, value: bool) -> Self {
+        self.http2_inline_streams = value;
         self
     }
 

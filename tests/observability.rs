@@ -67,9 +67,13 @@ fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
     (captured, tracing::subscriber::set_default(subscriber))
 }
 
-/// Logs one line naming the request's path, and answers the client's id.
+/// Logs one line naming the request's path, and answers the client's id. A path that starts
+/// with `/wait` yields once first (over HTTP/2, the stream then goes on in a task of its own).
 async fn logging_handler(req: Request<RequestBody>) -> HandlerResult {
     let client = req.extensions().get::<ClientInfo>().unwrap().clone();
+    if req.uri().path().starts_with("/wait") {
+        tokio::task::yield_now().await;
+    }
     tracing::info!(path = req.uri().path(), "handler ran");
     Ok(ok(client.id().to_string()))
 }
@@ -89,6 +93,11 @@ async fn a_handlers_log_line_carries_its_connection_over_http1_and_http2() {
         .send_request(h2_req(addr, "GET", "/two", ""))
         .await;
     let id2 = body_of(response.unwrap()).await;
+    let response = h2
+        .sender
+        .send_request(h2_req(addr, "GET", "/wait-three", ""))
+        .await;
+    assert_eq!(body_of(response.unwrap()).await, id2);
     let (id1, id2) = (String::from_utf8_lossy(&id1), String::from_utf8_lossy(&id2));
     assert_ne!(id1, id2);
 
@@ -97,11 +106,14 @@ async fn a_handlers_log_line_carries_its_connection_over_http1_and_http2() {
     assert!(line.contains(&format!("remote={}", h1.local)), "{line}");
     assert!(line.contains(&format!("local={addr}")), "{line}");
     assert!(line.contains("protocol=\"http/1.1\""), "{line}");
-    // An HTTP/2 stream runs on a task of its own: in the connection's span all the same.
-    let line = logs.line_with("path=\"/two\"");
-    assert!(line.contains(&format!("client{{id={id2} ")), "{line}");
-    assert!(line.contains(&format!("remote={}", h2.local)), "{line}");
-    assert!(line.contains("protocol=\"h2\""), "{line}");
+    // An HTTP/2 stream answered on the connection's task, and one that waited and went on in
+    // a task of its own: in the connection's span both.
+    for path in ["/two", "/wait-three"] {
+        let line = logs.line_with(&format!("path=\"{path}\""));
+        assert!(line.contains(&format!("client{{id={id2} ")), "{line}");
+        assert!(line.contains(&format!("remote={}", h2.local)), "{line}");
+        assert!(line.contains("protocol=\"h2\""), "{line}");
+    }
 }
 
 #[cfg(feature = "tls")]

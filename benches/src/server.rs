@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! bench-server MODE PORT
-//! MODE: bare | crate | bare-tls | crate-tls | axum      (bench-server)
+//! MODE: bare | crate | crate-spawn | bare-tls | crate-tls | axum      (bench-server)
 //! bench-actix actix PORT
 //! ```
 //!
@@ -16,6 +16,9 @@
 //! - `crate`: the same response behind hyper-remote-client's `Server` with `Options::default()`
 //!   (layer, counters, registry, limits, timeouts: everything on). The handler reads the
 //!   connection's `ClientInfo` (remote address), as a user of the crate would.
+//! - `crate-spawn`: `crate` with `Options::http2_inline_streams` off: every HTTP/2 stream is a
+//!   task of its own, as under bare hyper-util's `TokioExecutor` (the crate's own cost per
+//!   request, without what answering streams on the connection's task saves).
 //! - `bare-tls`, `crate-tls`: the same two over TLS (tokio-rustls, ring provider, TLS 1.3 and
 //!   1.2, ALPN `h2` + `http/1.1`, a self-signed certificate for `localhost`/`127.0.0.1` made with
 //!   rcgen at start). Both use the identical `rustls::ServerConfig`.
@@ -128,7 +131,7 @@ static ALLOCATOR: counting::Counting = counting::Counting;
 pub fn main() {
     counting::start();
     let mut args = std::env::args().skip(1);
-    let usage = "usage: bench-server bare|crate|bare-tls|crate-tls|axum|actix PORT";
+    let usage = "usage: bench-server bare|crate|crate-spawn|bare-tls|crate-tls|axum|actix PORT";
     let mode = args.next().expect(usage);
     let port: u16 = args.next().expect(usage).parse().expect(usage);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -189,8 +192,9 @@ pub fn main() {
                 )
                 .await
             }
-            "crate" => crate_server(listener, false).await,
-            "crate-tls" => crate_server(listener, true).await,
+            "crate" => crate_server(listener, false, true).await,
+            "crate-tls" => crate_server(listener, true, true).await,
+            "crate-spawn" => crate_server(listener, false, false).await,
             "axum" => axum(listener).await,
             other => panic!("unknown mode {other:?}; {usage}"),
         }
@@ -286,7 +290,7 @@ fn crate_handler(
 }
 
 /// hyper-remote-client's `Server` with default options.
-async fn crate_server(listener: TcpListener, tls: bool) {
+async fn crate_server(listener: TcpListener, tls: bool, inline_streams: bool) {
     use hyper_remote_client::{Listener, Options, Server, TlsAcceptor};
     let listener = Listener::tcp(listener);
     let listener = if tls {
@@ -295,6 +299,9 @@ async fn crate_server(listener: TcpListener, tls: bool) {
         listener
     };
     let mut options = Options::default();
+    if !inline_streams {
+        options = options.with_http2_inline_streams(false);
+    }
     // BENCH_IDLE_TIMEOUT_SECS: the HTTP/1 and HTTP/2 idle timeouts (the idle-CPU measurement
     // holds connections longer than the default 15 s).
     if let Some(secs) = std::env::var("BENCH_IDLE_TIMEOUT_SECS")
