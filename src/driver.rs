@@ -2,7 +2,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -24,11 +24,16 @@ use crate::BoxError;
 /// The executor of hyper's HTTP/2 builder.
 ///
 /// Inside a connection served by this crate, each new stream is first polled on the
-/// connection's own task, right after hyper accepted it: a stream whose response is ready at
-/// once (a handler that does not wait) is answered there without a task of its own. A stream
-/// that has to wait is then spawned on tokio (as hyper-util's `TokioExecutor` does) and goes on
-/// there, so slow handlers still run concurrently and on any worker. A panic in that first
-/// poll ends that stream alone, as it would in a task of its own.
+/// connection's own task, once hyper's poll of the connection that accepted it returns (with
+/// the other streams that poll accepted): a stream whose response is ready at once (a handler
+/// that does not wait) is queued there without a task of its own, and the connection writes
+/// the responses of such a batch together at its next poll. A stream that has to wait is then
+/// spawned on tokio (as hyper-util's `TokioExecutor` does) and goes on there, so slow handlers
+/// still run concurrently and on any worker; tokio polls it again at once, so the wakers it
+/// registered in its first poll are replaced (a future that keeps only the first waker it was
+/// given, against the `Future` contract, would not be woken). A panic in that first poll ends
+/// that stream alone, as it would in a task of its own; a panic in hyper's poll of the
+/// connection ends that connection (its task), and the streams it had accepted are spawned.
 ///
 /// Elsewhere (a builder used outside this crate's connections), each stream is spawned.
 /// Either way a spawned stream runs in the `tracing` span of its connection, so that a
@@ -102,9 +107,12 @@ where
 /// Polls an HTTP/2 connection, then gives each stream it accepted meanwhile its first poll on
 /// this task; the ones that wait are spawned.
 fn poll_http2<T>(cx: &mut Context<'_>, poll: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
-    let outer = COLLECTING.replace(true);
+    let collecting = Collecting {
+        outer: COLLECTING.replace(true),
+    };
     let result = poll(cx);
-    COLLECTING.set(outer);
+    let outer = collecting.outer;
+    drop(collecting);
     if outer {
         // An enclosing connection on this task gives them their first poll.
         return result;
@@ -115,11 +123,13 @@ fn poll_http2<T>(cx: &mut Context<'_>, poll: impl FnOnce(&mut Context<'_>) -> Po
         return result;
     }
     for mut stream in streams.drain(..) {
-        let poll = std::panic::catch_unwind(AssertUnwindSafe(|| stream.as_mut().poll(cx)));
-        // Ready: answered. A panic: the stream is dropped (hyper's h2 resets it), as a task
-        // of its own would be.
+        let poll = catch_unwind(AssertUnwindSafe(|| stream.as_mut().poll(cx)));
         if let Ok(Poll::Pending) = poll {
             spawn(stream);
+        } else {
+            // Answered, or panicked (hyper's h2 resets the stream once it is dropped): dropped
+            // here, a panic in a drop caught too, as tokio does for a task of its own.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(stream)));
         }
     }
     STREAMS.with_borrow_mut(|spare| {
@@ -128,6 +138,24 @@ fn poll_http2<T>(cx: &mut Context<'_>, poll: impl FnOnce(&mut Context<'_>) -> Po
         }
     });
     result
+}
+
+/// Restores `COLLECTING` when a connection's poll ends, by a panic too (tokio goes on running
+/// other tasks on this thread); then the streams that poll accepted are spawned, not dropped
+/// while unwinding.
+struct Collecting {
+    outer: bool,
+}
+
+impl Drop for Collecting {
+    fn drop(&mut self) {
+        COLLECTING.set(self.outer);
+        if !self.outer && std::thread::panicking() {
+            for stream in STREAMS.with_borrow_mut(std::mem::take) {
+                spawn(stream);
+            }
+        }
+    }
 }
 
 /// The HTTP versions a driver serves.

@@ -263,13 +263,15 @@ impl Options {
 
     /// Answer an HTTP/2 stream whose response is ready at once on its connection's task, without
     /// a task of its own (see [`StreamExecutor`](crate::StreamExecutor)); a stream that has to
-    /// wait gets its task either way. Default on: it saves a task spawn and two task switches
-    /// per request (BENCHMARKS.md measures it).
+    /// wait gets its task either way. Default on: it saves a task spawn and a task switch per
+    /// request, and the connection writes the responses of a batch of such streams together
+    /// (BENCHMARKS.md measures it).
     ///
     /// Turn it off when handlers do long synchronous work before their first wait *and* few
     /// connections carry many concurrent streams (a proxy or gRPC client multiplexing onto one
     /// connection): on, those streams of one connection run one after the other on its
-    /// worker; off, each is a task the runtime can run on any worker.
+    /// task, and the connection reads and writes nothing meanwhile; off, each is a task the
+    /// runtime can run on any worker.
     pub fn http2_inline_streams(&self) -> bool {
         self.http2_inline_streams
     }

@@ -60,7 +60,6 @@ where
                 response: ResponseFuture::local(response, guard),
             },
             Prepared::Forward(req, guard, upgrade) => {
-                let mut service = self.service.clone();
                 let http1 = req.version() <= Version::HTTP_11;
                 // Most services are ready at once: then the service is called here, on the
                 // connection's task, where hyper calls a service of its own, and the future
@@ -68,12 +67,14 @@ where
                 // to tokio) holds the response future alone, not the request beside it. Polled
                 // again with the task's waker if not ready, as a service allows. A panic of
                 // the service fails this request alone, as it would in a stream's task.
+                // The clone too: a service whose `clone` panics fails this request alone.
                 let attempt = catch_unwind(AssertUnwindSafe(|| {
+                    let mut service = self.service.clone();
                     let mut cx = Context::from_waker(Waker::noop());
                     match service.poll_ready(&mut cx) {
                         Poll::Ready(Ok(())) => Attempt::Called(service.call(req)),
                         Poll::Ready(Err(error)) => Attempt::Failed(error.into()),
-                        Poll::Pending => Attempt::NotReady(req),
+                        Poll::Pending => Attempt::NotReady(service, req),
                     }
                 }));
                 match attempt {
@@ -85,7 +86,7 @@ where
                     Err(_panic) => ServeFuture::Failed {
                         error: Some("the service panicked".into()),
                     },
-                    Ok(Attempt::NotReady(req)) => ServeFuture::Ready {
+                    Ok(Attempt::NotReady(service, req)) => ServeFuture::Ready {
                         service,
                         request: Some(Box::new((req, guard, upgrade))),
                     },
@@ -97,10 +98,10 @@ where
 
 /// What calling a service at once came to (a value of the moment: its size does not matter).
 #[allow(clippy::large_enum_variant)]
-enum Attempt<F> {
+enum Attempt<S, F> {
     Called(F),
     Failed(BoxError),
-    NotReady(Request<RequestBody>),
+    NotReady(S, Request<RequestBody>),
 }
 
 /// A request, counted and screened: answered by the crate, or on its way to the service.
