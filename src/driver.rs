@@ -23,8 +23,8 @@ use crate::BoxError;
 
 /// The executor of hyper's HTTP/2 builder.
 ///
-/// Inside a connection served by this crate, each new stream is first polled on the
-/// connection's own task, once hyper's poll of the connection that accepted it returns (with
+/// Inside a connection served by this crate (or wrapped in [`InlineStreams`]), each new
+/// stream is first polled on the connection's own task, once hyper's poll of the connection that accepted it returns (with
 /// the other streams that poll accepted): a stream whose response is ready at once (a handler
 /// that does not wait) is queued there without a task of its own, and the connection writes
 /// the responses of such a batch together at its next poll. A stream that has to wait is then
@@ -35,7 +35,8 @@ use crate::BoxError;
 /// that stream alone, as it would in a task of its own; a panic in hyper's poll of the
 /// connection ends that connection (its task), and the streams it had accepted are spawned.
 ///
-/// Elsewhere (a builder used outside this crate's connections), each stream is spawned.
+/// Elsewhere (a connection of your own, not wrapped in [`InlineStreams`]), each stream is
+/// spawned.
 /// Either way a spawned stream runs in the `tracing` span of its connection, so that a
 /// handler's log lines carry the connection's span over HTTP/2 as they do over HTTP/1.
 ///
@@ -138,6 +139,55 @@ fn poll_http2<T>(cx: &mut Context<'_>, poll: impl FnOnce(&mut Context<'_>) -> Po
         }
     });
     result
+}
+
+pin_project! {
+    /// A connection future of your own accept loop (hyper's or hyper-util's, built with a
+    /// [`StreamExecutor`]) whose new HTTP/2 streams get their first poll on this future's task,
+    /// as inside `RemoteClient` and `Server`: a stream whose response is ready at once is
+    /// answered without a task of its own, one that waits is spawned (see
+    /// [`StreamExecutor`] for what that trades). Without this wrapper, a `StreamExecutor`
+    /// spawns every stream, as hyper-util's `TokioExecutor` does.
+    ///
+    /// ```rust,no_run
+    /// # async fn run(io: hyper_util::rt::TokioIo<tokio::net::TcpStream>) {
+    /// use hyper_remote_client::{InlineStreams, StreamExecutor};
+    /// use hyper_util::server::conn::auto;
+    ///
+    /// let service = hyper::service::service_fn(|_req| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
+    /// });
+    /// let builder = auto::Builder::new(StreamExecutor::default());
+    /// let _ = InlineStreams::new(builder.serve_connection_with_upgrades(io, service)).await;
+    /// # }
+    /// ```
+    #[derive(Debug)]
+    #[must_use = "futures do nothing unless polled"]
+    pub struct InlineStreams<F> {
+        #[pin]
+        connection: F,
+    }
+}
+
+impl<F> InlineStreams<F> {
+    /// Wraps `connection`.
+    pub fn new(connection: F) -> Self {
+        InlineStreams { connection }
+    }
+
+    /// The wrapped connection future (for example to start its graceful shutdown).
+    pub fn connection(self: Pin<&mut Self>) -> Pin<&mut F> {
+        self.project().connection
+    }
+}
+
+impl<F: Future> Future for InlineStreams<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let connection = self.project().connection;
+        poll_http2(cx, |cx| connection.poll(cx))
+    }
 }
 
 /// Restores `COLLECTING` when a connection's poll ends, by a panic too (tokio goes on running

@@ -93,7 +93,8 @@ pub use client::TlsInfo;
 pub use client::{Address, ClientId, ClientInfo, ClientInfoBuilder, PeerCredentials, Status};
 pub use detach::{detach, DetachError, Detached, DetachedParts, OnDetach};
 pub use driver::{
-    DefaultHttpDriverFactory, HttpDriver, HttpDriverFactory, Protocols, StreamExecutor,
+    DefaultHttpDriverFactory, HttpDriver, HttpDriverFactory, InlineStreams, Protocols,
+    StreamExecutor,
 };
 #[cfg(feature = "axum")]
 pub use extract::MissingClientInfo;

@@ -320,3 +320,54 @@ async fn a_service_whose_clone_panics_fails_that_request_alone() {
     );
     assert!(!client.conn.is_finished(), "the connection is still open");
 }
+
+/// Serves h2c prior-knowledge connections with hyper-util's `auto::Builder` and a
+/// `StreamExecutor`, each connection wrapped in `InlineStreams` if `inline`; answers `/id` with
+/// the id of the task the handler runs on.
+async fn own_loop(inline: bool) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, Infallible>(ok(format!("{:?}", tokio::task::try_id())))
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_remote_client::StreamExecutor::default(),
+                );
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let _ = if inline {
+                    hyper_remote_client::InlineStreams::new(conn).await
+                } else {
+                    conn.await
+                };
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_streams_in_an_accept_loop_of_your_own() {
+    let addr = own_loop(true).await;
+    let mut client = h2_client(addr).await;
+    let first = get(&mut client, addr, "/id").await;
+    assert!(first.starts_with("Some("), "{first}");
+    for _ in 0..3 {
+        assert_eq!(
+            get(&mut client, addr, "/id").await,
+            first,
+            "the connection's task"
+        );
+    }
+
+    // Not wrapped: the same executor spawns every stream.
+    let addr = own_loop(false).await;
+    let mut client = h2_client(addr).await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let id = get(&mut client, addr, "/id").await;
+        assert!(seen.insert(id.clone()), "task {id} served two streams");
+    }
+}
