@@ -24,21 +24,21 @@ use crate::BoxError;
 /// The executor of hyper's HTTP/2 builder.
 ///
 /// Inside a connection served by this crate (or wrapped in [`InlineStreams`]), each new
-/// stream is first polled on the connection's own task, once hyper's poll of the connection that accepted it returns (with
-/// the other streams that poll accepted): a stream whose response is ready at once (a handler
-/// that does not wait) is queued there without a task of its own, and the connection writes
-/// the responses of such a batch together at its next poll. A stream that has to wait is then
-/// spawned on tokio (as hyper-util's `TokioExecutor` does) and goes on there, so slow handlers
-/// still run concurrently and on any worker; tokio polls it again at once, so the wakers it
-/// registered in its first poll are replaced (a future that keeps only the first waker it was
-/// given, against the `Future` contract, would not be woken). A panic in that first poll ends
-/// that stream alone, as it would in a task of its own; a panic in hyper's poll of the
-/// connection ends that connection (its task), and the streams it had accepted are spawned.
+/// stream is first polled on the connection's own task, once hyper's poll of the connection
+/// that accepted it returns (with the other streams that poll accepted): a stream whose
+/// response is ready at once (a handler that does not wait) is queued there without a task of
+/// its own, and the connection writes the responses of such a batch together at its next poll.
+/// A stream that has to wait is then spawned on tokio (as hyper-util's `TokioExecutor` does)
+/// and goes on there, so slow handlers still run concurrently and on any worker; tokio polls
+/// it again at once, so the wakers it registered in its first poll are replaced (a future that
+/// keeps only the first waker it was given, against the `Future` contract, would not be
+/// woken). A panic in that first poll ends that stream alone, as it would in a task of its
+/// own; a panic in hyper's poll of the connection ends that connection (its task), and the
+/// streams it had accepted are spawned.
 ///
 /// Elsewhere (a connection of your own, not wrapped in [`InlineStreams`]), each stream is
-/// spawned.
-/// Either way a spawned stream runs in the `tracing` span of its connection, so that a
-/// handler's log lines carry the connection's span over HTTP/2 as they do over HTTP/1.
+/// spawned. Either way a spawned stream runs in the `tracing` span of its connection, so that
+/// a handler's log lines carry the connection's span over HTTP/2 as they do over HTTP/1.
 ///
 /// [`Options::http2_inline_streams`] off (or [`StreamExecutor::spawning`]): every stream is
 /// spawned.
