@@ -846,6 +846,7 @@ fn stats_json(stats: &Stats) -> Value {
         "request_head_timeouts": stats.request_head_timeouts,
         "request_body_timeouts": stats.request_body_timeouts,
         "response_timeouts": stats.response_timeouts,
+        "half_close_timeouts": stats.half_close_timeouts,
         "detached_timeouts": stats.detached_timeouts,
         "exported": stats.exported,
         "exported_active": stats.exported_active,

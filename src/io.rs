@@ -4,7 +4,7 @@ use std::fmt;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -310,7 +310,16 @@ impl<S> ClientIo<S> {
         self.coalesce
             && (!self.read_drained || !self.out.is_empty())
             && self.out.len() + len <= COALESCE_LIMIT
-            && !self.client().is_exported()
+            && !self.ends_elsewhere()
+    }
+
+    /// Whether hyper may end this connection without a shutdown of its I/O (an export, or a
+    /// request that asked for an upgrade, declined or not: hyper then hands the I/O to the
+    /// upgrade at the connection's end, and drops it if nobody takes it): output must not be
+    /// held back then.
+    fn ends_elsewhere(&self) -> bool {
+        let state = self.client().state();
+        state.is_exported() || state.is_upgrade_asked()
     }
 
     /// Whether a flush may wait: see [`coalesce_writes`](Self::coalesce_writes).
@@ -319,7 +328,7 @@ impl<S> ClientIo<S> {
             return false;
         }
         let state = self.client().state();
-        state.pending_responses() == 0 && state.pending_requests() == 0 && !state.is_exported()
+        state.pending_responses() == 0 && state.pending_requests() == 0 && !self.ends_elsewhere()
     }
 }
 
@@ -369,19 +378,6 @@ impl<S: AsyncWrite + Unpin> ClientIo<S> {
                     let _ = Pin::new(&mut self.stream).poll_flush(cx);
                 }
             }
-        }
-    }
-
-    /// hyper ended the connection with an error (a handler's or a body's): the answers held
-    /// for the burst before it go out if the socket takes them now, as they would have without
-    /// the batching. Nothing waits: the connection is being dropped.
-    pub(crate) fn write_held_now(&mut self) {
-        if self.out.is_empty() || self.closed() {
-            return;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        if let Poll::Ready(Ok(())) = self.poll_out(&mut cx) {
-            let _ = Pin::new(&mut self.stream).poll_flush(&mut cx);
         }
     }
 }
@@ -559,5 +555,59 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
             this.client().state().set_status(Status::CLOSED_WR);
         }
         result
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
+    /// The connection ends here (`close()`, a clock, hyper's error): the answers gathered for
+    /// earlier requests are written first, also after `close()` (nothing new is taken from
+    /// hyper once the client is closing, so what is gathered was produced before), within
+    /// the response clock's allowance for them ([`Options::min_response_rate`]'s grace plus
+    /// their length at its rate; 5 s without that clock); then the write side is shut down,
+    /// and what the peer still sends is read and dropped until its EOF (within the same
+    /// bound), so that closing over unread input does not reset the connection under answers
+    /// still in flight (nginx's `lingering_close`). Nothing happens when nothing is gathered.
+    ///
+    /// [`Options::min_response_rate`]: crate::Options::min_response_rate
+    pub(crate) async fn write_held(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let limit = match self.client().options().min_response_rate() {
+            Some(rate) => rate
+                .grace()
+                .saturating_add(rate.allowance_of(self.out.len() as u64)),
+            None => std::time::Duration::from_secs(5),
+        };
+        let linger = async {
+            if std::future::poll_fn(|cx| self.poll_out(cx)).await.is_err() {
+                return;
+            }
+            let stream = &mut self.stream;
+            if std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_flush(cx))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_shutdown(cx))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let mut sink = [0u8; 1024];
+            loop {
+                let mut buf = ReadBuf::new(&mut sink);
+                match std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, &mut buf))
+                    .await
+                {
+                    Ok(()) if !buf.filled().is_empty() => continue,
+                    _ => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(limit, linger).await;
+        self.client().state().set_status(Status::CLOSED_WR);
     }
 }

@@ -49,6 +49,9 @@ pub enum TimeoutKind {
     RequestBody,
     /// A response waited on a peer that took it slower than [`Options::min_response_rate`].
     Response,
+    /// An HTTP/1 peer sent its EOF after a complete request, and its answer was not ready
+    /// within [`Options::half_close_timeout`].
+    HalfClose,
 }
 
 /// What interrupts serving a connection.

@@ -33,6 +33,7 @@ pub struct Options {
     min_response_rate: Option<MinDataRate>,
     tls_setup_timeout: Option<Duration>,
     detached_timeout: Option<Duration>,
+    half_close_timeout: Option<Duration>,
     header_size_limit: usize,
     body_size_limit: usize,
     concurrent_stream_limit: u32,
@@ -40,6 +41,7 @@ pub struct Options {
     shutdown_timeout: Duration,
     http2_cleartext: bool,
     http2_inline_streams: bool,
+    http2_buffered_response_limit: usize,
 }
 
 impl Default for Options {
@@ -54,6 +56,7 @@ impl Default for Options {
             min_response_rate: Some(MinDataRate::KESTREL),
             tls_setup_timeout: Some(Duration::from_secs(5)),
             detached_timeout: None,
+            half_close_timeout: Some(Duration::from_secs(10)),
             header_size_limit: 32 * 1024,
             body_size_limit: 128 * 1024,
             concurrent_stream_limit: 256,
@@ -69,6 +72,7 @@ impl Default for Options {
             shutdown_timeout: Duration::from_secs(3),
             http2_cleartext: true,
             http2_inline_streams: true,
+            http2_buffered_response_limit: 4 << 20,
         }
     }
 }
@@ -279,6 +283,47 @@ impl Options {
     /// Sets [`http2_inline_streams`](Self::http2_inline_streams).
     pub fn with_http2_inline_streams(mut self, value: bool) -> Self {
         self.http2_inline_streams = value;
+        self
+    }
+
+    /// How long an HTTP/1 connection whose peer has sent its EOF after a complete request (a
+    /// half-close: `shutdown(SHUT_WR)`, `nc -N`) waits for its answer. Default 10 s.
+    ///
+    /// A peer that is gone altogether (its process exited, its tab closed) sends the same EOF:
+    /// both are answered if the answer is ready in time, and are closed when it is not (the
+    /// handler's future is dropped, [`ClientInfo::closed`](crate::ClientInfo::closed)
+    /// resolves, [`TimeoutKind::HalfClose`](crate::TimeoutKind::HalfClose)). A write that fails
+    /// meanwhile ends the connection at once. The handler sees the EOF at once as
+    /// [`Status::CLOSED_RD`](crate::Status::CLOSED_RD). `None`: wait as long as the handler
+    /// takes.
+    pub fn half_close_timeout(&self) -> Option<Duration> {
+        self.half_close_timeout
+    }
+
+    /// Sets [`half_close_timeout`](Self::half_close_timeout).
+    pub fn with_half_close_timeout(mut self, value: impl Into<Option<Duration>>) -> Self {
+        self.half_close_timeout = value.into();
+        self
+    }
+
+    /// HTTP/2: response body bytes one connection may hold that the peer has not taken yet
+    /// (produced by handlers and not yet written to the socket, because the peer's flow-control
+    /// windows are closed). Default 4 MiB.
+    ///
+    /// Over it, the connection's new streams wait before their handler runs, until the peer has
+    /// read enough; streams already answering go on. It bounds the memory a peer that opens
+    /// many streams and reads slowly can make a connection hold to about this much plus one
+    /// answer per stream whose handler was already running; the
+    /// [`min_response_rate`](Self::min_response_rate) clock still cuts a peer that reads too
+    /// slowly. The count is an estimate from the bytes written to the socket (frame headers and
+    /// control frames count as read), so it errs on the lenient side. At least 1.
+    pub fn http2_buffered_response_limit(&self) -> usize {
+        self.http2_buffered_response_limit
+    }
+
+    /// Sets [`http2_buffered_response_limit`](Self::http2_buffered_response_limit) (at least 1).
+    pub fn with_http2_buffered_response_limit(mut self, value: usize) -> Self {
+        self.http2_buffered_response_limit = value.max(1);
         self
     }
 

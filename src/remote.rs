@@ -14,7 +14,7 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use crate::client::ClientInfo;
-use crate::driver::{HttpDriverFactory, Protocols};
+use crate::driver::{Connection, HttpDriverFactory, Protocols};
 use crate::io::{ClientIo, StreamSocket};
 use crate::layer::{RequestBody, Serve};
 use crate::lifecycle::{Event, Protocol, TimeoutKind, Watch};
@@ -272,7 +272,9 @@ where
         loop {
             let result = watch.run(conn.as_mut()).await;
             if state.is_closing() {
-                // hyper may have noticed first: the I/O refuses everything after close().
+                // hyper may have noticed first: the I/O refuses everything after close(). The
+                // answers gathered for earlier pipelined requests still go out.
+                write_held(conn.as_mut()).await;
                 return CloseReason::Closed;
             }
             match result {
@@ -283,7 +285,13 @@ where
                     }
                     conn.as_mut().graceful_shutdown();
                 }
-                Err(event) => return reason(event),
+                Err(event @ Event::TimedOut(TimeoutKind::Response)) => return reason(event),
+                Err(event) => {
+                    // An idle or head clock, or the half-close clock: answers gathered for
+                    // earlier requests (if the peer takes them) go out first.
+                    write_held(conn.as_mut()).await;
+                    return reason(event);
+                }
                 #[cfg(unix)]
                 Ok(Ok(())) if sink.is_some() => {
                     // hyper was idle if it closed at once, without a byte moved; its socket was
@@ -323,13 +331,25 @@ where
                 Ok(Ok(())) if watch.shutdown_seen() => return CloseReason::Shutdown,
                 Ok(Ok(())) => return CloseReason::Finished,
                 Ok(Err(error)) => {
-                    if let Some((io, _)) = conn.as_mut().take_parts() {
-                        io.into_inner().write_held_now();
-                    }
+                    write_held(conn.as_mut()).await;
                     return CloseReason::Error(error.into());
                 }
             }
         }
+    }
+}
+
+/// Before an HTTP/1 connection is let go without hyper's shutdown of its I/O: writes the
+/// answers [`ClientIo`] gathered for earlier pipelined requests (see `ClientIo::write_held`).
+async fn write_held<S, Svc, B>(
+    conn: std::pin::Pin<&mut Connection<TokioIo<ClientIo<S>>, Serve<Svc>>>,
+) where
+    S: AsyncRead + AsyncWrite + StreamSocket + Unpin + Send + 'static,
+    Svc: Handler<B>,
+    B: HandlerBody,
+{
+    if let Some((io, _)) = conn.take_parts() {
+        io.into_inner().write_held().await;
     }
 }
 
@@ -399,6 +419,7 @@ fn reason(event: Event) -> CloseReason {
                 TimeoutKind::RequestHead => "request_head",
                 TimeoutKind::RequestBody => "request_body",
                 TimeoutKind::Response => "response",
+                TimeoutKind::HalfClose => "half_close",
             });
             CloseReason::Timeout(kind)
         }

@@ -15,7 +15,7 @@
 //! | [`UPGRADED_CONNECTIONS`] | counter | connections | | [`RemoteClient`](crate::RemoteClient) (a connection handed over after `101` / `CONNECT`) |
 //! | [`TLS_HANDSHAKE_DURATION`] | histogram | s | `tls.protocol.version`, or `error.type` (`timeout`, `error`) | [`TlsAcceptor`](crate::TlsAcceptor) |
 //! | [`ACTIVE_TLS_HANDSHAKES`] | gauge | handshakes | | [`TlsAcceptor`](crate::TlsAcceptor) |
-//! | [`TIMEOUTS`] | counter | connections | `phase`: `idle`, `request_head`, `request_body`, `response`, `detached`, `tls_handshake` | [`RemoteClient`](crate::RemoteClient), [`TlsAcceptor`](crate::TlsAcceptor) |
+//! | [`TIMEOUTS`] | counter | connections | `phase`: `idle`, `request_head`, `request_body`, `response`, `half_close`, `detached`, `tls_handshake` | [`RemoteClient`](crate::RemoteClient), [`TlsAcceptor`](crate::TlsAcceptor) |
 //!
 //! The request duration runs from the request head read to the end of the response body
 //! handed to hyper (or its drop: a reset, a closed connection). Call [`describe`] once the

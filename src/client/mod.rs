@@ -548,6 +548,7 @@ impl ClientInfo {
     pub(crate) fn finish(&self) {
         if self.inner.state.finish() {
             self.fire_callbacks();
+            self.inner.state.callbacks_run();
         }
     }
 

@@ -4,7 +4,7 @@
 //! lives (pending counts, status bits, byte counts, flags) is here, and changes only through
 //! the methods below: the I/O wrapper, the request and response guards and the watch call them.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use atomic_waker::AtomicWaker;
@@ -24,22 +24,29 @@ pub(crate) const RESPONSE: u64 = 1 << FIELD;
 pub(crate) const OWED: u64 = 1 << (2 * FIELD);
 
 /// `close()` was called: refuse all I/O from now on.
-const CLOSING: u8 = 1;
+const CLOSING: u16 = 1;
 /// `shutdown()` was called: finish in-flight requests, take no new ones.
-const SHUTDOWN: u8 = 1 << 1;
+const SHUTDOWN: u16 = 1 << 1;
 /// The connection was handed over after an upgrade.
-const EXPORTED: u8 = 1 << 2;
+const EXPORTED: u16 = 1 << 2;
 /// A `ClientIo` owns the stream: the client finishes when it is dropped.
-const ATTACHED: u8 = 1 << 3;
+const ATTACHED: u16 = 1 << 3;
 /// The last owner of the connection is gone: closed for good, callbacks run.
-const FINISHED: u8 = 1 << 4;
+const FINISHED: u16 = 1 << 4;
 /// A request body went over the body size limit: HTTP/1 closes after the response.
-const BODY_LIMIT: u8 = 1 << 5;
+const BODY_LIMIT: u16 = 1 << 5;
 /// The detached idle clock closed the connection.
-const DETACHED_TIMEOUT: u8 = 1 << 6;
+const DETACHED_TIMEOUT: u16 = 1 << 6;
 /// HTTP/1 half-close: the peer's EOF came after a complete request, and is held back from
 /// hyper until the response is written.
-const EOF_DEFERRED: u8 = 1 << 7;
+const EOF_DEFERRED: u16 = 1 << 7;
+/// The `on_close` callbacks have run: `closed()` waiters may go on.
+const CALLBACKS_RUN: u16 = 1 << 8;
+/// A request asked for an upgrade (HTTP/1 `Upgrade`, `CONNECT`): hyper keeps the upgrade
+/// pending to the end of the connection, and at its end hands the I/O to the upgrade (and
+/// drops it if the upgrade was declined) instead of shutting it down: no output may be held
+/// back from then on.
+const UPGRADE_ASKED: u16 = 1 << 9;
 
 /// A snapshot of what the watch decides on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,7 +83,7 @@ pub(crate) struct State {
     /// Request bodies whose handler waits for the peer (the last read returned `Pending`).
     bodies_waiting: AtomicU32,
     status: AtomicU8,
-    flags: AtomicU8,
+    flags: AtomicU16,
     version: AtomicU8,
     /// The last write returned `Pending`: the peer is not reading.
     write_blocked: AtomicBool,
@@ -115,7 +122,7 @@ impl Default for State {
             requests: AtomicU64::new(0),
             bodies_waiting: AtomicU32::new(0),
             status: AtomicU8::new(0),
-            flags: AtomicU8::new(0),
+            flags: AtomicU16::new(0),
             version: AtomicU8::new(0),
             write_blocked: AtomicBool::new(false),
             watched: AtomicBool::new(false),
@@ -189,7 +196,7 @@ impl State {
         self.bytes_written.load(Ordering::Relaxed)
     }
 
-    fn flag(&self, flag: u8) -> bool {
+    fn flag(&self, flag: u16) -> bool {
         self.flags.load(Ordering::Acquire) & flag != 0
     }
 
@@ -204,10 +211,6 @@ impl State {
 
     pub(crate) fn is_exported(&self) -> bool {
         self.flag(EXPORTED)
-    }
-
-    pub(crate) fn is_finished(&self) -> bool {
-        self.flag(FINISHED)
     }
 
     pub(crate) fn body_limit_hit(&self) -> bool {
@@ -245,13 +248,13 @@ impl State {
         self.watched.store(true, Ordering::Relaxed);
     }
 
-    /// Waits until the connection is closed for good.
+    /// Waits until the connection is closed for good and its `on_close` callbacks have run.
     pub(crate) async fn finished(&self) {
         loop {
             let notified = self.finished.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.is_finished() {
+            if self.flag(CALLBACKS_RUN) {
                 return;
             }
             notified.await;
@@ -348,6 +351,17 @@ impl State {
     /// HTTP/2: `n` response body bytes went through the peer's window.
     pub(crate) fn body_written(&self, n: usize) {
         self.body_written.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// A request asked for an upgrade (see [`UPGRADE_ASKED`]).
+    pub(crate) fn upgrade_asked(&self) {
+        if !self.flag(UPGRADE_ASKED) {
+            self.flags.fetch_or(UPGRADE_ASKED, Ordering::AcqRel);
+        }
+    }
+
+    pub(crate) fn is_upgrade_asked(&self) -> bool {
+        self.flag(UPGRADE_ASKED)
     }
 
     pub(crate) fn hit_body_limit(&self) {
@@ -458,9 +472,15 @@ impl State {
         self.set_status(Status::CLOSED_RDWR);
         let first = self.flags.fetch_or(FINISHED, Ordering::AcqRel) & FINISHED == 0;
         if first {
-            self.finished.notify_waiters();
             self.waker.wake();
         }
         first
+    }
+
+    /// The `on_close` callbacks have run (after [`finish`](Self::finish)): wakes the
+    /// `closed()` waiters, so that what a callback did is seen by whoever awaited the close.
+    pub(crate) fn callbacks_run(&self) {
+        self.flags.fetch_or(CALLBACKS_RUN, Ordering::AcqRel);
+        self.finished.notify_waiters();
     }
 }

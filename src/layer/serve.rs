@@ -122,12 +122,16 @@ fn prepare<B: Body>(client: &ClientInfo, req: Request<B>) -> Prepared<B> {
     let response_guard = ResponseGuard::new(client, &req);
     let request_guard = with_body.then(|| RequestGuard::new(client, http2));
     let options = client.options();
+    let upgrade = upgrade_of(&req);
+    if upgrade != Upgrade::Never {
+        // hyper keeps this upgrade pending to the connection's end, answered 101 or not.
+        state.upgrade_asked();
+    }
     if let Some(response) = screen(&req, options) {
         // The body is never read: dropping its guard counts it done.
         drop(request_guard);
         return Prepared::Local(response, response_guard);
     }
-    let upgrade = upgrade_of(&req);
     let (mut parts, body) = req.into_parts();
     inject(client, &mut parts.extensions);
     let body = RequestBody::new(body, options.body_size_limit(), request_guard);

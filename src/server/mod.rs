@@ -879,6 +879,7 @@ impl Acceptor {
                     TimeoutKind::RequestHead => &counters.request_head_timeouts,
                     TimeoutKind::RequestBody => &counters.request_body_timeouts,
                     TimeoutKind::Response => &counters.response_timeouts,
+                    TimeoutKind::HalfClose => &counters.half_close_timeouts,
                 };
                 Counters::add(by_phase);
                 let by_protocol = if info.http_version() == Some(http::Version::HTTP_2) {

@@ -37,6 +37,8 @@ pub struct Stats {
     pub request_body_timeouts: u64,
     /// Connections closed because the peer took a response slower than the minimum rate.
     pub response_timeouts: u64,
+    /// Connections closed by the half-close clock ([`Options::half_close_timeout`](crate::Options::half_close_timeout)).
+    pub half_close_timeouts: u64,
     /// Detached connections closed by [`Options::detached_timeout`](crate::Options::detached_timeout).
     pub detached_timeouts: u64,
     /// Connections handed over after an upgrade.
@@ -68,6 +70,7 @@ pub(crate) struct Counters {
     pub(crate) request_head_timeouts: AtomicU64,
     pub(crate) request_body_timeouts: AtomicU64,
     pub(crate) response_timeouts: AtomicU64,
+    pub(crate) half_close_timeouts: AtomicU64,
     pub(crate) detached_timeouts: AtomicU64,
     pub(crate) exported: AtomicU64,
     pub(crate) exported_closed: AtomicU64,
@@ -99,6 +102,7 @@ impl Counters {
             request_head_timeouts: get(&self.request_head_timeouts),
             request_body_timeouts: get(&self.request_body_timeouts),
             response_timeouts: get(&self.response_timeouts),
+            half_close_timeouts: get(&self.half_close_timeouts),
             detached_timeouts: get(&self.detached_timeouts),
             exported,
             exported_active: exported.saturating_sub(get(&self.exported_closed)),
