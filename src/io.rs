@@ -28,6 +28,10 @@ pub struct ClientIo<S> {
     export_seen: bool,
     /// The peer's EOF, held back until the response is written (HTTP/1 half-close).
     eof_deferred: bool,
+    /// While the EOF is held back and a request body is pending: `State::body_polls` when its
+    /// reader was asked to look again. Once it has found nothing since, the body ends early
+    /// and hyper gets the EOF.
+    eof_probe: Option<u32>,
     /// HTTP/1 under `RemoteClient`: responses to a pipelined burst are gathered in `out` and
     /// written together (see [`coalesce_writes`](Self::coalesce_writes)).
     coalesce: bool,
@@ -126,6 +130,7 @@ impl<S: StreamSocket> ClientIo<S> {
             write_blocked: false,
             export_seen: false,
             eof_deferred: false,
+            eof_probe: None,
             coalesce: false,
             out: Vec::new(),
             read_drained: true,
@@ -382,6 +387,33 @@ impl<S: AsyncWrite + Unpin> ClientIo<S> {
     }
 }
 
+impl<S> ClientIo<S> {
+    /// With the EOF held back: whether a request body still pending ends early, its reader
+    /// waiting for bytes the peer will not send (then hyper must see the EOF, and fail the
+    /// body). hyper reads at the EOF both when it needs more of a body and when it has all of
+    /// it (looking for the peer's close), possibly before the handler has taken the last
+    /// bytes: so the reader is asked to look again, and only a look that finds nothing says
+    /// the body is incomplete.
+    fn body_ends_early(&mut self) -> bool {
+        let (pending, polls) = {
+            let state = self.client().state();
+            (state.pending_requests(), state.body_polls())
+        };
+        if pending == 0 {
+            self.eof_probe = None;
+            return false;
+        }
+        match self.eof_probe {
+            Some(asked) => asked != polls,
+            None => {
+                self.eof_probe = Some(polls);
+                self.client().state().wake_body_reader();
+                false
+            }
+        }
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -408,7 +440,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
         if this.eof_deferred {
             // Register first, then look: the last response may end meanwhile.
             this.client().state().register(cx.waker());
-            if this.client().state().eof_due() {
+            if this.client().state().eof_due() || this.body_ends_early() {
+                this.eof_deferred = false;
                 this.read_drained(cx);
                 return Poll::Ready(Ok(()));
             }
@@ -428,8 +461,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
                         // its write side and waits for its answer.
                         state.register(cx.waker());
                         this.eof_deferred = true;
+                        this.eof_probe = None;
                         this.read_drained(cx);
-                        return Poll::Pending;
+                        if this.body_ends_early() {
+                            this.eof_deferred = false;
+                        } else {
+                            return Poll::Pending;
+                        }
                     }
                     this.read_drained(cx);
                 } else {

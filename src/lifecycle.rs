@@ -8,9 +8,11 @@
 //! | in service, handler working or service not ready | none: never the peer's fault | — |
 //! | in service, a handler waits for request body bytes | [`Options::min_request_body_rate`], over the time spent waiting | sending at that rate |
 //! | in service, a response waits on the peer (write blocked, HTTP/2 window at 0) | [`Options::min_response_rate`], over the time spent waiting | reading at that rate |
+//! | in service after the peer's EOF (HTTP/1 half-close, or a peer gone) | [`Options::half_close_timeout`] from the EOF | — (the answer must be ready in time) |
 //!
 //! A half-closed connection (the peer sent EOF after a complete request) stays in service
-//! under the response clock until it is answered. Detached connections are watched by
+//! until it is answered, under [`Options::half_close_timeout`] (a peer gone altogether sends
+//! the same EOF) and the response clock. Detached connections are watched by
 //! [`RemoteClient`](crate::RemoteClient) with [`Options::detached_timeout`].
 //!
 //! The [`Watch`] reads the connection's state (see `client::state`) after every poll of the
@@ -164,6 +166,8 @@ pub(crate) struct Watch<'a> {
     read_base: u64,
     body: RateClock,
     response: RateClock,
+    /// When the watch first saw the peer's EOF held back (HTTP/1 half-close).
+    half_closed: Option<Instant>,
     shutdown_seen: bool,
 }
 
@@ -184,6 +188,7 @@ impl<'a> Watch<'a> {
             read_base: 0,
             body: RateClock::default(),
             response: RateClock::default(),
+            half_closed: None,
             shutdown_seen: false,
         };
         let deadline = watch.phase_deadline();
@@ -339,6 +344,13 @@ impl<'a> Watch<'a> {
         output_waiting: bool,
     ) -> Option<(Instant, TimeoutKind)> {
         let mut deadline = None;
+        if let (true, Some(timeout)) = (snap.eof_deferred, self.options.half_close_timeout()) {
+            let since = *self
+                .half_closed
+                .get_or_insert_with(|| *now.get_or_insert_with(Instant::now));
+            let at = since.checked_add(bounded(timeout));
+            deadline = at.map(|at| (at, TimeoutKind::HalfClose));
+        }
         if let Some(rate) = self.options.min_request_body_rate() {
             if snap.pending_requests() == 0 && !input_waiting {
                 self.body.stop();

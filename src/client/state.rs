@@ -59,6 +59,8 @@ pub(crate) struct Snapshot {
     pub(crate) bytes_written: u64,
     pub(crate) body_read: u64,
     pub(crate) body_written: u64,
+    /// HTTP/1: the peer's EOF is held back (a half-close, or a peer gone).
+    pub(crate) eof_deferred: bool,
 }
 
 impl Snapshot {
@@ -82,6 +84,10 @@ pub(crate) struct State {
     requests: AtomicU64,
     /// Request bodies whose handler waits for the peer (the last read returned `Pending`).
     bodies_waiting: AtomicU32,
+    /// HTTP/1: reads of a request body that found nothing (see `body_pending`), and the task
+    /// of the last one.
+    body_polls: AtomicU32,
+    body_waker: AtomicWaker,
     status: AtomicU8,
     flags: AtomicU16,
     version: AtomicU8,
@@ -121,6 +127,8 @@ impl Default for State {
             work: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             bodies_waiting: AtomicU32::new(0),
+            body_polls: AtomicU32::new(0),
+            body_waker: AtomicWaker::new(),
             status: AtomicU8::new(0),
             flags: AtomicU16::new(0),
             version: AtomicU8::new(0),
@@ -154,6 +162,7 @@ impl State {
             bytes_written: self.bytes_written.load(Ordering::Relaxed),
             body_read: self.body_read.load(Ordering::Relaxed),
             body_written: self.body_written.load(Ordering::Relaxed),
+            eof_deferred: self.flag(EOF_DEFERRED),
         }
     }
 
@@ -167,6 +176,7 @@ impl State {
             bytes_written: 0,
             body_read: 0,
             body_written: 0,
+            eof_deferred: false,
         }
     }
 
@@ -296,9 +306,13 @@ impl State {
         }
     }
 
-    /// The peer sent EOF. Whether to hold it back from hyper: over HTTP/1, after a complete
-    /// request whose response is still pending (a half-close: `shutdown(SHUT_WR)`, `nc -N`).
-    /// Not inside a head or a body, where the EOF ends the connection.
+    /// The peer sent EOF. Whether to hold it back from hyper: over HTTP/1, while a request
+    /// handed to the service has not been answered (a half-close: `shutdown(SHUT_WR)`,
+    /// `nc -N`). hyper would end the connection at this EOF, and lose the answer.
+    ///
+    /// The EOF may also have come inside a request body (the body is then incomplete): while
+    /// a body is pending, `ClientIo` asks its reader to look again, and hands hyper the EOF
+    /// once the reader waits for bytes that cannot come (see [`body_polls`](Self::body_polls)).
     pub(crate) fn defer_eof(&self) -> bool {
         let work = self.work();
         let http1 = matches!(self.version.load(Ordering::Relaxed), 1 | 2);
@@ -307,10 +321,11 @@ impl State {
         let deferred = http1
             && self.watched.load(Ordering::Relaxed)
             && !self.is_exported()
-            && work.pending_responses() > 0
-            && work.pending_requests() == 0;
+            && work.pending_responses() > 0;
         if deferred {
             self.flags.fetch_or(EOF_DEFERRED, Ordering::AcqRel);
+            // The half-close clock starts.
+            self.waker.wake();
         }
         deferred
     }
@@ -318,6 +333,29 @@ impl State {
     /// Whether a held-back EOF can be handed over: no response is pending any more.
     pub(crate) fn eof_due(&self) -> bool {
         self.work().pending_responses() == 0
+    }
+
+    /// How many times a request body's reader found nothing to read (HTTP/1): once the EOF is
+    /// held back, a reader that finds nothing more waits for bytes that cannot come.
+    pub(crate) fn body_polls(&self) -> u32 {
+        self.body_polls.load(Ordering::Acquire)
+    }
+
+    /// A request body's reader found nothing to read, and will be woken by `waker`. Once the
+    /// EOF is held back, that means the body ends early: the serving task is woken to hand
+    /// hyper the EOF.
+    pub(crate) fn body_pending(&self, waker: &std::task::Waker) {
+        self.body_waker.register(waker);
+        self.body_polls.fetch_add(1, Ordering::AcqRel);
+        if self.flag(EOF_DEFERRED) {
+            self.waker.wake();
+        }
+    }
+
+    /// Asks a request body's reader that found nothing to look again (see
+    /// [`body_pending`](Self::body_pending)).
+    pub(crate) fn wake_body_reader(&self) {
+        self.body_waker.wake();
     }
 
     /// Wakes the serving task: a response was dropped before it ended (an HTTP/2 stream reset

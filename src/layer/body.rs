@@ -59,6 +59,9 @@ where
             Poll::Pending => {
                 if let Some(guard) = this.guard.as_mut() {
                     guard.set_waiting(true);
+                    if !guard.http2 {
+                        guard.client().state().body_pending(cx.waker());
+                    }
                 }
             }
             Poll::Ready(Some(Ok(_))) if !this.inner.is_end_stream() => {
