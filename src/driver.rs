@@ -230,11 +230,22 @@ pub enum Protocols {
 /// `max_concurrent_streams = concurrent_stream_limit` and
 /// `max_header_list_size = header_size_limit`. Tune anything else through
 /// [`http1`](Self::http1) and [`http2`](Self::http2).
+///
+/// A connection is served under its own client's [`Options`]
+/// ([`ClientInfo::options`](crate::ClientInfo::options)): where they differ from the ones the
+/// driver was built with, the connection gets a copy of the builders with those three limits
+/// from the client's options, and [`Options::http2_inline_streams`] and
+/// [`Options::http2_cleartext`] are the client's too. One connection never mixes the limits of
+/// two `Options`.
 #[derive(Clone, Debug)]
 pub struct HttpDriver {
     http1: http1::Builder,
     http2: http2::Builder<StreamExecutor>,
     protocols: Protocols,
+    /// The option values the builders were configured with: a connection whose client runs
+    /// under other [`Options`] gets builders configured from its own.
+    header_size_limit: usize,
+    concurrent_stream_limit: u32,
 }
 
 impl HttpDriver {
@@ -261,19 +272,16 @@ impl HttpDriver {
         // Not `pipeline_flush(true)`: it holds back the `101` of an upgrade whose first bytes
         // arrive with the request head (the upgrade never completes) and a fast response
         // behind a slow one. `RemoteClient` batches pipelined responses in `ClientIo` instead.
-        let mut http2 = http2::Builder::new(if options.http2_inline_streams() {
-            StreamExecutor::inline()
-        } else {
-            StreamExecutor::spawning()
-        });
-        http2
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(options.concurrent_stream_limit())
-            .max_header_list_size(u32::try_from(options.header_size_limit()).unwrap_or(u32::MAX));
+        // Inline or not is decided per connection, from its client's options (see `serve`).
+        let mut http2 = http2::Builder::new(StreamExecutor::inline());
+        http2.timer(TokioTimer::new());
+        configure_http2(&mut http2, options);
         HttpDriver {
             http1,
             http2,
             protocols,
+            header_size_limit: options.header_size_limit(),
+            concurrent_stream_limit: options.concurrent_stream_limit(),
         }
     }
 
@@ -292,7 +300,16 @@ impl HttpDriver {
         &mut self.http2
     }
 
-    pub(crate) fn serve<I, S, B>(&self, protocol: Protocol, io: I, service: S) -> Connection<I, S>
+    /// Serves `io` with `protocol`, under `options` (the client's): the builders' limits come
+    /// from them (the builders are copied and reconfigured when they differ from the options
+    /// this driver was built with), and so does whether HTTP/2 streams are polled inline.
+    pub(crate) fn serve<I, S, B>(
+        &self,
+        protocol: Protocol,
+        io: I,
+        service: S,
+        options: &Options,
+    ) -> Connection<I, S>
     where
         S: HttpService<Incoming, ResBody = B>,
         S::Error: Into<BoxError>,
@@ -301,15 +318,44 @@ impl HttpDriver {
         B::Error: Into<BoxError>,
         StreamExecutor: Http2ServerConnExec<S::Future, B>,
     {
+        let header_size_limit = options.header_size_limit();
         match protocol {
-            Protocol::Http1 => Connection::Http1 {
-                conn: Some(self.http1.serve_connection(io, service).with_upgrades()),
-            },
-            Protocol::Http2 => Connection::Http2 {
-                conn: self.http2.serve_connection(io, service),
-            },
+            Protocol::Http1 => {
+                let conn = if header_size_limit == self.header_size_limit {
+                    self.http1.serve_connection(io, service)
+                } else {
+                    let mut http1 = self.http1.clone();
+                    http1.max_header_size(header_size_limit);
+                    http1.serve_connection(io, service)
+                };
+                Connection::Http1 {
+                    conn: Some(conn.with_upgrades()),
+                }
+            }
+            Protocol::Http2 => {
+                let conn = if header_size_limit == self.header_size_limit
+                    && options.concurrent_stream_limit() == self.concurrent_stream_limit
+                {
+                    self.http2.serve_connection(io, service)
+                } else {
+                    let mut http2 = self.http2.clone();
+                    configure_http2(&mut http2, options);
+                    http2.serve_connection(io, service)
+                };
+                Connection::Http2 {
+                    conn,
+                    inline: options.http2_inline_streams(),
+                }
+            }
         }
     }
+}
+
+/// The HTTP/2 builder's settings that come from [`Options`].
+fn configure_http2(http2: &mut http2::Builder<StreamExecutor>, options: &Options) {
+    http2
+        .max_concurrent_streams(options.concurrent_stream_limit())
+        .max_header_list_size(u32::try_from(options.header_size_limit()).unwrap_or(u32::MAX));
 }
 
 /// Chooses the [`HttpDriver`] for each client (amphp's `HttpDriverFactory`).
@@ -371,7 +417,7 @@ pin_project! {
         // Not pinned (it is `Unpin`): a connection handed over to a new process is taken out
         // for its I/O and read buffer.
         Http1 { conn: Option<http1::UpgradeableConnection<I, S>> },
-        Http2 { #[pin] conn: http2::Connection<I, S, StreamExecutor> },
+        Http2 { #[pin] conn: http2::Connection<I, S, StreamExecutor>, inline: bool },
     }
 }
 
@@ -393,7 +439,7 @@ where
                     Pin::new(conn).graceful_shutdown();
                 }
             }
-            ConnectionProj::Http2 { conn } => conn.graceful_shutdown(),
+            ConnectionProj::Http2 { conn, .. } => conn.graceful_shutdown(),
         }
     }
 
@@ -428,7 +474,9 @@ where
                 Some(conn) => Pin::new(conn).poll(cx),
                 None => Poll::Ready(Ok(())),
             },
-            ConnectionProj::Http2 { conn } => poll_http2(cx, |cx| conn.poll(cx)),
+            ConnectionProj::Http2 { conn, inline: true } => poll_http2(cx, |cx| conn.poll(cx)),
+            // Not collecting: the executor spawns every stream.
+            ConnectionProj::Http2 { conn, inline: false } => conn.poll(cx),
         }
     }
 }

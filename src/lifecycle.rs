@@ -151,6 +151,36 @@ fn earliest(
     }
 }
 
+thread_local! {
+    /// The state of the connection whose watch polls it on this thread, if any.
+    static WATCHING: std::cell::Cell<*const State> = const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+/// Whether `state`'s connection is being polled by its watch on this thread: a change made
+/// here is seen by the watch right after the poll, without a wake-up.
+pub(crate) fn is_watching(state: &State) -> bool {
+    WATCHING.get() == std::ptr::from_ref(state)
+}
+
+/// Marks a connection as polled by its watch on this thread, until dropped (a panic too).
+struct Watching {
+    outer: *const State,
+}
+
+impl Watching {
+    fn enter(state: &State) -> Self {
+        Watching {
+            outer: WATCHING.replace(std::ptr::from_ref(state)),
+        }
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        WATCHING.set(self.outer);
+    }
+}
+
 /// Watches a connection for `close()`, `shutdown()` and its clocks, while it is served.
 pub(crate) struct Watch<'a> {
     state: &'a State,
@@ -218,7 +248,10 @@ impl<'a> Watch<'a> {
             if let Poll::Ready(event) = self.poll_event(cx) {
                 return Poll::Ready(Err(event));
             }
-            let output = fut.as_mut().poll(cx);
+            let output = {
+                let _watching = Watching::enter(self.state);
+                fut.as_mut().poll(cx)
+            };
             if output.is_pending() && self.evaluate(false) == Verdict::Rearmed {
                 if let Poll::Ready(event) = self.poll_timer(cx) {
                     return Poll::Ready(Err(event));

@@ -204,10 +204,12 @@ where
         let driver = factory.select(&client);
         let state = client.state();
 
+        // The client's options rule the connection (the driver may have been built from
+        // others): h2c prior knowledge only if they allow it.
         let (protocol, sniffing) = match driver.protocols() {
             Protocols::Http1 => (Protocol::Http1, false),
             Protocols::Http2 => (Protocol::Http2, false),
-            Protocols::Auto => (Protocol::Http1, true),
+            Protocols::Auto => (Protocol::Http1, options.http2_cleartext()),
         };
         let mut watch = Watch::new(state, options, protocol);
         let protocol = if sniffing {
@@ -264,7 +266,7 @@ where
             io.coalesce_writes();
         }
         let service = Serve::new(service, client.clone());
-        let mut conn = pin!(driver.serve(protocol, TokioIo::new(io), service));
+        let mut conn = pin!(driver.serve(protocol, TokioIo::new(io), service, options));
         #[cfg(unix)]
         let mut sink = None;
         #[cfg(not(unix))]

@@ -300,8 +300,12 @@ impl State {
     pub(crate) fn done(&self, counts: u64) {
         let before = self.work.fetch_sub(counts, Ordering::AcqRel);
         let after = before.wrapping_sub(counts);
-        if (after >> FIELD) & MASK == 0 && self.flag(EOF_DEFERRED) {
-            // The last response of a half-closed connection: hand hyper its EOF now.
+        let last = counts & (RESPONSE * MASK) != 0 && (after >> FIELD) & MASK == 0;
+        if last && (self.flag(EOF_DEFERRED) || !crate::lifecycle::is_watching(self)) {
+            // The last response of a half-closed connection: hand hyper its EOF now. Or the
+            // last response ended outside the connection's poll (an HTTP/2 stream's task,
+            // whose body hyper drops after it woke the connection): the watch looks again and
+            // starts the idle clock.
             self.waker.wake();
         }
     }
