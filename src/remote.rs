@@ -253,6 +253,7 @@ where
         watch.set_protocol(protocol);
         if protocol == Protocol::Http2 {
             state.set_version(http::Version::HTTP_2);
+            state.set_budget(options.http2_buffered_response_limit());
         }
         tracing::Span::current().record(
             "protocol",

@@ -99,6 +99,14 @@ pub(crate) struct State {
     /// window let through (control frames left out), for the rate clocks.
     body_read: AtomicU64,
     body_written: AtomicU64,
+    /// HTTP/2: response body bytes handed to hyper and not yet written to the socket, as far
+    /// as the socket's byte count tells (an estimate that errs low: every byte written counts).
+    unwritten: AtomicU64,
+    /// HTTP/2: streams waiting for `unwritten` to come under the connection's budget.
+    budget_waiters: Mutex<Vec<std::task::Waker>>,
+    budget_waiting: AtomicBool,
+    /// The budget, in bytes (0: none, outside `RemoteClient`).
+    budget: AtomicU64,
     /// Written only by the one `ClientIo` that owns the stream.
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
@@ -136,6 +144,10 @@ impl Default for State {
             watched: AtomicBool::new(false),
             body_read: AtomicU64::new(0),
             body_written: AtomicU64::new(0),
+            unwritten: AtomicU64::new(0),
+            budget_waiters: Mutex::new(Vec::new()),
+            budget_waiting: AtomicBool::new(false),
+            budget: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             waker: AtomicWaker::new(),
@@ -435,6 +447,82 @@ impl State {
         let written = self.bytes_written.load(Ordering::Relaxed);
         self.bytes_written
             .store(written + n as u64, Ordering::Relaxed);
+        if self.unwritten.load(Ordering::Relaxed) != 0 {
+            self.unproduced(n as u64);
+        }
+    }
+
+    // ---- HTTP/2 response budget ----------------------------------------------------------
+
+    /// `n` response body bytes were handed to hyper (HTTP/2).
+    pub(crate) fn produced(&self, n: u64) {
+        self.unwritten.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// `n` of the bytes counted by [`produced`](Self::produced) are gone: written, or dropped
+    /// with a reset stream. Wakes the streams waiting for the budget once under it.
+    pub(crate) fn unproduced(&self, n: u64) {
+        let before = self
+            .unwritten
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        if self.budget_waiting.load(Ordering::Acquire) {
+            let limit = self.budget_limit();
+            if before.saturating_sub(n) <= limit {
+                self.wake_budget_waiters();
+            }
+        }
+    }
+
+    fn budget_limit(&self) -> u64 {
+        // Set once, before any stream: the options of the client (see `set_budget`).
+        self.budget.load(Ordering::Relaxed)
+    }
+
+    /// The connection's budget of unwritten response bytes (HTTP/2, under `RemoteClient`).
+    pub(crate) fn set_budget(&self, limit: usize) {
+        self.budget.store(limit as u64, Ordering::Relaxed);
+    }
+
+    /// Whether a new stream may start: the connection holds no more unwritten response bytes
+    /// than its budget. If not, `waker` is woken once it does.
+    pub(crate) fn poll_budget(&self, waker: &std::task::Waker) -> bool {
+        let limit = self.budget_limit();
+        if limit == 0 || self.unwritten.load(Ordering::Acquire) <= limit {
+            return true;
+        }
+        {
+            let mut waiters = self
+                .budget_waiters
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !waiters.iter().any(|w| w.will_wake(waker)) {
+                waiters.push(waker.clone());
+            }
+            self.budget_waiting.store(true, Ordering::Release);
+        }
+        // Look again: the bytes may have gone out meanwhile.
+        if self.unwritten.load(Ordering::Acquire) <= limit {
+            self.wake_budget_waiters();
+            return true;
+        }
+        false
+    }
+
+    fn wake_budget_waiters(&self) {
+        let waiters = {
+            let mut waiters = self
+                .budget_waiters
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.budget_waiting.store(false, Ordering::Release);
+            std::mem::take(&mut *waiters)
+        };
+        for waker in waiters {
+            waker.wake();
+        }
     }
 
     pub(crate) fn set_write_blocked(&self, blocked: bool) {

@@ -163,7 +163,9 @@ impl<B: Body> Body for ResponseBody<B> {
             Poll::Ready(Some(Ok(frame))) => {
                 let last = body.is_end_stream();
                 if let Some(guard) = this.guard.as_mut() {
-                    guard.frame_sent(frame.data_ref().map_or(0, Buf::remaining));
+                    let n = frame.data_ref().map_or(0, Buf::remaining);
+                    guard.produced(n);
+                    guard.frame_sent(n);
                     guard.set_owed(true);
                     guard.ended |= last;
                 }

@@ -28,6 +28,8 @@ pin_project! {
             guard: Option<ResponseGuard>,
             upgrade: Upgrade,
             http1: bool,
+            // HTTP/2: the connection's budget of unwritten response bytes let this one start.
+            started: bool,
         },
         Local {
             response: Option<Response<()>>,
@@ -66,6 +68,7 @@ impl<F> ResponseFuture<F> {
                 guard: Some(guard),
                 upgrade,
                 http1,
+                started: http1,
             },
         }
     }
@@ -94,7 +97,18 @@ where
                 guard,
                 upgrade,
                 http1,
+                started,
             } => {
+                if !*started {
+                    // HTTP/2: while the connection holds more unwritten answers than its budget,
+                    // a new stream waits for the peer to read before its handler runs.
+                    if let Some(guard) = guard.as_ref() {
+                        if !guard.client().state().poll_budget(cx.waker()) {
+                            return Poll::Pending;
+                        }
+                    }
+                    *started = true;
+                }
                 // On error the guard is dropped with this future: the response is done.
                 let mut response = ready!(future.poll(cx))?;
                 if let Some(guard) = guard.as_mut() {

@@ -78,6 +78,8 @@ pub(crate) struct ResponseGuard {
     sent: usize,
     /// The body gave its last frame (or there was none): dropping the guard is the normal end.
     pub(super) ended: bool,
+    /// HTTP/2: body bytes handed to hyper, counted in the connection's budget.
+    produced: u64,
     #[cfg(feature = "metrics")]
     metric: Option<crate::telemetry::RequestMetric>,
 }
@@ -91,6 +93,7 @@ impl ResponseGuard {
             owed: false,
             sent: 0,
             ended: false,
+            produced: 0,
             #[cfg(feature = "metrics")]
             metric: Some(crate::telemetry::RequestMetric::start(
                 client,
@@ -111,6 +114,14 @@ impl ResponseGuard {
 
     fn client(&self) -> &ClientInfo {
         &self.client
+    }
+
+    /// HTTP/2: `n` body bytes handed to hyper, to be written (the connection's budget).
+    fn produced(&mut self, n: usize) {
+        if self.track_owed && n > 0 {
+            self.produced += n as u64;
+            self.client.state().produced(n as u64);
+        }
     }
 
     /// HTTP/2: hyper asks for more, so the last frame went through; `next` bytes follow.
@@ -145,7 +156,9 @@ impl Drop for ResponseGuard {
         state.done(RESPONSE + owed);
         if self.track_owed && !self.ended {
             // HTTP/2: dropped on a stream's task before its end (a reset): nothing else may
-            // wake the connection's watch to start its idle clock.
+            // wake the connection's watch to start its idle clock. What it produced may never
+            // be written: it leaves the budget (all of it, erring on the lenient side).
+            state.unproduced(self.produced);
             state.wake_watch();
         }
         #[cfg(feature = "metrics")]
