@@ -486,6 +486,12 @@ impl State {
         self.budget.store(limit as u64, Ordering::Relaxed);
     }
 
+    /// Whether the connection holds more unwritten response bytes than its budget.
+    pub(crate) fn over_budget(&self) -> bool {
+        let limit = self.budget_limit();
+        limit != 0 && self.unwritten.load(Ordering::Acquire) > limit
+    }
+
     /// Whether a new stream may start: the connection holds no more unwritten response bytes
     /// than its budget. If not, `waker` is woken once it does.
     pub(crate) fn poll_budget(&self, waker: &std::task::Waker) -> bool {

@@ -51,7 +51,7 @@ impl RequestGuard {
         }
     }
 
-    fn client(&self) -> &ClientInfo {
+    pub(super) fn client(&self) -> &ClientInfo {
         &self.client
     }
 }
@@ -112,7 +112,7 @@ impl ResponseGuard {
         }
     }
 
-    fn client(&self) -> &ClientInfo {
+    pub(super) fn client(&self) -> &ClientInfo {
         &self.client
     }
 

@@ -61,6 +61,14 @@ where
             },
             Prepared::Forward(req, guard, upgrade) => {
                 let http1 = req.version() <= Version::HTTP_11;
+                if !http1 && guard.client().state().over_budget() {
+                    // HTTP/2: the connection holds more unwritten answers than its budget: the
+                    // handler waits for the peer to read, as for a service not ready.
+                    return ServeFuture::Ready {
+                        service: self.service.clone(),
+                        request: Some(Box::new((req, guard, upgrade))),
+                    };
+                }
                 // Most services are ready at once: then the service is called here, on the
                 // connection's task, where hyper calls a service of its own, and the future
                 // hyper keeps (over HTTP/2 each stream's task, moved several times on its way
@@ -177,6 +185,13 @@ where
                     return Poll::Ready(Err(error));
                 }
                 ServeProj::Ready { service, request } => {
+                    if let Some((req, guard, _)) = request.as_deref() {
+                        if req.version() >= Version::HTTP_2
+                            && !guard.client().state().poll_budget(cx.waker())
+                        {
+                            return Poll::Pending;
+                        }
+                    }
                     // On error the request and its guards are dropped with this future.
                     ready!(service.poll_ready(cx)).map_err(Into::into)?;
                     let Some(request) = request.take() else {
