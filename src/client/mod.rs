@@ -466,13 +466,14 @@ impl ClientInfo {
         self.inner.state.bytes_written()
     }
 
-    /// Resolves once the connection is closed for good (its socket closed, its `on_close`
-    /// callbacks run). Any number of tasks may wait; nothing is allocated per waiter.
+    /// Resolves once the connection is closed for good: its socket closed, and then its
+    /// `on_close` callbacks run (what a callback did is visible once this resolves). Any
+    /// number of tasks may wait; nothing is allocated per waiter.
     ///
     /// An HTTP/1 peer that shuts its write side after a complete request is still answered
-    /// (a half-close), so a peer that goes away while its handler works is noticed at the next
-    /// write, or by the clocks: a long-poll handler that waits for `closed()` before answering
-    /// should also write now and then, or bound its wait.
+    /// (a half-close), and a peer gone altogether sends the same EOF: the handler sees it at
+    /// once as [`Status::CLOSED_RD`], and the connection closes (and this resolves) at the
+    /// next write the peer refuses, or when [`Options::half_close_timeout`] runs out.
     ///
     /// ```
     /// # async fn run(client: hyper_remote_client::ClientInfo) {
@@ -514,9 +515,14 @@ impl ClientInfo {
         }
     }
 
-    /// Closes the connection at once: no more bytes are read or written, the task serving it
-    /// drops it (the peer sees the connection end; a request in progress gets no response).
+    /// Closes the connection at once: no more bytes are read, the task serving it drops it
+    /// (the peer sees the connection end; a request in progress gets no response).
     /// Idempotent. [`status`](Self::status) says `CLOSED_RDWR` from here on.
+    ///
+    /// Over HTTP/1, the answers already produced for earlier pipelined requests are written
+    /// first (within the response clock's allowance), then the socket is closed. Over HTTP/2
+    /// the connection is cut at once; use [`shutdown`](Self::shutdown) to let the other
+    /// streams finish.
     ///
     /// The [`on_close`](Self::on_close) callbacks run once the socket is closed: right after
     /// this for a connection being served, when user code drops the stream for a detached one
