@@ -476,7 +476,10 @@ where
             },
             ConnectionProj::Http2 { conn, inline: true } => poll_http2(cx, |cx| conn.poll(cx)),
             // Not collecting: the executor spawns every stream.
-            ConnectionProj::Http2 { conn, inline: false } => conn.poll(cx),
+            ConnectionProj::Http2 {
+                conn,
+                inline: false,
+            } => conn.poll(cx),
         }
     }
 }
