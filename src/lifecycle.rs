@@ -319,7 +319,7 @@ impl<'a> Watch<'a> {
     fn evaluate(&mut self, fired: bool) -> Verdict {
         let snap = self.state.snapshot();
         let mut now = fired.then(Instant::now);
-        let output_waiting = snap.write_blocked || snap.owed() > 0;
+        let output_waiting = snap.write_blocked || snap.owed() > 0 || snap.budget_waiting;
         let input_waiting = snap.bodies_waiting > 0;
         let busy = snap.pending_responses() > 0 || snap.pending_requests() > 0 || output_waiting;
         // Requests came (and maybe went) since the last look.

@@ -61,6 +61,8 @@ pub(crate) struct Snapshot {
     pub(crate) body_written: u64,
     /// HTTP/1: the peer's EOF is held back (a half-close, or a peer gone).
     pub(crate) eof_deferred: bool,
+    /// HTTP/2: streams wait for the connection's budget of unwritten answers.
+    pub(crate) budget_waiting: bool,
 }
 
 impl Snapshot {
@@ -175,6 +177,7 @@ impl State {
             body_read: self.body_read.load(Ordering::Relaxed),
             body_written: self.body_written.load(Ordering::Relaxed),
             eof_deferred: self.flag(EOF_DEFERRED),
+            budget_waiting: self.budget_waiting.load(Ordering::Relaxed),
         }
     }
 
@@ -189,6 +192,7 @@ impl State {
             body_read: 0,
             body_written: 0,
             eof_deferred: false,
+            budget_waiting: false,
         }
     }
 
@@ -448,7 +452,15 @@ impl State {
         self.bytes_written
             .store(written + n as u64, Ordering::Relaxed);
         if self.unwritten.load(Ordering::Relaxed) != 0 {
-            self.unproduced(n as u64);
+            let waiting = self.budget_waiting.load(Ordering::Relaxed);
+            let taken = self.unproduced(n as u64);
+            if waiting {
+                // Answers the peer takes while streams wait for the budget: progress for the
+                // response clock, which runs meanwhile (HTTP/2 counts body bytes only; these
+                // were body bytes, as far as the estimate tells; control frames written
+                // meanwhile count too, leniently).
+                self.body_written(taken as usize);
+            }
         }
     }
 
@@ -461,7 +473,8 @@ impl State {
 
     /// `n` of the bytes counted by [`produced`](Self::produced) are gone: written, or dropped
     /// with a reset stream. Wakes the streams waiting for the budget once under it.
-    pub(crate) fn unproduced(&self, n: u64) {
+    /// Returns how many were still counted.
+    pub(crate) fn unproduced(&self, n: u64) -> u64 {
         let before = self
             .unwritten
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
@@ -474,6 +487,7 @@ impl State {
                 self.wake_budget_waiters();
             }
         }
+        before.min(n)
     }
 
     fn budget_limit(&self) -> u64 {
@@ -507,7 +521,12 @@ impl State {
             if !waiters.iter().any(|w| w.will_wake(waker)) {
                 waiters.push(waker.clone());
             }
-            self.budget_waiting.store(true, Ordering::Release);
+            if !self.budget_waiting.swap(true, Ordering::AcqRel) {
+                // Streams now wait on the peer: the watch starts the response clock, so a
+                // peer that does not read (or an estimate that stays high) ends in a cut, not
+                // in a connection that waits for ever.
+                self.waker.wake();
+            }
         }
         // Look again: the bytes may have gone out meanwhile.
         if self.unwritten.load(Ordering::Acquire) <= limit {

@@ -158,7 +158,7 @@ impl Drop for ResponseGuard {
             // HTTP/2: dropped on a stream's task before its end (a reset): nothing else may
             // wake the connection's watch to start its idle clock. What it produced may never
             // be written: it leaves the budget (all of it, erring on the lenient side).
-            state.unproduced(self.produced);
+            let _ = state.unproduced(self.produced);
             state.wake_watch();
         }
         #[cfg(feature = "metrics")]
