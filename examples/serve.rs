@@ -113,6 +113,12 @@ struct Args {
     #[cfg(unix)]
     #[arg(long, requires = "upgrade_socket")]
     upgrade: bool,
+    /// After --upgrade: seconds this inspector serves before it tells the old one it is
+    /// healthy (the old one keeps its sockets until then, and accepts again if this one dies)
+    /// [default: 5]
+    #[cfg(unix)]
+    #[arg(long, value_parser = seconds, allow_negative_numbers = true)]
+    upgrade_probation: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -198,6 +204,10 @@ impl Args {
             options = options.with_shutdown_timeout(timeout);
         }
         options = options.with_per_ip_limit_on_loopback(self.no_loopback_exemption);
+        #[cfg(unix)]
+        if let Some(probation) = self.upgrade_probation {
+            options = options.with_upgrade_probation(probation);
+        }
         options
     }
 }
@@ -320,7 +330,11 @@ async fn run(args: Args) -> Result<(), Failed> {
         // Taking over first: the upgrade socket's path is then taken from the old inspector
         // only once this one accepts.
         if let Some(takeover) = sockets.takeover {
-            server = server.take_over(takeover);
+            // Refused (the old one goes on serving) if a listener would be served with other
+            // steps than the old inspector ran on it (say, --https without TLS).
+            server = server
+                .take_over(takeover)
+                .context(format_args!("--upgrade {}", path.display()))?;
         }
         server = server
             .upgrade_socket(path)
@@ -488,31 +502,31 @@ fn by_kind(
 
 /// SIGHUP: read --cert and --key again (and --client-ca); new handshakes use them, open
 /// connections keep theirs. Without --cert (a generated certificate) there is nothing to read.
+///
+/// The files are read on a blocking thread, for at most `TlsAcceptor::RELOAD_TIMEOUT`: a path
+/// that never answers (a FIFO, a hung NFS or FUSE mount) fails the reload, and serving goes on
+/// with the certificate in use.
 #[cfg(unix)]
 fn reload_on_sighup(args: &Args, acceptor: TlsAcceptor) -> Result<(), Failed> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = signal(SignalKind::hangup()).context("handling SIGHUP")?;
-    let args = Args {
-        cert: args.cert.clone(),
-        key: args.key.clone(),
-        client_ca: args.client_ca.clone(),
-        ..Args::parse_from(["serve"])
-    };
+    let files = args.cert.clone().zip(args.key.clone());
+    let client_ca = args.client_ca.clone();
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            if args.cert.is_none() {
+            let Some((cert, key)) = &files else {
                 tracing::warn!(
                     "SIGHUP: no --cert/--key to read again (the certificate was generated)"
                 );
                 continue;
-            }
-            match tls_config(&args) {
-                Ok((config, _)) => {
-                    acceptor.reload(Arc::new(config));
+            };
+            match reload_certificate(&acceptor, cert, key, client_ca.as_deref()).await {
+                Ok(()) => {
                     tracing::info!("SIGHUP: certificate reloaded");
                     let _ = writeln!(std::io::stdout(), "reloaded the certificate");
                 }
                 Err(error) => {
+                    let error = name_the_flag(&error, cert, key, client_ca.as_deref());
                     tracing::error!(%error, "SIGHUP: the certificate was not reloaded; the previous one stays");
                     let _ = writeln!(std::io::stdout(), "certificate reload failed: {error}");
                 }
@@ -520,6 +534,87 @@ fn reload_on_sighup(args: &Args, acceptor: TlsAcceptor) -> Result<(), Failed> {
         }
     });
     Ok(())
+}
+
+/// A reload's error, with the flag of the file it names first, as at start
+/// (`--cert /x/cert.pem: No such file or directory (os error 2)`).
+#[cfg(unix)]
+fn name_the_flag(
+    error: &hyper_remote_client::TlsError,
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> String {
+    use hyper_remote_client::TlsError;
+    let path = match error {
+        TlsError::File { path, .. } | TlsError::Pem { path, .. } => path,
+        _ => return error.to_string(),
+    };
+    let flag = if path == cert {
+        "--cert"
+    } else if path == key {
+        "--key"
+    } else if Some(path.as_path()) == client_ca {
+        "--client-ca"
+    } else {
+        return error.to_string();
+    };
+    format!("{flag} {error}")
+}
+
+/// Reads `cert`, `key` and `client_ca` (if any) off the runtime, bounded by
+/// `TlsAcceptor::RELOAD_TIMEOUT`, and swaps the configuration they make in, as `tls_config`
+/// makes it at start (a client CA: certificates requested, not required).
+#[cfg(unix)]
+async fn reload_certificate(
+    acceptor: &TlsAcceptor,
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<(), hyper_remote_client::TlsError> {
+    let timeout = TlsAcceptor::RELOAD_TIMEOUT;
+    let Some(client_ca) = client_ca else {
+        return acceptor
+            .reload_from_pem_files(cert, key, ClientAuth::None, timeout)
+            .await;
+    };
+    let (cert, key, client_ca) = (cert.to_owned(), key.to_owned(), client_ca.to_owned());
+    let files = [cert.clone(), key.clone(), client_ca.clone()];
+    acceptor
+        .reload_from_files(files, timeout, move || {
+            let roots = client_ca_roots(&client_ca)?;
+            hyper_remote_client::server_config_from_pem(cert, key, ClientAuth::Request(roots))
+        })
+        .await
+}
+
+/// The CA certificates of the PEM file at `path` (at least one), for `--client-ca` on reload;
+/// errors name the file. Blocking: run off the runtime.
+#[cfg(unix)]
+fn client_ca_roots(path: &Path) -> Result<RootCertStore, hyper_remote_client::TlsError> {
+    use hyper_remote_client::TlsError;
+    let refused = |what: String, source| TlsError::Pem {
+        path: path.to_owned(),
+        what,
+        source,
+    };
+    let pem = std::fs::read(path).map_err(|source| TlsError::File {
+        path: path.to_owned(),
+        source,
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| refused("not a PEM certificate".into(), Some(error)))?;
+    if certs.is_empty() {
+        return Err(refused("no certificate found in the file".into(), None));
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|error| refused(format!("not a usable CA certificate: {error}"), None))?;
+    }
+    Ok(roots)
 }
 
 /// Ctrl-C, or SIGTERM where there are signals. The handlers are installed when this is

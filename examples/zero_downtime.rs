@@ -29,10 +29,11 @@ async fn main() -> std::io::Result<()> {
 
     let mut server = Server::new(Options::default());
     // A process to replace: its sockets. Else systemd's. Else bind.
+    let mut takeover = None;
     let inherited = match Takeover::connect(&upgrade).await {
-        Ok(mut takeover) => {
-            let listeners = takeover.take_listeners();
-            server = server.take_over(takeover);
+        Ok(mut old) => {
+            let listeners = old.take_listeners();
+            takeover = Some(old);
             println!("took over from the process at {upgrade}");
             listeners
         }
@@ -51,6 +52,11 @@ async fn main() -> std::io::Result<()> {
     }
     for address in &addresses {
         println!("listening on http://{address}");
+    }
+    // Once its listeners are added: refused if one would be served with other steps than the
+    // old process ran on it (the old process then goes on serving).
+    if let Some(takeover) = takeover {
+        server = server.take_over(takeover).map_err(std::io::Error::other)?;
     }
     let server = server.upgrade_socket(&upgrade)?;
     let handle = server.handle();

@@ -7,11 +7,23 @@
 //! `SCM_RIGHTS`):
 //!
 //! 1. old → new `LISTENERS`: every listening socket, in the order the old server had them;
-//!    payload: one byte per socket (0 TCP, 1 unix).
-//! 2. new → old `READY`: the new process accepts on them now.
+//!    payload: two bytes per socket, its transport (0 TCP, 1 unix) and the steps the old
+//!    process ran on its connections ([`ListenerSteps`] as bits: TLS, PROXY optional, PROXY
+//!    required, an acceptor of its own). (One byte per socket, the transport alone: an older
+//!    process, whose steps are not known.)
+//! 2. new → old `READY`: the new process accepts on them now. The old one stops accepting
+//!    (it keeps its listening sockets) and drains.
 //! 3. old → new `CONNECTION`, any number: an idle HTTP/1 connection; payload: its transport
 //!    byte, then the bytes the old process had read past the last request (a pipelined start).
-//! 4. old → new `DONE`: the old process has nothing left; it exits.
+//! 4. old → new `DONE`: the old process has drained.
+//! 5. new → old `HEALTHY`, once the new process has served for its probation
+//!    ([`Options::upgrade_probation`](crate::Options::upgrade_probation)): the old process
+//!    exits. Should the new process's end of the stream close before (it crashed, or was
+//!    killed), the old process accepts again: a rollback.
+//!
+//! The upgrade socket serves its peers concurrently: each gets the listeners, the first to say
+//! `READY` takes over, and a peer must send a frame it has begun within
+//! [`FRAME_TIMEOUT`].
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -36,6 +48,7 @@ const LISTENERS: u8 = 1;
 const READY: u8 = 2;
 const CONNECTION: u8 = 3;
 const DONE: u8 = 4;
+const HEALTHY: u8 = 5;
 
 const TCP: u8 = 0;
 const UNIX: u8 = 1;
@@ -45,6 +58,11 @@ const HEADER: usize = 8;
 const LISTENERS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a taker may hold the listeners before it says it accepts on them.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// A frame begun must be complete within this long.
+pub(crate) const FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long an old process waits for its successor's `HEALTHY` (beyond it, it takes the
+/// successor for healthy and exits, with a warning).
+const HEALTHY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 /// At most this many descriptors in one frame (Linux's `SCM_MAX_FD`).
 const MAX_FDS: usize = 253;
 /// A frame's payload is at most this long (a pipelined start is at most a request head).
@@ -94,6 +112,128 @@ impl From<InheritedListener> for Listener {
             InheritedListener::Unix(listener) => Listener::unix(listener),
         }
     }
+}
+
+/// What a process ran on the connections of a listener before HTTP, as the process it replaces
+/// tells in a binary upgrade ([`Server::take_over`](crate::Server::take_over) compares it with
+/// what the new process would run).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct ListenerSteps {
+    /// A TLS handshake ([`Listener::with_tls`](crate::Listener::with_tls)).
+    pub tls: bool,
+    /// A PROXY protocol header, optional or required
+    /// ([`Listener::with_proxy_protocol`](crate::Listener::with_proxy_protocol)).
+    pub proxy_protocol: Option<ProxyHeader>,
+    /// An acceptor of the application's own ([`Listener::acceptor`](crate::Listener::acceptor)):
+    /// whatever it does, it is not the same steps as none.
+    pub custom: bool,
+}
+
+/// Whether a listener takes PROXY protocol headers optionally or requires them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProxyHeader {
+    /// Taken when a trusted peer sends one.
+    Optional,
+    /// Required from every connection.
+    Required,
+}
+
+impl ListenerSteps {
+    const TLS: u8 = 1;
+    const PROXY_OPTIONAL: u8 = 2;
+    const PROXY_REQUIRED: u8 = 4;
+    const CUSTOM: u8 = 8;
+
+    pub(crate) fn to_bits(self) -> u8 {
+        let mut bits = 0;
+        if self.tls {
+            bits |= Self::TLS;
+        }
+        match self.proxy_protocol {
+            Some(ProxyHeader::Optional) => bits |= Self::PROXY_OPTIONAL,
+            Some(ProxyHeader::Required) => bits |= Self::PROXY_REQUIRED,
+            None => {}
+        }
+        if self.custom {
+            bits |= Self::CUSTOM;
+        }
+        bits
+    }
+
+    fn from_bits(bits: u8) -> ListenerSteps {
+        ListenerSteps {
+            tls: bits & Self::TLS != 0,
+            proxy_protocol: if bits & Self::PROXY_REQUIRED != 0 {
+                Some(ProxyHeader::Required)
+            } else if bits & Self::PROXY_OPTIONAL != 0 {
+                Some(ProxyHeader::Optional)
+            } else {
+                None
+            },
+            custom: bits & Self::CUSTOM != 0,
+        }
+    }
+}
+
+impl std::fmt::Display for ListenerSteps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut steps = Vec::new();
+        match self.proxy_protocol {
+            Some(ProxyHeader::Optional) => steps.push("PROXY header (optional)"),
+            Some(ProxyHeader::Required) => steps.push("PROXY header (required)"),
+            None => {}
+        }
+        if self.tls {
+            steps.push("TLS");
+        }
+        if self.custom {
+            steps.push("an acceptor of its own");
+        }
+        if steps.is_empty() {
+            f.write_str("plain HTTP")
+        } else {
+            f.write_str(&steps.join(", then "))
+        }
+    }
+}
+
+/// Why [`Server::take_over`](crate::Server::take_over) refused to take over.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TakeoverError {
+    /// A listener would be served with other steps than the old process ran on it (for
+    /// example plain HTTP on the socket the old process served TLS on). Give the new server's
+    /// listener the same steps, or allow the change with
+    /// [`Listener::allow_steps_change`](crate::Listener::allow_steps_change).
+    #[error(
+        "listener #{index} ({address}): the old process served it with {old}, this one would serve it with {new}"
+    )]
+    StepsDiffer {
+        /// The listener's position in what the old process handed over.
+        index: usize,
+        /// Its address.
+        address: String,
+        /// What the old process ran.
+        old: ListenerSteps,
+        /// What this process would run.
+        new: ListenerSteps,
+    },
+    /// A listener's socket could not be looked at.
+    #[error("listener #{index}: {source}")]
+    Io {
+        /// The listener's position in what the old process handed over.
+        index: usize,
+        /// What failed.
+        source: io::Error,
+    },
+}
+
+/// The identity of an open socket (its device and inode): the same in both processes.
+pub(crate) fn socket_id(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let stat = rustix::fs::fstat(fd)?;
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    Ok((stat.st_dev as u64, stat.st_ino as u64))
 }
 
 /// The listening sockets systemd (or `systemfd`, `catflap`...) passed to this process by
@@ -228,16 +368,21 @@ async fn send_frame(
     Ok(())
 }
 
-/// The next frame; `None` at EOF before a frame starts.
-async fn recv_frame(stream: &mut UnixStream) -> io::Result<Option<Frame>> {
+/// The next frame; `None` at EOF before a frame starts. Once its first bytes have come, the
+/// rest must come within [`FRAME_TIMEOUT`].
+async fn recv_frame<R>(stream: &mut R) -> io::Result<Option<Frame>>
+where
+    R: tokio::io::AsyncRead + AsRef<UnixStream> + Unpin,
+{
     let mut header = [0u8; HEADER];
     let mut fds = Vec::new();
-    let received = stream
+    let socket: &UnixStream = (*stream).as_ref();
+    let received = socket
         .async_io(Interest::READABLE, || {
             let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
             let mut control = RecvAncillaryBuffer::new(&mut space);
             let message = rustix::net::recvmsg(
-                &*stream,
+                socket,
                 &mut [IoSliceMut::new(&mut header)],
                 &mut control,
                 RecvFlags::CMSG_CLOEXEC,
@@ -253,21 +398,45 @@ async fn recv_frame(stream: &mut UnixStream) -> io::Result<Option<Frame>> {
     if received == 0 {
         return Ok(None);
     }
-    stream.read_exact(&mut header[received..]).await?;
-    let length = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
-    if length > MAX_PAYLOAD || fds.len() != usize::from(header[1]) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "malformed frame on the upgrade socket",
-        ));
-    }
-    let mut payload = vec![0; length];
-    stream.read_exact(&mut payload).await?;
+    let rest = async {
+        stream.read_exact(&mut header[received..]).await?;
+        let length = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        if length > MAX_PAYLOAD || fds.len() != usize::from(header[1]) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "malformed frame on the upgrade socket",
+            ));
+        }
+        let mut payload = vec![0; length];
+        stream.read_exact(&mut payload).await?;
+        Ok(payload)
+    };
+    let payload = tokio::time::timeout(FRAME_TIMEOUT, rest)
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("a frame on the upgrade socket not complete within {FRAME_TIMEOUT:?}"),
+            )
+        })??;
     Ok(Some(Frame {
         kind: header[0],
         fds,
         payload,
     }))
+}
+
+/// A unix stream split in its halves, each usable for frames.
+struct Halves {
+    read: tokio::net::unix::OwnedReadHalf,
+    write: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl From<UnixStream> for Halves {
+    fn from(stream: UnixStream) -> Halves {
+        let (read, write) = stream.into_split();
+        Halves { read, write }
+    }
 }
 
 /// An idle connection on its way to the new process: a duplicate of its socket, and the bytes
@@ -277,6 +446,34 @@ pub(crate) struct HandedOver {
     pub(crate) fd: OwnedFd,
     pub(crate) unix: bool,
     pub(crate) unread: Bytes,
+}
+
+impl HandedOver {
+    /// The connection as a tokio stream (TCP or unix), non-blocking.
+    pub(crate) fn into_stream<T: FromHanded>(self) -> Option<T> {
+        T::from_handed(self.fd)
+    }
+}
+
+/// A tokio stream a handed-over descriptor becomes.
+pub(crate) trait FromHanded: Sized {
+    fn from_handed(fd: OwnedFd) -> Option<Self>;
+}
+
+impl FromHanded for tokio::net::TcpStream {
+    fn from_handed(fd: OwnedFd) -> Option<Self> {
+        let stream = std::net::TcpStream::from(fd);
+        stream.set_nonblocking(true).ok()?;
+        tokio::net::TcpStream::from_std(stream).ok()
+    }
+}
+
+impl FromHanded for UnixStream {
+    fn from_handed(fd: OwnedFd) -> Option<Self> {
+        let stream = std::os::unix::net::UnixStream::from(fd);
+        stream.set_nonblocking(true).ok()?;
+        UnixStream::from_std(stream).ok()
+    }
 }
 
 /// Where a shutting-down server sends its idle connections once a new process took over.
@@ -336,62 +533,173 @@ impl Publisher {
     }
 
     /// Waits for a process of this user to take the listeners; hands them over and waits for
-    /// its `READY`. Returns the stream to send idle connections on. Peers of another user, and
-    /// takers that go away before `READY`, are refused and waited past.
-    pub(crate) async fn wait_for_taker(
-        &self,
-        listeners: &[BorrowedFd<'_>],
-        kinds: &[u8],
-    ) -> UnixStream {
+    /// its `READY`. Returns the stream to send idle connections on. Peers are served
+    /// concurrently, each with the listeners: the first to say `READY` takes over. Peers of
+    /// another user, peers that go away before `READY` or do not say it within 60 s, and peers
+    /// that leave a frame unfinished for [`FRAME_TIMEOUT`] are dropped; none of them holds up
+    /// another.
+    pub(crate) async fn wait_for_taker(&self, listeners: std::sync::Arc<Published>) -> Successor {
+        let mut peers = tokio::task::JoinSet::new();
         loop {
-            let mut stream = match self.listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // EMFILE and the like: waited out, not spun on.
-                    warn!(%error, "upgrade socket: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        peers.spawn(offer(stream, listeners.clone()));
+                    }
+                    Err(error) => {
+                        // EMFILE and the like: waited out, not spun on.
+                        warn!(%error, "upgrade socket: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                Some(done) = peers.join_next() => {
+                    if let Ok(Some(successor)) = done {
+                        // The other peers are dropped with the set.
+                        return successor;
+                    }
                 }
-            };
-            match stream.peer_cred() {
-                Ok(cred) if peer_allowed(cred.uid()) => {}
-                Ok(cred) => {
-                    warn!(
-                        uid = cred.uid(),
-                        "upgrade socket: refused a process of another user"
-                    );
-                    continue;
-                }
-                Err(error) => {
-                    warn!(%error, "upgrade socket: peer credentials unreadable; refused");
-                    continue;
-                }
-            }
-            if let Err(error) = send_frame(&stream, LISTENERS, listeners, kinds).await {
-                warn!(%error, "upgrade socket: handing the listeners over failed");
-                continue;
-            }
-            // A taker that never says it is ready must not hold the upgrade socket forever.
-            match tokio::time::timeout(READY_TIMEOUT, recv_frame(&mut stream)).await {
-                Ok(Ok(Some(frame))) if frame.kind == READY => {
-                    info!("upgrade: the new process accepts; this one drains");
-                    return stream;
-                }
-                Ok(Ok(_)) => warn!("upgrade socket: the taker left before it was ready"),
-                Ok(Err(error)) => warn!(%error, "upgrade socket: the taker failed"),
-                Err(_) => warn!(
-                    "upgrade socket: the taker was not ready within {READY_TIMEOUT:?}; this process goes on"
-                ),
             }
         }
     }
+}
 
+/// The listening sockets as a new process receives them: duplicates, and the `LISTENERS`
+/// payload (transport and steps of each).
+#[derive(Debug)]
+pub(crate) struct Published {
+    pub(crate) fds: Vec<OwnedFd>,
+    pub(crate) payload: Vec<u8>,
+}
+
+impl Published {
+    pub(crate) fn new(listeners: Vec<(OwnedFd, bool, ListenerSteps)>) -> Published {
+        let mut payload = Vec::with_capacity(2 * listeners.len());
+        let mut fds = Vec::with_capacity(listeners.len());
+        for (fd, unix, steps) in listeners {
+            payload.push(kind(unix));
+            payload.push(steps.to_bits());
+            fds.push(fd);
+        }
+        Published { fds, payload }
+    }
+}
+
+/// One peer of the upgrade socket: if it is of this user, it gets the listeners; it is the
+/// successor if it says `READY` in time.
+async fn offer(stream: UnixStream, listeners: std::sync::Arc<Published>) -> Option<Successor> {
+    match stream.peer_cred() {
+        Ok(cred) if peer_allowed(cred.uid()) => {}
+        Ok(cred) => {
+            warn!(
+                uid = cred.uid(),
+                "upgrade socket: refused a process of another user"
+            );
+            return None;
+        }
+        Err(error) => {
+            warn!(%error, "upgrade socket: peer credentials unreadable; refused");
+            return None;
+        }
+    }
+    let fds: Vec<BorrowedFd<'_>> = listeners.fds.iter().map(AsFd::as_fd).collect();
+    if let Err(error) = send_frame(&stream, LISTENERS, &fds, &listeners.payload).await {
+        warn!(%error, "upgrade socket: handing the listeners over failed");
+        return None;
+    }
+    let mut halves = Halves::from(stream);
+    // A taker that never says it is ready must not hold the upgrade socket forever.
+    match tokio::time::timeout(READY_TIMEOUT, recv_frame(&mut halves.read)).await {
+        Ok(Ok(Some(frame))) if frame.kind == READY => {
+            info!("upgrade: the new process accepts; this one drains");
+            Some(Successor { halves })
+        }
+        Ok(Ok(_)) => {
+            warn!("upgrade socket: the taker left before it was ready");
+            None
+        }
+        Ok(Err(error)) => {
+            warn!(%error, "upgrade socket: the taker failed");
+            None
+        }
+        Err(_) => {
+            warn!("upgrade socket: the taker was not ready within {READY_TIMEOUT:?}; this process goes on");
+            None
+        }
+    }
+}
+
+/// The process that took this one's listeners and said it accepts on them.
+#[derive(Debug)]
+pub(crate) struct Successor {
+    halves: Halves,
+}
+
+impl std::fmt::Debug for Halves {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Halves")
+    }
+}
+
+impl Successor {
+    /// Splits the successor's stream: where idle connections go, and its word on its health.
+    pub(crate) fn split(self) -> (ConnectionSender, Health) {
+        (
+            ConnectionSender {
+                write: self.halves.write,
+            },
+            Health {
+                read: self.halves.read,
+            },
+        )
+    }
+}
+
+/// Sends the idle connections to the successor.
+pub(crate) struct ConnectionSender {
+    write: tokio::net::unix::OwnedWriteHalf,
+}
+
+/// The successor's word on its health.
+pub(crate) struct Health {
+    read: tokio::net::unix::OwnedReadHalf,
+}
+
+impl Health {
+    /// Whether the successor said `HEALTHY`; `false` if its end closed first (it crashed or
+    /// was killed: this process takes the listeners back). A successor that says nothing for
+    /// 10 minutes is taken for healthy (a warning says so).
+    pub(crate) async fn confirmed(mut self) -> bool {
+        let word = async {
+            loop {
+                match recv_frame(&mut self.read).await {
+                    Ok(Some(frame)) if frame.kind == HEALTHY => return true,
+                    Ok(Some(_)) => warn!("upgrade: unexpected frame from the new process"),
+                    Ok(None) => return false,
+                    Err(error) => {
+                        warn!(%error, "upgrade: the new process's stream failed");
+                        return false;
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(HEALTHY_TIMEOUT, word).await {
+            Ok(confirmed) => confirmed,
+            Err(_) => {
+                warn!("upgrade: the new process did not say it is healthy within {HEALTHY_TIMEOUT:?}; taken for healthy");
+                true
+            }
+        }
+    }
+}
+
+impl ConnectionSender {
     /// Sends the idle connections that come through `connections`, then `DONE` once the
     /// channel closes (every connection of the server has closed or moved).
     pub(crate) async fn send_connections(
-        stream: UnixStream,
+        self,
         mut connections: mpsc::UnboundedReceiver<HandedOver>,
     ) {
+        let stream: &UnixStream = self.write.as_ref();
         let mut moved = 0u64;
         while let Some(connection) = connections.recv().await {
             let mut payload = Vec::with_capacity(1 + connection.unread.len());
@@ -450,8 +758,11 @@ impl Drop for Publisher {
 /// ```
 #[derive(Debug)]
 pub struct Takeover {
-    stream: UnixStream,
+    halves: Halves,
     listeners: Vec<InheritedListener>,
+    /// Each listener as handed over: its socket's identity, and the steps the old process
+    /// ran on it (`None`: an older process that does not say).
+    handed: Vec<((u64, u64), Option<ListenerSteps>)>,
 }
 
 impl Takeover {
@@ -496,18 +807,61 @@ impl Takeover {
                     ),
                 )
             })?;
-        if frame.kind != LISTENERS || frame.fds.len() != frame.payload.len() {
+        let count = frame.fds.len();
+        let with_steps = frame.payload.len() == 2 * count;
+        if frame.kind != LISTENERS || !(with_steps || frame.payload.len() == count) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "upgrade socket: expected the listeners",
             ));
+        }
+        let mut handed = Vec::with_capacity(count);
+        for (index, fd) in frame.fds.iter().enumerate() {
+            let steps = with_steps.then(|| ListenerSteps::from_bits(frame.payload[2 * index + 1]));
+            handed.push((socket_id(fd.as_fd())?, steps));
         }
         let listeners = frame
             .fds
             .into_iter()
             .map(InheritedListener::from_fd)
             .collect::<io::Result<Vec<_>>>()?;
-        Ok(Takeover { stream, listeners })
+        Ok(Takeover {
+            halves: Halves::from(stream),
+            listeners,
+            handed,
+        })
+    }
+
+    /// What the old process ran on each listener it handed over, in its order (`None` where an
+    /// older process did not say).
+    pub fn steps(&self) -> Vec<Option<ListenerSteps>> {
+        self.handed.iter().map(|(_, steps)| *steps).collect()
+    }
+
+    /// Checks that each listener the new server serves that came from the old process is
+    /// served with the steps the old process ran on it, unless `allowed` says a change is
+    /// wanted for it.
+    pub(crate) fn check(
+        &self,
+        listeners: &[(BorrowedFd<'_>, ListenerSteps, bool, String)],
+    ) -> Result<(), TakeoverError> {
+        for (fd, new, allowed, address) in listeners {
+            let id = socket_id(*fd).map_err(|source| TakeoverError::Io { index: 0, source })?;
+            let Some(index) = self.handed.iter().position(|(handed, _)| *handed == id) else {
+                continue;
+            };
+            if let (Some(old), false) = (self.handed[index].1, *allowed) {
+                if old != *new {
+                    return Err(TakeoverError::StepsDiffer {
+                        index,
+                        address: address.clone(),
+                        old,
+                        new: *new,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The listeners, in the order the old process's server had them (empty once taken).
@@ -517,13 +871,34 @@ impl Takeover {
 
     /// Tells the old process that this one accepts: it stops accepting and drains.
     pub(crate) async fn ready(&mut self) -> io::Result<()> {
-        send_frame(&self.stream, READY, &[], &[]).await
+        send_frame(self.halves.write.as_ref(), READY, &[], &[]).await
     }
 
-    /// Receives the old process's idle connections until it is done; `deliver` serves each.
-    pub(crate) async fn receive(mut self, mut deliver: impl FnMut(HandedOver)) {
+    /// Receives the old process's idle connections until it is done (`deliver` serves each),
+    /// and tells it this one is healthy once `probation` has passed since it was told to
+    /// drain: it exits then (until then, it takes its listeners back if this process dies).
+    pub(crate) async fn receive(
+        self,
+        probation: std::time::Duration,
+        deliver: impl FnMut(HandedOver),
+    ) {
+        let Halves { mut read, write } = self.halves;
+        let healthy = async move {
+            tokio::time::sleep(probation).await;
+            match send_frame(write.as_ref(), HEALTHY, &[], &[]).await {
+                Ok(()) => info!("takeover: probation passed; the old process may exit"),
+                Err(error) => warn!(%error, "takeover: the old process could not be told"),
+            }
+        };
+        tokio::join!(healthy, Self::connections(&mut read, deliver));
+    }
+
+    async fn connections(
+        read: &mut tokio::net::unix::OwnedReadHalf,
+        mut deliver: impl FnMut(HandedOver),
+    ) {
         loop {
-            match recv_frame(&mut self.stream).await {
+            match recv_frame(read).await {
                 Ok(Some(frame)) if frame.kind == CONNECTION => {
                     let (Some(fd), Some((&transport, unread))) =
                         (frame.fds.into_iter().next(), frame.payload.split_first())
@@ -551,7 +926,7 @@ impl Takeover {
 }
 
 /// The transport byte of a listener, for `LISTENERS`.
-pub(crate) fn kind(unix: bool) -> u8 {
+fn kind(unix: bool) -> u8 {
     if unix {
         UNIX
     } else {
@@ -572,14 +947,15 @@ mod tests {
 
     #[tokio::test]
     async fn frames_carry_descriptors_and_payload() {
-        let (a, mut b) = UnixStream::pair().unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut b = Halves::from(b);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         send_frame(&a, LISTENERS, &[listener.as_fd()], &[TCP])
             .await
             .unwrap();
         send_frame(&a, DONE, &[], b"x").await.unwrap();
-        let frame = recv_frame(&mut b).await.unwrap().unwrap();
+        let frame = recv_frame(&mut b.read).await.unwrap().unwrap();
         assert_eq!(
             (frame.kind, frame.payload.as_slice()),
             (LISTENERS, &[TCP][..])
@@ -590,12 +966,12 @@ mod tests {
             panic!("not a TCP listener");
         };
         assert_eq!(received.local_addr().unwrap(), addr);
-        let frame = recv_frame(&mut b).await.unwrap().unwrap();
+        let frame = recv_frame(&mut b.read).await.unwrap().unwrap();
         assert_eq!(
             (frame.kind, frame.fds.len(), frame.payload),
             (DONE, 0, b"x".to_vec())
         );
         drop(a);
-        assert!(recv_frame(&mut b).await.unwrap().is_none());
+        assert!(recv_frame(&mut b.read).await.unwrap().is_none());
     }
 }

@@ -99,7 +99,9 @@ pub use driver::{
 #[cfg(feature = "axum")]
 pub use extract::MissingClientInfo;
 #[cfg(unix)]
-pub use handover::{listen_fds, InheritedListener, Takeover};
+pub use handover::{
+    listen_fds, InheritedListener, ListenerSteps, ProxyHeader, Takeover, TakeoverError,
+};
 pub use io::{BorrowedSocket, ClientIo, StreamSocket};
 pub use layer::{
     ClientLayer, ClientService, RequestBody, ResponseBody, ResponseFuture, ScreenedResponse,

@@ -42,6 +42,7 @@ pub struct Options {
     http2_cleartext: bool,
     http2_inline_streams: bool,
     http2_buffered_response_limit: usize,
+    upgrade_probation: Duration,
 }
 
 impl Default for Options {
@@ -73,6 +74,7 @@ impl Default for Options {
             http2_cleartext: true,
             http2_inline_streams: true,
             http2_buffered_response_limit: 4 << 20,
+            upgrade_probation: Duration::from_secs(5),
         }
     }
 }
@@ -324,6 +326,21 @@ impl Options {
     /// Sets [`http2_buffered_response_limit`](Self::http2_buffered_response_limit) (at least 1).
     pub fn with_http2_buffered_response_limit(mut self, value: usize) -> Self {
         self.http2_buffered_response_limit = value.max(1);
+        self
+    }
+
+    /// In a binary upgrade ([`Server::take_over`](crate::Server::take_over)): how long the new
+    /// process serves before it tells the old one it is healthy. Until then the old process
+    /// keeps its listening sockets (not accepting) and takes them back, accepting again, if
+    /// the new process goes away (crashes, is killed): a rollback. Connections the new
+    /// process had accepted die with it. Default 5 s.
+    pub fn upgrade_probation(&self) -> Duration {
+        self.upgrade_probation
+    }
+
+    /// Sets [`upgrade_probation`](Self::upgrade_probation).
+    pub fn with_upgrade_probation(mut self, value: Duration) -> Self {
+        self.upgrade_probation = value;
         self
     }
 

@@ -6,7 +6,8 @@ use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -73,6 +74,43 @@ pub enum TlsError {
         #[source]
         source: rustls::Error,
     },
+    /// A reload from files ([`TlsAcceptor::reload_from_pem_files`],
+    /// [`TlsAcceptor::reload_from_files`]) did not finish reading them within its timeout: a
+    /// FIFO at the path, a hung NFS or FUSE mount... The configuration in use stays. The read
+    /// goes on, on its own thread, and its result is thrown away; until it returns,
+    /// further reloads from files of the acceptor are refused ([`TlsError::ReloadInProgress`]).
+    #[error(
+        "{}: not read within {timeout:?} (a FIFO? a hung network mount?); the TLS configuration in use stays",
+        list_paths(paths)
+    )]
+    ReloadTimedOut {
+        /// The files the reload was reading.
+        paths: Vec<PathBuf>,
+        /// The timeout it was given.
+        timeout: Duration,
+    },
+    /// A reload from files was refused because another one of the same acceptor (or of a
+    /// clone) is still reading its files: one still under way, or one that timed out and
+    /// whose blocking read has not returned ([`TlsError::ReloadTimedOut`]). Nothing changed.
+    #[error(
+        "a previous certificate reload is still reading {}; not starting another",
+        list_paths(paths)
+    )]
+    ReloadInProgress {
+        /// The files the other reload is reading.
+        paths: Vec<PathBuf>,
+    },
+}
+
+fn list_paths(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return "its files".to_owned();
+    }
+    paths
+        .iter()
+        .map(|path| path.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn certificate_of(name: Option<&str>) -> String {
@@ -314,9 +352,10 @@ pub fn cert_and_key_from_pem(
 ///
 /// The configuration can be replaced while serving, without a restart: the acceptor's clones
 /// share one current configuration, and [`reload`](Self::reload) (or
-/// [`reload_from_pem`](Self::reload_from_pem)) through any of them swaps it for all. New
-/// handshakes use the new configuration; connections already set up keep the session (and
-/// certificate) they have. Keep a clone when handing the acceptor to a listener:
+/// [`reload_from_pem_files`](Self::reload_from_pem_files), which reads the files off the
+/// runtime, bounded in time) through any of them swaps it for all. New handshakes use the new
+/// configuration; connections already set up keep the session (and certificate) they have.
+/// Keep a clone when handing the acceptor to a listener:
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -331,7 +370,13 @@ pub fn cert_and_key_from_pem(
 /// let tcp = tokio::net::TcpListener::bind("0.0.0.0:443").await?;
 /// let listener = Listener::tcp(tcp).with_tls(acceptor.clone());
 /// // ... serve `listener`; later, once the files are renewed (on SIGHUP, say):
-/// if let Err(error) = acceptor.reload_from_pem("cert.pem", "key.pem", ClientAuth::None) {
+/// let reload = acceptor.reload_from_pem_files(
+///     "cert.pem",
+///     "key.pem",
+///     ClientAuth::None,
+///     TlsAcceptor::RELOAD_TIMEOUT,
+/// );
+/// if let Err(error) = reload.await {
 ///     eprintln!("certificate not reloaded, the old one stays in use: {error}");
 /// }
 /// # Ok(())
@@ -342,6 +387,37 @@ pub struct TlsAcceptor {
     /// The configuration new handshakes use, shared by the clones. A handshake takes it with
     /// a read lock and an `Arc` clone; a reload holds the write lock for a pointer swap.
     config: Arc<RwLock<Arc<ServerConfig>>>,
+    /// The files a reload from files is reading on its thread (`None`: none is),
+    /// shared by the clones: one such read at a time, so that reloads repeated against a
+    /// path that never answers do not pile up stuck threads.
+    reading: Arc<Mutex<Option<Vec<PathBuf>>>>,
+}
+
+/// The claim of a reload from files on its acceptor's `reading` slot; moved into the reading
+/// thread, so that the slot is given back when the read returns (or panics), whether or not
+/// anybody still waits for it.
+struct ReadingFiles(Arc<Mutex<Option<Vec<PathBuf>>>>);
+
+impl ReadingFiles {
+    fn claim(
+        slot: &Arc<Mutex<Option<Vec<PathBuf>>>>,
+        files: &[PathBuf],
+    ) -> Result<ReadingFiles, TlsError> {
+        let mut reading = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(paths) = &*reading {
+            return Err(TlsError::ReloadInProgress {
+                paths: paths.clone(),
+            });
+        }
+        *reading = Some(files.to_vec());
+        Ok(ReadingFiles(slot.clone()))
+    }
+}
+
+impl Drop for ReadingFiles {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
 }
 
 impl std::fmt::Debug for TlsAcceptor {
@@ -356,8 +432,15 @@ impl TlsAcceptor {
     pub fn new(config: Arc<ServerConfig>) -> Self {
         TlsAcceptor {
             config: Arc::new(RwLock::new(config)),
+            reading: Arc::new(Mutex::new(None)),
         }
     }
+
+    /// A timeout for [`reload_from_pem_files`](Self::reload_from_pem_files) and
+    /// [`reload_from_files`](Self::reload_from_files), 10 s: local files are read in
+    /// milliseconds, even on a busy machine; a path that has not answered after 10 s (a FIFO,
+    /// an NFS server gone) is not going to answer soon. The inspector example uses it.
+    pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// The configuration new handshakes use now.
     pub fn config(&self) -> Arc<ServerConfig> {
@@ -386,6 +469,12 @@ impl TlsAcceptor {
     /// [`server_config_from_pem`] makes of them. On error (a file missing or not PEM, a key
     /// that does not match the certificate...) nothing changes: the configuration in use
     /// stays, and the error names the file that failed, as `server_config_from_pem`'s do.
+    ///
+    /// The files are read on the caller's thread, without a timeout: called from async code,
+    /// it blocks a runtime worker for as long as the read takes, and a path that never
+    /// answers (a FIFO, a hung NFS or FUSE mount) blocks it for ever, and with it the
+    /// connections that worker serves. From async code, use
+    /// [`reload_from_pem_files`](Self::reload_from_pem_files), its async twin.
     pub fn reload_from_pem(
         &self,
         cert: impl AsRef<Path>,
@@ -395,6 +484,125 @@ impl TlsAcceptor {
         let config = server_config_from_pem(cert, key, client_auth)?;
         self.reload(Arc::new(config));
         Ok(())
+    }
+
+    /// [`reload_from_pem`](Self::reload_from_pem) off the runtime: reads `cert` and `key` on a
+    /// thread of its own (not a runtime worker), waits for it at most `timeout`
+    /// ([`RELOAD_TIMEOUT`](Self::RELOAD_TIMEOUT) is a sensible value; [`Duration::MAX`]:
+    /// no limit), then [`reload`](Self::reload)s with the configuration
+    /// [`server_config_from_pem`] makes of the files.
+    ///
+    /// The errors are `reload_from_pem`'s (naming the file that failed), plus:
+    ///
+    /// - [`TlsError::ReloadTimedOut`], naming both files, when they were not read within
+    ///   `timeout`. The configuration in use stays. The reading thread may stay stuck in the
+    ///   read: a FIFO nobody writes to never returns, a hung mount returns when (if) it
+    ///   recovers. That thread is lost (until then), not the server: handshakes and requests
+    ///   go on, on the configuration in use, and whatever the read gives in the end is thrown
+    ///   away (it can never replace a configuration loaded since). The thread is detached: it
+    ///   does not keep the runtime from shutting down nor the process from exiting (a task of
+    ///   tokio's blocking pool, [`tokio::task::spawn_blocking`], would: dropping a runtime
+    ///   waits for them all).
+    /// - [`TlsError::ReloadInProgress`] while such a read (or any other reload from files of
+    ///   this acceptor or a clone) has not returned: one read at a time, so that a reload
+    ///   repeated against a path that never answers costs one thread, not one per attempt.
+    ///   Await one reload before starting the next.
+    ///
+    /// The returned future owns what it needs (`'static`, [`Send`]): it can be spawned.
+    /// Dropping it before it ends changes nothing: no configuration is swapped in after the
+    /// future is gone, and the read, if started, ends on its thread as after a timeout. It must
+    /// run on a tokio runtime with the time driver enabled (the default runtimes have it), for
+    /// the timeout.
+    ///
+    /// ```no_run
+    /// # async fn run(acceptor: hyper_remote_client::TlsAcceptor) {
+    /// use hyper_remote_client::{ClientAuth, TlsAcceptor};
+    ///
+    /// let reload = acceptor.reload_from_pem_files(
+    ///     "/etc/ssl/example.pem",
+    ///     "/etc/ssl/example.key",
+    ///     ClientAuth::None,
+    ///     TlsAcceptor::RELOAD_TIMEOUT,
+    /// );
+    /// match reload.await {
+    ///     Ok(()) => eprintln!("certificate reloaded"),
+    ///     // ReloadTimedOut, ReloadInProgress, or a file that is missing, not PEM...
+    ///     Err(error) => eprintln!("certificate not reloaded, the old one stays: {error}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn reload_from_pem_files(
+        &self,
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+        client_auth: ClientAuth,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), TlsError>> + Send + 'static {
+        let (cert, key) = (cert.as_ref().to_owned(), key.as_ref().to_owned());
+        self.reload_from_files([cert.clone(), key.clone()], timeout, move || {
+            server_config_from_pem(cert, key, client_auth)
+        })
+    }
+
+    /// Runs `build` on a thread of its own (not a runtime worker), waits for it at most
+    /// `timeout`, and [`reload`](Self::reload)s with the configuration it makes: for a
+    /// configuration read from files that [`reload_from_pem_files`](Self::reload_from_pem_files)
+    /// does not cover (several certificates for [`server_config_with_sni`], read with
+    /// [`cert_and_key_from_pem`]; a client CA file; a configuration of one's own). `files` are
+    /// the files `build` reads, for the errors.
+    ///
+    /// `build`'s error is returned as it is; otherwise the errors, the timeout, the one read
+    /// at a time and the future are as for `reload_from_pem_files`
+    /// ([`TlsError::ReloadTimedOut`] and [`TlsError::ReloadInProgress`] name `files`). A panic
+    /// in `build` is resumed in the caller's task, as if `build` had run there.
+    pub fn reload_from_files<F>(
+        &self,
+        files: impl IntoIterator<Item = PathBuf>,
+        timeout: Duration,
+        build: F,
+    ) -> impl Future<Output = Result<(), TlsError>> + Send + 'static
+    where
+        F: FnOnce() -> Result<ServerConfig, TlsError> + Send + 'static,
+    {
+        let files = files.into_iter().collect::<Vec<_>>();
+        let acceptor = self.clone();
+        async move {
+            let claim = ReadingFiles::claim(&acceptor.reading, &files)?;
+            let (built, read) = tokio::sync::oneshot::channel();
+            // A thread of its own, not tokio's blocking pool: dropping a runtime waits for
+            // every task of its pool, and one stuck for ever in `open` would keep the process
+            // from exiting. The thread is detached; the process's exit ends it.
+            let started = std::thread::Builder::new()
+                .name("tls-reload".to_owned())
+                .spawn(move || {
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(build));
+                    drop(claim); // the read returned: another reload may start
+                    let _ = built.send(result); // nobody waits after a timeout: thrown away
+                });
+            if let Err(error) = started {
+                return Err(TlsError::File {
+                    path: files.first().cloned().unwrap_or_default(),
+                    source: io::Error::new(
+                        error.kind(),
+                        format!("not read: no thread to read it on ({error})"),
+                    ),
+                });
+            }
+            let config = match tokio::time::timeout(timeout, read).await {
+                Ok(Ok(Ok(built))) => built?,
+                Ok(Ok(Err(panic))) => std::panic::resume_unwind(panic),
+                // The thread always sends before it ends (`build`'s panics are caught).
+                Ok(Err(_)) => unreachable!("the reload thread ended without an answer"),
+                Err(_) => {
+                    return Err(TlsError::ReloadTimedOut {
+                        paths: files,
+                        timeout,
+                    })
+                }
+            };
+            acceptor.reload(Arc::new(config));
+            Ok(())
+        }
     }
 
     /// The tokio-rustls acceptor for one handshake, on the current configuration.

@@ -59,7 +59,11 @@ async fn new_server(
         assert!(matches!(listener, InheritedListener::Tcp(_)));
         new = new.listener(Listener::from(listener));
     }
-    let new = new.take_over(takeover).upgrade_socket(path).unwrap();
+    let new = new
+        .take_over(takeover)
+        .expect("same steps")
+        .upgrade_socket(path)
+        .unwrap();
     let handle = new.handle();
     (
         handle,

@@ -28,6 +28,9 @@ use crate::client::Address;
 #[derive(Debug)]
 pub struct Listener {
     pub(crate) kind: Kind,
+    /// In a binary upgrade: serve this inherited socket with other steps than the old process
+    /// did, on purpose.
+    steps_change_allowed: bool,
 }
 
 #[derive(Debug)]
@@ -51,6 +54,31 @@ pub(crate) struct Steps<I> {
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsAcceptor>,
     custom: Option<Arc<dyn Pipeline<I>>>,
+}
+
+impl<I> Steps<I> {
+    /// What these steps are, as a binary upgrade tells them to the next process.
+    #[cfg(unix)]
+    fn describe(&self) -> crate::handover::ListenerSteps {
+        let mut described = crate::handover::ListenerSteps::default();
+        if self.custom.is_some() {
+            described.custom = true;
+            return described;
+        }
+        #[cfg(feature = "tls")]
+        {
+            described.tls = self.tls.is_some();
+        }
+        #[cfg(feature = "proxy-protocol")]
+        if let Some(proxy) = &self.proxy {
+            described.proxy_protocol = match proxy.mode() {
+                crate::proxy::ProxyMode::Required => Some(crate::handover::ProxyHeader::Required),
+                crate::proxy::ProxyMode::Optional => Some(crate::handover::ProxyHeader::Optional),
+                _ => None,
+            };
+        }
+        described
+    }
 }
 
 impl<I> Default for Steps<I> {
@@ -110,6 +138,7 @@ impl Listener {
                 listener,
                 steps: Steps::default(),
             },
+            steps_change_allowed: false,
         }
     }
 
@@ -121,6 +150,7 @@ impl Listener {
                 listener,
                 steps: Steps::default(),
             },
+            steps_change_allowed: false,
         }
     }
 
@@ -167,13 +197,41 @@ impl Listener {
         self
     }
 
-    /// A duplicate of the listening socket, and whether it is a unix one (for a handover).
+    /// In a binary upgrade ([`Server::take_over`](super::Server::take_over)): this listener is
+    /// an inherited socket that is to be served with other steps than the old process ran on
+    /// it (TLS added or dropped, a PROXY header now required...). Without this, `take_over`
+    /// refuses such a change, so that a new binary cannot, say, serve plain HTTP on the TLS
+    /// port by mistake.
+    pub fn allow_steps_change(mut self) -> Listener {
+        self.steps_change_allowed = true;
+        self
+    }
+
+    /// The listening socket, the steps run on its connections, and whether a change of them
+    /// is allowed at a takeover.
     #[cfg(unix)]
-    pub(crate) fn duplicate(&self) -> io::Result<(std::os::fd::OwnedFd, bool)> {
+    pub(crate) fn handover_view(
+        &self,
+    ) -> (
+        std::os::fd::BorrowedFd<'_>,
+        bool,
+        crate::handover::ListenerSteps,
+        bool,
+    ) {
         use std::os::fd::AsFd;
         match &self.kind {
-            Kind::Tcp { listener, .. } => Ok((listener.as_fd().try_clone_to_owned()?, false)),
-            Kind::Unix { listener, .. } => Ok((listener.as_fd().try_clone_to_owned()?, true)),
+            Kind::Tcp { listener, steps } => (
+                listener.as_fd(),
+                false,
+                steps.describe(),
+                self.steps_change_allowed,
+            ),
+            Kind::Unix { listener, steps } => (
+                listener.as_fd(),
+                true,
+                steps.describe(),
+                self.steps_change_allowed,
+            ),
         }
     }
 

@@ -5,6 +5,8 @@ mod admission;
 mod listener;
 mod registry;
 mod stats;
+#[cfg(unix)]
+mod upgrade;
 
 pub use listener::Listener;
 pub use stats::Stats;
@@ -23,6 +25,8 @@ use self::admission::{Admission, Rejection, Slot};
 use self::listener::Kind;
 use self::registry::Registry;
 use self::stats::Counters;
+#[cfg(unix)]
+use self::upgrade::Handover;
 use crate::accept::{AcceptError, Accepted, Pipeline};
 use crate::client::{Address, ClientId, ClientInfo, ClientInfoBuilder};
 use crate::driver::{DefaultHttpDriverFactory, HttpDriverFactory};
@@ -99,6 +103,9 @@ struct Shared {
     handover: HandoverSlot,
     /// A new process took the listeners over.
     replaced: std::sync::atomic::AtomicBool,
+    /// The accept loops take no connection while `true` (a successor accepts on the same
+    /// sockets during its probation).
+    paused: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -238,6 +245,7 @@ impl Server {
                 forced: watch::Sender::new(false),
                 handover: HandoverSlot::default(),
                 replaced: std::sync::atomic::AtomicBool::new(false),
+                paused: watch::Sender::new(false),
             }),
             options,
             drivers,
@@ -285,13 +293,37 @@ impl Server {
     /// Listeners not taken out of `takeover` with
     /// [`take_listeners`](crate::Takeover::take_listeners) are added here as they are (plain):
     /// the old process stops accepting on all of them.
+    ///
+    /// Each listener that came from the old process must be served with the steps the old
+    /// process ran on it (TLS, a PROXY header, an acceptor of its own: see
+    /// [`Takeover::steps`](crate::Takeover::steps)); otherwise this refuses with
+    /// [`TakeoverError::StepsDiffer`](crate::TakeoverError::StepsDiffer), and the old process
+    /// goes on serving (it is told nothing; drop the server). A change wanted on purpose is
+    /// allowed per listener with [`Listener::allow_steps_change`]. So a new binary that
+    /// forgets to wrap the TLS listener in TLS does not serve plain HTTP on the TLS port.
     #[cfg(unix)]
-    pub fn take_over(mut self, mut takeover: crate::handover::Takeover) -> Server {
+    pub fn take_over(
+        mut self,
+        mut takeover: crate::handover::Takeover,
+    ) -> Result<Server, crate::handover::TakeoverError> {
         for listener in takeover.take_listeners() {
             self = self.listener(listener);
         }
+        let views: Vec<_> = self
+            .listeners
+            .iter()
+            .map(|listener| {
+                let (fd, _, steps, allowed) = listener.handover_view();
+                let address = listener
+                    .local_addr()
+                    .map_or_else(|_| String::from("?"), |address| address.to_string());
+                (fd, steps, allowed, address)
+            })
+            .collect();
+        takeover.check(&views)?;
+        drop(views);
         self.takeover = Some(takeover);
-        self
+        Ok(self)
     }
 
     /// Adds a listener (a `TcpListener`, a `UnixListener`, or a [`Listener`] with TLS).
@@ -334,177 +366,125 @@ impl Server {
     /// Serves until `signal` completes (then shuts down gracefully, with
     /// [`Options::shutdown_timeout`] as the deadline) or a shutdown is started through the
     /// [`ServerHandle`], and returns once every connection is closed.
+    ///
+    /// With an [`upgrade_socket`](Self::upgrade_socket), a new process may take the listeners
+    /// over: this server stops accepting (it keeps the sockets), drains, and returns once the
+    /// new process says it is healthy ([`Options::upgrade_probation`]); if the new process
+    /// goes away before that, this server accepts again and waits for the next one.
     pub async fn serve_with_shutdown<S, B, F>(mut self, service: S, signal: F)
     where
         S: Handler<B>,
         B: HandlerBody,
         F: Future<Output = ()>,
     {
+        #[cfg(unix)]
+        let published = self.publishable();
+        let mut accepting = self.start_accepting(&service);
+        #[cfg(unix)]
+        let mut receiving = self.finish_takeover(service.clone()).await;
+        tokio::pin!(signal);
+        let mut shutdown = self.shared.shutdown.subscribe();
+        let mut drained = false;
+        loop {
+            #[cfg(unix)]
+            let successor = self.next_successor(published.clone(), &mut receiving);
+            #[cfg(not(unix))]
+            let successor = std::future::pending::<()>();
+            let successor = tokio::select! {
+                () = &mut signal => {
+                    self.handle().graceful_shutdown(Some(self.options.shutdown_timeout()));
+                    None
+                }
+                _ = shutdown.wait_for(|stop| *stop != Stop::Running) => None,
+                successor = successor => Some(successor),
+            };
+            #[cfg(unix)]
+            if let Some(successor) = successor {
+                match self.hand_over(successor, &mut signal).await {
+                    Handover::RolledBack => continue,
+                    Handover::Done => drained = true,
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = successor;
+            break;
+        }
+        // Stop accepting: the listeners close with their tasks.
+        accepting.abort_all();
+        while accepting.join_next().await.is_some() {}
+        if !drained {
+            self.drain_connections(&mut shutdown).await;
+        }
+        #[cfg(unix)]
+        if let Some(receiving) = receiving {
+            receiving.abort();
+        }
+        #[cfg(unix)]
+        drop(self.upgrade.take());
+        info!("shut down");
+    }
+
+    /// Spawns an accept loop per listener; the addresses are [`listening`](ServerHandle::listening).
+    fn start_accepting<S, B>(&mut self, service: &S) -> JoinSet<()>
+    where
+        S: Handler<B>,
+        B: HandlerBody,
+    {
         let mut accepting = JoinSet::new();
         let mut addresses = Vec::new();
-        // What a new process would take: duplicates of the listening sockets, all of them (a
-        // new process tells them apart by their order) or none.
-        #[cfg(unix)]
-        let published: Vec<(std::os::fd::OwnedFd, u8)> = match &self.upgrade {
-            Some(_) => match self
-                .listeners
-                .iter()
-                .map(|listener| {
-                    let (fd, unix) = listener.duplicate()?;
-                    Ok((fd, crate::handover::kind(unix)))
-                })
-                .collect::<std::io::Result<Vec<_>>>()
-            {
-                Ok(published) => published,
-                Err(error) => {
-                    tracing::error!(%error, "upgrade socket: the listeners cannot be published");
-                    self.upgrade = None;
-                    Vec::new()
-                }
-            },
-            None => Vec::new(),
-        };
         for listener in std::mem::take(&mut self.listeners) {
             if let Ok(address) = listener.local_addr() {
                 addresses.push(address);
             }
-            let acceptor = Acceptor {
-                shared: self.shared.clone(),
-                options: self.options.clone(),
-                drivers: self.drivers.clone(),
-            };
-            accepting.spawn(acceptor.run(listener, service.clone()));
+            accepting.spawn(self.acceptor().run(listener, service.clone()));
         }
-        // Taking over: once accepting, tell the old process to drain, take the upgrade socket's
-        // path, and receive its idle connections (a later upgrade of this process waits until
-        // they have all come).
-        #[cfg(unix)]
-        let mut receiving = None;
-        #[cfg(unix)]
-        if let Some(mut takeover) = self.takeover.take() {
-            match takeover.ready().await {
-                Ok(()) => {
-                    let acceptor = Arc::new(Acceptor {
-                        shared: self.shared.clone(),
-                        options: self.options.clone(),
-                        drivers: self.drivers.clone(),
-                    });
-                    let service = service.clone();
-                    receiving = Some(tokio::spawn(takeover.receive(move |handed| {
-                        let (acceptor, service) = (acceptor.clone(), service.clone());
-                        tokio::spawn(async move { acceptor.adopt(handed, service).await });
-                    })));
-                    self.publish();
-                }
-                Err(error) => tracing::error!(
-                    %error,
-                    "takeover: the old process could not be told to drain; both serve"
-                ),
-            }
-        } else {
-            self.publish();
-        }
-        #[cfg(unix)]
-        let stop_receiving = receiving
-            .as_ref()
-            .map(tokio::task::JoinHandle::abort_handle);
         self.shared.listening.send_replace(Some(addresses));
-        let mut shutdown = self.shared.shutdown.subscribe();
-        #[cfg(unix)]
-        let taker = async {
-            if let Some(receiving) = receiving {
-                let _ = receiving.await;
-            }
-            match &self.upgrade {
-                Some(publisher) => {
-                    let (fds, kinds): (Vec<_>, Vec<u8>) = published
-                        .iter()
-                        .map(|(fd, kind)| (std::os::fd::AsFd::as_fd(fd), *kind))
-                        .unzip();
-                    Some(publisher.wait_for_taker(&fds, &kinds).await)
-                }
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let taker = std::future::pending::<Option<()>>();
-        let mut sending = None;
-        tokio::select! {
-            () = signal => {
-                let handle = ServerHandle { shared: self.shared.clone() };
-                handle.graceful_shutdown(Some(self.options.shutdown_timeout()));
-            }
-            _ = shutdown.wait_for(|stop| *stop != Stop::Running) => {}
-            taker = taker => {
-                #[cfg(unix)]
-                if let Some(stream) = taker {
-                    self.shared
-                        .replaced
-                        .store(true, std::sync::atomic::Ordering::Release);
-                    let (sink, connections) = tokio::sync::mpsc::unbounded_channel();
-                    *self.lock_handover() = Some(sink);
-                    sending = Some(tokio::spawn(crate::handover::Publisher::send_connections(
-                        stream,
-                        connections,
-                    )));
-                }
-                #[cfg(not(unix))]
-                let _ = taker;
-                let handle = ServerHandle { shared: self.shared.clone() };
-                handle.graceful_shutdown(Some(self.options.shutdown_timeout()));
-            }
-        }
-        #[cfg(unix)]
-        drop(published);
+        accepting
+    }
 
-        // Stop accepting: the listeners close with their tasks.
-        accepting.abort_all();
-        while accepting.join_next().await.is_some() {}
+    fn acceptor(&self) -> Acceptor {
+        Acceptor {
+            shared: self.shared.clone(),
+            options: self.options.clone(),
+            drivers: self.drivers.clone(),
+        }
+    }
+
+    /// Graceful shutdown of every connection, as asked: shut down, wait until the deadline,
+    /// then close the rest (and wait once more for the detached ones user code holds).
+    async fn drain_connections(&self, shutdown: &mut watch::Receiver<Stop>) {
         let clients = self.shared.registry.begin_shutdown();
         info!(clients = clients.len(), "shutting down");
         for client in &clients {
             client.shutdown();
         }
-        if !self.drain(&mut shutdown).await {
-            // From here on, clients registering late (a handshake finishing) are closed at
-            // once, and handshakes and PROXY headers still being read are cut.
-            let left = self.shared.registry.force();
-            info!(
-                clients = left.len(),
-                "shutdown deadline passed: closing the rest"
+        if self.drain(shutdown).await {
+            return;
+        }
+        // From here on, clients registering late (a handshake finishing) are closed at once,
+        // and handshakes and PROXY headers still being read are cut.
+        let left = self.shared.registry.force();
+        info!(
+            clients = left.len(),
+            "shutdown deadline passed: closing the rest"
+        );
+        self.shared.forced.send_replace(true);
+        for client in left {
+            client.close();
+        }
+        // Served connections close at once. A detached one closes when user code drops its
+        // stream (its socket is shut down already, so reads and writes fail); code that holds
+        // it regardless gets one more `shutdown_timeout` before `serve` returns anyway.
+        let grace = self.options.shutdown_timeout();
+        if tokio::time::timeout(grace, self.shared.admission.wait_idle())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = self.shared.admission.active(),
+                "shutdown: detached connections still held by user code"
             );
-            self.shared.forced.send_replace(true);
-            for client in left {
-                client.close();
-            }
-            // Served connections close at once. A detached one closes when user code drops
-            // its stream (its socket is shut down already, so reads and writes fail); code
-            // that holds it regardless gets one more `shutdown_timeout` before `serve`
-            // returns anyway.
-            let grace = self.options.shutdown_timeout();
-            if tokio::time::timeout(grace, self.shared.admission.wait_idle())
-                .await
-                .is_err()
-            {
-                warn!(
-                    open = self.shared.admission.active(),
-                    "shutdown: detached connections still held by user code"
-                );
-            }
         }
-        // Every connection has closed or moved: the new process is told this one is done.
-        #[cfg(unix)]
-        self.lock_handover().take();
-        #[cfg(unix)]
-        if let Some(receiving) = stop_receiving {
-            receiving.abort();
-        }
-        if let Some(sending) = sending {
-            let _ = tokio::time::timeout(self.options.shutdown_timeout(), sending).await;
-        }
-        #[cfg(unix)]
-        drop(self.upgrade.take());
-        info!("shut down");
     }
 
     /// Puts the upgrade socket at its path, if there is one.
@@ -555,6 +535,25 @@ impl Server {
     }
 }
 
+/// The next accepted connection, once the server is not paused (a successor accepts on the
+/// same sockets meanwhile); a pause that begins while waiting drops the wait (`accept` is
+/// cancel-safe) and waits for the pause to end.
+async fn accept_unless_paused<T, F>(
+    paused: &mut watch::Receiver<bool>,
+    mut accept: impl FnMut() -> F,
+) -> T
+where
+    F: Future<Output = T>,
+{
+    loop {
+        let _ = paused.wait_for(|paused| !*paused).await;
+        tokio::select! {
+            accepted = accept() => return accepted,
+            _ = paused.wait_for(|paused| *paused) => {}
+        }
+    }
+}
+
 /// What an accept loop and its connections share.
 struct Acceptor {
     shared: Arc<Shared>,
@@ -592,14 +591,16 @@ impl Acceptor {
             .local_addr()
             .ok()
             .filter(|addr| !addr.ip().is_unspecified());
+        let mut paused = self.shared.paused.subscribe();
         loop {
-            let (stream, remote) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    accept_error(error).await;
-                    continue;
-                }
-            };
+            let (stream, remote) =
+                match accept_unless_paused(&mut paused, || listener.accept()).await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        accept_error(error).await;
+                        continue;
+                    }
+                };
             // A trusted proxy carries many clients: the per-IP limit waits for the address
             // its header names.
             let ip = Some(remote.ip()).filter(|ip| {
@@ -628,8 +629,9 @@ impl Acceptor {
         B: HandlerBody,
     {
         let pipeline = steps.pipeline();
+        let mut paused = self.shared.paused.subscribe();
         loop {
-            let stream = match listener.accept().await {
+            let stream = match accept_unless_paused(&mut paused, || listener.accept()).await {
                 Ok((stream, _)) => stream,
                 Err(error) => {
                     accept_error(error).await;
@@ -717,55 +719,6 @@ impl Acceptor {
         let mut client = RemoteClient::new(accepted.stream, accepted.client.build());
         client.io_mut().unread(&accepted.unread);
         self.serve(client, slot, service, false).await;
-    }
-
-    /// Serves a connection the process this one replaces handed over: admitted and
-    /// registered as if accepted here, with the bytes that process had read of it.
-    #[cfg(unix)]
-    async fn adopt<S, B>(self: Arc<Self>, handed: crate::handover::HandedOver, service: S)
-    where
-        S: Handler<B>,
-        B: HandlerBody,
-    {
-        let unread = handed.unread;
-        if handed.unix {
-            let stream = std::os::unix::net::UnixStream::from(handed.fd);
-            let Ok(stream) = stream
-                .set_nonblocking(true)
-                .and_then(|()| tokio::net::UnixStream::from_std(stream))
-            else {
-                return;
-            };
-            let Some(slot) = self.admit(None) else { return };
-            Counters::add(&self.shared.counters.taken_over);
-            let Ok(client) = ClientInfo::builder_for_unix(&stream) else {
-                return;
-            };
-            let mut client =
-                RemoteClient::new(stream, client.options(self.options.clone()).build());
-            client.io_mut().unread(&unread);
-            self.serve(client, slot, service, true).await;
-        } else {
-            let stream = std::net::TcpStream::from(handed.fd);
-            let Ok(stream) = stream
-                .set_nonblocking(true)
-                .and_then(|()| tokio::net::TcpStream::from_std(stream))
-            else {
-                return;
-            };
-            let Ok(builder) = ClientInfo::builder_for_tcp(&stream) else {
-                return;
-            };
-            let Some(slot) = self.admit(builder.remote_ip()) else {
-                return;
-            };
-            Counters::add(&self.shared.counters.taken_over);
-            let _ = stream.set_nodelay(true);
-            let mut client =
-                RemoteClient::new(stream, builder.options(self.options.clone()).build());
-            client.io_mut().unread(&unread);
-            self.serve(client, slot, service, true).await;
-        }
     }
 
     fn count_refusal(&self, error: &AcceptError) {

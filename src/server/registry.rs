@@ -58,6 +58,11 @@ impl Registry {
         self.switch(State::ShuttingDown)
     }
 
+    /// Back to running (a rolled-back upgrade): clients registering now are served.
+    pub(crate) fn resume(&self) {
+        self.lock().state = State::Running;
+    }
+
     /// Marks the forced close; the clients to close.
     pub(crate) fn force(&self) -> Vec<ClientInfo> {
         self.switch(State::Forced)
