@@ -52,14 +52,14 @@ impl<S> Accepted<S> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AcceptError {
-    /// The PROXY protocol header was refused.
-    #[cfg(feature = "proxy-protocol")]
+    /// The PROXY protocol header was refused: the source is a
+    /// [`ProxyError`](crate::ProxyError) (`error.downcast_ref::<ProxyError>()`).
     #[error(transparent)]
-    Proxy(#[from] crate::proxy::ProxyError),
-    /// The TLS handshake failed or timed out.
-    #[cfg(feature = "tls")]
+    Proxy(BoxError),
+    /// The TLS handshake failed or timed out: the source is a
+    /// [`TlsError`](crate::TlsError) (`error.downcast_ref::<TlsError>()`).
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(BoxError),
     /// Reading or writing the socket failed.
     #[error("accepting the connection: {0}")]
     Io(#[from] io::Error),

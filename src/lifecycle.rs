@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use crate::client::state::{Snapshot, State};
+use crate::client::state::{Snapshot, State, Watching};
 use crate::options::{MinDataRate, Options};
 
 /// The HTTP version a connection turned out to speak.
@@ -148,36 +148,6 @@ fn earliest(
         (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
         (a, None) => a,
         (None, b) => b,
-    }
-}
-
-thread_local! {
-    /// The state of the connection whose watch polls it on this thread, if any.
-    static WATCHING: std::cell::Cell<*const State> = const { std::cell::Cell::new(std::ptr::null()) };
-}
-
-/// Whether `state`'s connection is being polled by its watch on this thread: a change made
-/// here is seen by the watch right after the poll, without a wake-up.
-pub(crate) fn is_watching(state: &State) -> bool {
-    WATCHING.get() == std::ptr::from_ref(state)
-}
-
-/// Marks a connection as polled by its watch on this thread, until dropped (a panic too).
-struct Watching {
-    outer: *const State,
-}
-
-impl Watching {
-    fn enter(state: &State) -> Self {
-        Watching {
-            outer: WATCHING.replace(std::ptr::from_ref(state)),
-        }
-    }
-}
-
-impl Drop for Watching {
-    fn drop(&mut self) {
-        WATCHING.set(self.outer);
     }
 }
 

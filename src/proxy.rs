@@ -90,6 +90,12 @@ impl Accept<TcpStream> for ProxyProtocol {
     }
 }
 
+impl From<ProxyError> for AcceptError {
+    fn from(error: ProxyError) -> AcceptError {
+        AcceptError::Proxy(Box::new(error))
+    }
+}
+
 /// Why a connection's PROXY header was refused.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

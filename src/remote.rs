@@ -213,39 +213,9 @@ where
         };
         let mut watch = Watch::new(state, options, protocol);
         let protocol = if sniffing {
-            let mut sniffed = Sniffed::default();
-            let result = {
-                let mut sniff = pin!(sniff(&mut io, &mut sniffed));
-                watch.run(sniff.as_mut()).await
-            };
-            match result {
-                // Nothing served yet: a connection waiting for its first bytes moves whole.
-                #[cfg(unix)]
-                Err(Event::Shutdown) if handover.is_some() => {
-                    io.unread(&sniffed.buf[..sniffed.filled]);
-                    let moved =
-                        handover
-                            .and_then(|slot| movable(&client, slot))
-                            .and_then(|moving| {
-                                let (fd, unread) = io.hand_over()?;
-                                moving
-                                    .sink
-                                    .send(crate::handover::HandedOver {
-                                        fd,
-                                        unix: client.is_unix(),
-                                        unread,
-                                    })
-                                    .ok()
-                            });
-                    return match moved {
-                        Some(()) => CloseReason::HandedOver,
-                        None => CloseReason::Shutdown,
-                    };
-                }
-                Err(event) => return reason(event),
-                Ok(Ok(Some(protocol))) => protocol,
-                Ok(Ok(None)) => return CloseReason::Finished,
-                Ok(Err(error)) => return CloseReason::Error(error.into()),
+            match sniff_protocol(&mut io, &mut watch, handover).await {
+                Ok(protocol) => protocol,
+                Err(reason) => return reason,
             }
         } else {
             protocol
@@ -262,81 +232,123 @@ where
                 Protocol::Http2 => "h2",
             },
         );
-
         if protocol == Protocol::Http1 {
             io.coalesce_writes();
         }
         let service = Serve::new(service, client.clone());
-        let mut conn = pin!(driver.serve(protocol, TokioIo::new(io), service, options));
+        let conn = pin!(driver.serve(protocol, TokioIo::new(io), service, options));
+        drive(conn, &mut watch, &client, protocol, handover).await
+    }
+}
+
+/// Reads the first bytes (under the idle clock) to tell HTTP/2 prior knowledge from HTTP/1;
+/// the connection's end if it ends meanwhile (a connection waiting for its first bytes at a
+/// handover moves whole).
+async fn sniff_protocol<S>(
+    io: &mut ClientIo<S>,
+    watch: &mut Watch<'_>,
+    handover: Option<&HandoverSlot>,
+) -> Result<Protocol, CloseReason>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    #[cfg(not(unix))]
+    let _ = handover;
+    let mut sniffed = Sniffed::default();
+    let result = {
+        let mut sniff = pin!(sniff(io, &mut sniffed));
+        watch.run(sniff.as_mut()).await
+    };
+    match result {
         #[cfg(unix)]
-        let mut sink = None;
-        #[cfg(not(unix))]
-        let _ = handover;
-        loop {
-            let result = watch.run(conn.as_mut()).await;
-            if state.is_closing() {
-                // hyper may have noticed first: the I/O refuses everything after close(). The
-                // answers gathered for earlier pipelined requests still go out.
-                write_held(conn.as_mut()).await;
-                return CloseReason::Closed;
-            }
-            match result {
-                Err(Event::Shutdown) => {
-                    #[cfg(unix)]
-                    if sink.is_none() && protocol == Protocol::Http1 {
-                        sink = handover.and_then(|slot| movable(&client, slot));
-                    }
-                    conn.as_mut().graceful_shutdown();
-                }
-                Err(event @ Event::TimedOut(TimeoutKind::Response)) => return reason(event),
-                Err(event) => {
-                    // An idle or head clock, or the half-close clock: answers gathered for
-                    // earlier requests (if the peer takes them) go out first.
-                    write_held(conn.as_mut()).await;
-                    return reason(event);
-                }
+        Err(Event::Shutdown) if handover.is_some() => {
+            io.unread(&sniffed.buf[..sniffed.filled]);
+            let client = io.client().clone();
+            let moving = handover.and_then(|slot| crate::handover::reserve(&client, slot));
+            Err(if moving.is_some_and(|moving| moving.send(io, &[])) {
+                CloseReason::HandedOver
+            } else {
+                CloseReason::Shutdown
+            })
+        }
+        Err(event) => Err(reason(event)),
+        Ok(Ok(Some(protocol))) => Ok(protocol),
+        Ok(Ok(None)) => Err(CloseReason::Finished),
+        Ok(Err(error)) => Err(CloseReason::Error(error.into())),
+    }
+}
+
+/// Drives hyper's connection under the watch until it ends, and says how it ended: after a
+/// `close()`, a clock or hyper's error the answers gathered for earlier requests go out
+/// first; at a shutdown an idle HTTP/1 connection may move to the process replacing this one.
+async fn drive<S, Svc, B>(
+    mut conn: std::pin::Pin<&mut Connection<TokioIo<ClientIo<S>>, Serve<Svc>>>,
+    watch: &mut Watch<'_>,
+    client: &ClientInfo,
+    protocol: Protocol,
+    handover: Option<&HandoverSlot>,
+) -> CloseReason
+where
+    S: AsyncRead + AsyncWrite + StreamSocket + Unpin + Send + 'static,
+    Svc: Handler<B>,
+    B: HandlerBody,
+{
+    #[cfg(unix)]
+    let mut moving = None;
+    #[cfg(not(unix))]
+    let _ = (handover, protocol);
+    loop {
+        let result = watch.run(conn.as_mut()).await;
+        if client.state().is_closing() {
+            // hyper may have noticed first: the I/O refuses everything after close(). The
+            // answers gathered for earlier pipelined requests still go out.
+            write_held(conn.as_mut()).await;
+            return CloseReason::Closed;
+        }
+        match result {
+            Err(Event::Shutdown) => {
                 #[cfg(unix)]
-                Ok(Ok(())) if sink.is_some() => {
-                    // hyper was idle if it closed at once, without a byte moved; its socket was
-                    // not shut down (`set_handing_over`). Had it finished something first (a
-                    // response's tail), the connection closes here: dropping the only
-                    // descriptor ends it with a FIN.
-                    let moving = sink.take().filter(|moving| moving.untouched(&client));
-                    let parts =
-                        moving.and_then(|moving| Some((moving, conn.as_mut().take_parts()?)));
-                    let moved = parts.and_then(|(moving, (io, read))| {
-                        let io = io.into_inner();
-                        let (fd, prefix) = io.hand_over()?;
-                        let mut unread = bytes::BytesMut::from(&read[..]);
-                        unread.extend_from_slice(&prefix);
-                        moving
-                            .sink
-                            .send(crate::handover::HandedOver {
-                                fd,
-                                unix: client.is_unix(),
-                                unread: unread.freeze(),
-                            })
-                            .ok()
-                    });
-                    return match moved {
-                        Some(()) => CloseReason::HandedOver,
-                        None => CloseReason::Shutdown,
-                    };
+                if moving.is_none() && protocol == Protocol::Http1 {
+                    moving = handover.and_then(|slot| crate::handover::reserve(client, slot));
                 }
-                Ok(Ok(())) if client.is_exported() => {
-                    #[cfg(feature = "metrics")]
-                    metrics::counter!(crate::telemetry::UPGRADED_CONNECTIONS).increment(1);
-                    if let Some(timeout) = options.detached_timeout() {
-                        tokio::spawn(watch_detached(client.clone(), timeout));
-                    }
-                    return CloseReason::Upgraded;
+                conn.as_mut().graceful_shutdown();
+            }
+            Err(event @ Event::TimedOut(TimeoutKind::Response)) => return reason(event),
+            Err(event) => {
+                // An idle or head clock, or the half-close clock: answers gathered for
+                // earlier requests (if the peer takes them) go out first.
+                write_held(conn.as_mut()).await;
+                return reason(event);
+            }
+            #[cfg(unix)]
+            Ok(Ok(())) if moving.is_some() => {
+                // hyper was idle if it closed at once, without a byte moved; its socket was
+                // not shut down (`set_handing_over`). Had it finished something first (a
+                // response's tail), the connection closes here: dropping the only descriptor
+                // ends it with a FIN.
+                let moved = match (moving.take(), conn.as_mut().take_parts()) {
+                    (Some(moving), Some((io, read))) => moving.send(&io.into_inner(), &read),
+                    _ => false,
+                };
+                return if moved {
+                    CloseReason::HandedOver
+                } else {
+                    CloseReason::Shutdown
+                };
+            }
+            Ok(Ok(())) if client.is_exported() => {
+                #[cfg(feature = "metrics")]
+                metrics::counter!(crate::telemetry::UPGRADED_CONNECTIONS).increment(1);
+                if let Some(timeout) = client.options().detached_timeout() {
+                    tokio::spawn(watch_detached(client.clone(), timeout));
                 }
-                Ok(Ok(())) if watch.shutdown_seen() => return CloseReason::Shutdown,
-                Ok(Ok(())) => return CloseReason::Finished,
-                Ok(Err(error)) => {
-                    write_held(conn.as_mut()).await;
-                    return CloseReason::Error(error.into());
-                }
+                return CloseReason::Upgraded;
+            }
+            Ok(Ok(())) if watch.shutdown_seen() => return CloseReason::Shutdown,
+            Ok(Ok(())) => return CloseReason::Finished,
+            Ok(Err(error)) => {
+                write_held(conn.as_mut()).await;
+                return CloseReason::Error(error.into());
             }
         }
     }
@@ -357,59 +369,12 @@ async fn write_held<S, Svc, B>(
 }
 
 /// Where a shutting-down [`Server`](crate::Server) sends the idle connections a new process
-/// takes over (a sink once a new process is ready).
+/// takes over (see `handover::moving`).
 #[cfg(unix)]
-pub(crate) type HandoverSlot = std::sync::Mutex<Option<crate::handover::Sink>>;
+pub(crate) use crate::handover::HandoverSlot;
 /// No handover without unix sockets.
 #[cfg(not(unix))]
 pub(crate) type HandoverSlot = ();
-
-/// A connection on its way to the process that replaces this one: where it goes, and the bytes
-/// moved on it when it was found idle (any byte moved since means hyper was not idle: it
-/// finished something, so the connection closes here instead).
-#[cfg(unix)]
-struct Moving {
-    sink: crate::handover::Sink,
-    bytes: (u64, u64),
-}
-
-#[cfg(unix)]
-impl Moving {
-    /// Whether no byte moved since the connection was found idle.
-    fn untouched(&self, client: &ClientInfo) -> bool {
-        (client.bytes_read(), client.bytes_written()) == self.bytes
-    }
-}
-
-/// Where this connection moves, if it can at the shutdown under way: a plain HTTP/1 connection
-/// (no TLS session, no PROXY header, which a new process could not take on) with nothing in
-/// flight: no request or response pending, no output waiting on the peer, no request body
-/// left unread. Its socket is kept from being shut down from here on.
-#[cfg(unix)]
-fn movable(client: &ClientInfo, slot: &HandoverSlot) -> Option<Moving> {
-    let state = client.state();
-    let idle = client.pending_requests() == 0
-        && client.pending_responses() == 0
-        && !client.is_exported()
-        && client.tls().is_none()
-        && !state.is_write_blocked()
-        && !state.has_unread_body()
-        && !state.body_limit_hit();
-    #[cfg(feature = "proxy-protocol")]
-    let idle = idle && client.proxy().is_none();
-    if !idle {
-        return None;
-    }
-    let sink = slot
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone()?;
-    state.set_handing_over();
-    Some(Moving {
-        sink,
-        bytes: (client.bytes_read(), client.bytes_written()),
-    })
-}
 
 fn reason(event: Event) -> CloseReason {
     match event {

@@ -579,20 +579,22 @@ impl TlsAcceptor {
                     drop(claim); // the read returned: another reload may start
                     let _ = built.send(result); // nobody waits after a timeout: thrown away
                 });
+            let not_read = |kind, why: String| TlsError::File {
+                path: files.first().cloned().unwrap_or_default(),
+                source: io::Error::new(kind, format!("not read: {why}")),
+            };
             if let Err(error) = started {
-                return Err(TlsError::File {
-                    path: files.first().cloned().unwrap_or_default(),
-                    source: io::Error::new(
-                        error.kind(),
-                        format!("not read: no thread to read it on ({error})"),
-                    ),
-                });
+                let why = format!("no thread to read it on ({error})");
+                return Err(not_read(error.kind(), why));
             }
             let config = match tokio::time::timeout(timeout, read).await {
                 Ok(Ok(Ok(built))) => built?,
                 Ok(Ok(Err(panic))) => std::panic::resume_unwind(panic),
-                // The thread always sends before it ends (`build`'s panics are caught).
-                Ok(Err(_)) => unreachable!("the reload thread ended without an answer"),
+                // Not expected: the thread sends before it ends (`build`'s panics are caught).
+                Ok(Err(_)) => {
+                    let why = "the reading thread ended without an answer".to_owned();
+                    return Err(not_read(io::ErrorKind::Other, why));
+                }
                 Err(_) => {
                     return Err(TlsError::ReloadTimedOut {
                         paths: files,
@@ -715,6 +717,12 @@ where
             let (stream, client) = handshake(acceptor, accepted.stream, accepted.client).await?;
             Ok(Accepted::new(stream, client))
         })
+    }
+}
+
+impl From<TlsError> for AcceptError {
+    fn from(error: TlsError) -> AcceptError {
+        AcceptError::Tls(Box::new(error))
     }
 }
 

@@ -317,7 +317,7 @@ impl State {
         let before = self.work.fetch_sub(counts, Ordering::AcqRel);
         let after = before.wrapping_sub(counts);
         let last = counts & (RESPONSE * MASK) != 0 && (after >> FIELD) & MASK == 0;
-        if last && (self.flag(EOF_DEFERRED) || !crate::lifecycle::is_watching(self)) {
+        if last && (self.flag(EOF_DEFERRED) || !is_watching(self)) {
             // The last response of a half-closed connection: hand hyper its EOF now. Or the
             // last response ended outside the connection's poll (an HTTP/2 stream's task,
             // whose body hyper drops after it woke the connection): the watch looks again and
@@ -637,5 +637,35 @@ impl State {
     pub(crate) fn callbacks_run(&self) {
         self.flags.fetch_or(CALLBACKS_RUN, Ordering::AcqRel);
         self.finished.notify_waiters();
+    }
+}
+
+thread_local! {
+    /// The state of the connection whose watch polls it on this thread, if any.
+    static WATCHING: std::cell::Cell<*const State> = const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+/// Whether `state`'s connection is being polled by its watch on this thread: a change made
+/// here is seen by the watch right after the poll, without a wake-up.
+pub(crate) fn is_watching(state: &State) -> bool {
+    WATCHING.get() == std::ptr::from_ref(state)
+}
+
+/// Marks a connection as polled by its watch on this thread, until dropped (a panic too).
+pub(crate) struct Watching {
+    outer: *const State,
+}
+
+impl Watching {
+    pub(crate) fn enter(state: &State) -> Self {
+        Watching {
+            outer: WATCHING.replace(std::ptr::from_ref(state)),
+        }
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        WATCHING.set(self.outer);
     }
 }

@@ -259,3 +259,13 @@ impl From<tokio::net::UnixListener> for Listener {
         Listener::unix(listener)
     }
 }
+
+#[cfg(unix)]
+impl From<crate::handover::InheritedListener> for Listener {
+    fn from(listener: crate::handover::InheritedListener) -> Listener {
+        match listener {
+            crate::handover::InheritedListener::Tcp(listener) => Listener::tcp(listener),
+            crate::handover::InheritedListener::Unix(listener) => Listener::unix(listener),
+        }
+    }
+}

@@ -535,6 +535,16 @@ impl Server {
     }
 }
 
+/// Whether a TLS refusal is the handshake's timeout.
+fn is_tls_timeout(error: &crate::BoxError) -> bool {
+    #[cfg(feature = "tls")]
+    if let Some(crate::tls::TlsError::Timeout) = error.downcast_ref::<crate::tls::TlsError>() {
+        return true;
+    }
+    let _ = error;
+    false
+}
+
 /// The next accepted connection, once the server is not paused (a successor accepts on the
 /// same sockets meanwhile); a pause that begins while waiting drops the wait (`accept` is
 /// cancel-safe) and waits for the pause to end.
@@ -724,11 +734,8 @@ impl Acceptor {
     fn count_refusal(&self, error: &AcceptError) {
         let counters = &self.shared.counters;
         let counter = match error {
-            #[cfg(feature = "tls")]
-            AcceptError::Tls(crate::tls::TlsError::Timeout) => &counters.tls_handshake_timeouts,
-            #[cfg(feature = "tls")]
+            AcceptError::Tls(error) if is_tls_timeout(error) => &counters.tls_handshake_timeouts,
             AcceptError::Tls(_) => &counters.tls_handshake_failures,
-            #[cfg(feature = "proxy-protocol")]
             AcceptError::Proxy(_) => &counters.proxy_rejected,
             _ => &counters.acceptor_refused,
         };
@@ -736,10 +743,8 @@ impl Acceptor {
         #[cfg(feature = "metrics")]
         {
             let reason = match error {
-                #[cfg(feature = "tls")]
                 // Counted by the TLS handshake metrics.
                 AcceptError::Tls(_) => return,
-                #[cfg(feature = "proxy-protocol")]
                 AcceptError::Proxy(_) => "proxy_protocol",
                 _ => "acceptor",
             };

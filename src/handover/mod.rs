@@ -42,7 +42,8 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::server::Listener;
+mod moving;
+pub(crate) use moving::{reserve, HandoverSlot};
 
 const LISTENERS: u8 = 1;
 const READY: u8 = 2;
@@ -70,7 +71,7 @@ const MAX_PAYLOAD: usize = 1 << 20;
 
 /// A listening socket a process inherited: from the process it replaces ([`Takeover`]) or from
 /// systemd ([`listen_fds`]). Add it to a [`Server`](crate::Server) as it is, or through
-/// [`Listener`] to put TLS or the PROXY protocol on it.
+/// [`Listener`](crate::Listener) to put TLS or the PROXY protocol on it.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum InheritedListener {
@@ -101,15 +102,6 @@ impl InheritedListener {
                 io::ErrorKind::InvalidInput,
                 "not a TCP or unix socket",
             ))
-        }
-    }
-}
-
-impl From<InheritedListener> for Listener {
-    fn from(listener: InheritedListener) -> Listener {
-        match listener {
-            InheritedListener::Tcp(listener) => Listener::tcp(listener),
-            InheritedListener::Unix(listener) => Listener::unix(listener),
         }
     }
 }
