@@ -582,8 +582,11 @@ async fn reload_certificate(
     let files = [cert.clone(), key.clone(), client_ca.clone()];
     acceptor
         .reload_from_files(files, timeout, move || {
+            // In the order of the start: --cert, --key, then --client-ca.
+            let (chain, key) = hyper_remote_client::cert_and_key_from_pem(cert, key)?;
             let roots = client_ca_roots(&client_ca)?;
-            hyper_remote_client::server_config_from_pem(cert, key, ClientAuth::Request(roots))
+            server_config(chain, key, ClientAuth::Request(roots))
+                .map_err(hyper_remote_client::TlsError::Config)
         })
         .await
 }

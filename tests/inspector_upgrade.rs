@@ -13,7 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -249,23 +249,76 @@ const PHASES: [&str; 5] = [
 /// However the test goes, the load stops after this.
 const LOAD_AT_MOST: Duration = Duration::from_secs(120);
 
-#[derive(Default)]
 struct Counters {
+    /// The phases' names.
+    phases: &'static [&'static str],
+    /// Phases in which a request on a connection opened before [`reaped`](Self::reaped) may
+    /// fail: it died with a successor killed on purpose (counted as lost, not failed).
+    lossy: &'static [usize],
+    /// When the successor was about to be killed.
+    killed: OnceLock<Instant>,
+    /// When the killed successor was reaped: connections opened from then on only the old
+    /// process can have accepted.
+    reaped: OnceLock<Instant>,
     stop: AtomicBool,
     phase: AtomicUsize,
-    served: [AtomicU64; PHASES.len()],
+    served: Vec<AtomicU64>,
+    /// When a request was first answered in each phase.
+    first_served: Vec<OnceLock<Instant>>,
     failed: AtomicU64,
     refused: AtomicU64,
+    /// Requests under way on a connection of the killed successor when it was killed.
+    lost_in_flight: AtomicU64,
+    /// Requests begun after the kill on a connection of the killed successor (it was idle).
+    lost_idle: AtomicU64,
     /// Keep-alive connections the server ended with `Connection: close` (allowed).
     closed_by_server: AtomicU64,
     /// The first failures, described.
     failures: Mutex<Vec<String>>,
+    /// Held clients begin no request while this is set.
+    hold: AtomicBool,
+    /// Held clients with a request under way.
+    busy: AtomicUsize,
+    /// Requests the held clients had answered.
+    held_served: AtomicU64,
+}
+
+/// A held client's request under way (see [`Counters::enter`]).
+struct Busy<'a>(&'a Counters);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Counters {
+    fn new(phases: &'static [&'static str], lossy: &'static [usize]) -> Counters {
+        Counters {
+            phases,
+            lossy,
+            killed: OnceLock::new(),
+            reaped: OnceLock::new(),
+            stop: AtomicBool::new(false),
+            phase: AtomicUsize::new(0),
+            served: phases.iter().map(|_| AtomicU64::new(0)).collect(),
+            first_served: phases.iter().map(|_| OnceLock::new()).collect(),
+            failed: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            lost_in_flight: AtomicU64::new(0),
+            lost_idle: AtomicU64::new(0),
+            closed_by_server: AtomicU64::new(0),
+            failures: Mutex::new(Vec::new()),
+            hold: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
+            held_served: AtomicU64::new(0),
+        }
+    }
+
     fn served(&self) {
         let phase = self.phase.load(Ordering::Acquire);
         self.served[phase].fetch_add(1, Ordering::Relaxed);
+        let _ = self.first_served[phase].set(Instant::now());
     }
 
     fn fail(&self, what: String) {
@@ -273,8 +326,26 @@ impl Counters {
         self.note(what);
     }
 
+    /// A request on a connection opened at `opened`, begun at `started`, failed: lost with
+    /// the killed successor if it may be, else failed.
+    fn request_failed(&self, what: String, opened: Instant, started: Instant) {
+        let phase = self.phase.load(Ordering::Acquire);
+        let before_reaped = self.reaped.get().is_none_or(|reaped| opened < *reaped);
+        if !self.lossy.contains(&phase) || !before_reaped {
+            return self.fail(what);
+        }
+        let in_flight = self.killed.get().is_none_or(|killed| started < *killed);
+        let (counter, how) = if in_flight {
+            (&self.lost_in_flight, "in flight at the kill")
+        } else {
+            (&self.lost_idle, "begun after the kill")
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.note(format!("lost with the killed successor ({how}): {what}"));
+    }
+
     fn note(&self, what: String) {
-        let phase = PHASES[self.phase.load(Ordering::Acquire)];
+        let phase = self.phases[self.phase.load(Ordering::Acquire)];
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if failures.len() < 20 {
             failures.push(format!("[{phase}] {what}"));
@@ -290,6 +361,44 @@ impl Counters {
             self.fail(format!("{who}: connect: {error}"));
         }
     }
+
+    /// A held client may begin a request (`None`: held). Counted busy before the hold is
+    /// looked at, and the hold set before the busy count is (both `SeqCst`): a client that
+    /// missed the hold is seen busy by [`hold`](Self::hold).
+    fn enter(&self) -> Option<Busy<'_>> {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        let busy = Busy(self);
+        (!self.hold.load(Ordering::SeqCst)).then_some(busy)
+    }
+
+    /// Holds the held clients: returns once none has a request under way (bounded: each
+    /// request is bounded by its timeouts).
+    fn hold(&self) {
+        self.hold.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + 3 * LIMIT;
+        while self.busy.load(Ordering::SeqCst) != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the held clients did not finish their requests"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn release(&self) {
+        self.hold.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The clients of a [`Load`].
+#[derive(Default)]
+struct Clients<'a> {
+    /// Threads opening a new connection per request (`Connection: close`).
+    fresh: usize,
+    /// One keep-alive client per entry (its pause between requests).
+    keep_alive: &'a [Duration],
+    /// Threads as `fresh`, which begin no request while [`Counters::hold`] holds them.
+    held: usize,
 }
 
 struct Load {
@@ -304,26 +413,47 @@ struct Report {
     served: Vec<(&'static str, u64)>,
     failed: u64,
     refused: u64,
+    lost_in_flight: u64,
+    lost_idle: u64,
     closed_by_server: u64,
+    held_served: u64,
     failures: Vec<String>,
 }
 
 impl Load {
     /// `fresh` threads opening a new connection per request (`Connection: close`), and one
-    /// keep-alive client per entry of `keep_alive` (its pause between requests).
+    /// keep-alive client per entry of `keep_alive` (its pause between requests), counted in
+    /// [`PHASES`]; every failure is one.
     fn start(addr: SocketAddr, fresh: usize, keep_alive: &[Duration]) -> Load {
-        let counters = Arc::new(Counters::default());
+        let clients = Clients {
+            fresh,
+            keep_alive,
+            held: 0,
+        };
+        Load::with(addr, &PHASES, &[], clients)
+    }
+
+    /// `clients`, counted in `phases`; in the `lossy` ones, requests on connections opened
+    /// before the killed successor was reaped may be lost.
+    fn with(
+        addr: SocketAddr,
+        phases: &'static [&'static str],
+        lossy: &'static [usize],
+        clients: Clients<'_>,
+    ) -> Load {
+        let counters = Arc::new(Counters::new(phases, lossy));
         let until = Instant::now() + LOAD_AT_MOST;
         let (done_tx, done) = mpsc::channel();
         let mut threads = Vec::new();
-        for n in 0..fresh {
+        let fresh = (0..clients.fresh).map(|n| (n, false));
+        for (n, held) in fresh.chain((0..clients.held).map(|n| (n, true))) {
             let (counters, done_tx) = (counters.clone(), done_tx.clone());
             threads.push(std::thread::spawn(move || {
-                fresh_client(n, addr, &counters, until);
+                fresh_client(n, addr, &counters, until, held);
                 let _ = done_tx.send(());
             }));
         }
-        for (n, &pause) in keep_alive.iter().enumerate() {
+        for (n, &pause) in clients.keep_alive.iter().enumerate() {
             let (counters, done_tx) = (counters.clone(), done_tx.clone());
             threads.push(std::thread::spawn(move || {
                 keep_alive_client(n, addr, pause, &counters, until);
@@ -353,7 +483,7 @@ impl Load {
                 Instant::now() < deadline,
                 "only {} requests served in phase {:?} within 20 s; failures: {:?}",
                 self.served_in(phase),
-                PHASES[phase],
+                self.counters.phases[phase],
                 self.counters.failures.lock().unwrap()
             );
             std::thread::sleep(Duration::from_millis(10));
@@ -363,6 +493,7 @@ impl Load {
     /// Stops the clients (each finishes its request under way, bounded) and reports.
     fn stop(mut self) -> Report {
         self.counters.stop.store(true, Ordering::Release);
+        self.counters.release();
         // Each request is bounded by LIMIT for the connect and LIMIT per read or write.
         let deadline = Instant::now() + 4 * LIMIT;
         for _ in 0..self.threads.len() {
@@ -376,14 +507,18 @@ impl Load {
         }
         let c = &self.counters;
         Report {
-            served: PHASES
+            served: c
+                .phases
                 .iter()
                 .zip(&c.served)
                 .map(|(name, n)| (*name, n.load(Ordering::Relaxed)))
                 .collect(),
             failed: c.failed.load(Ordering::Relaxed),
             refused: c.refused.load(Ordering::Relaxed),
+            lost_in_flight: c.lost_in_flight.load(Ordering::Relaxed),
+            lost_idle: c.lost_idle.load(Ordering::Relaxed),
             closed_by_server: c.closed_by_server.load(Ordering::Relaxed),
+            held_served: c.held_served.load(Ordering::Relaxed),
             failures: c.failures.lock().unwrap().clone(),
         }
     }
@@ -394,6 +529,7 @@ impl Drop for Load {
         // A failing test: the clients stop soon (their loops check the flag), not at the end
         // of LOAD_AT_MOST.
         self.counters.stop.store(true, Ordering::Release);
+        self.counters.release();
     }
 }
 
@@ -401,24 +537,55 @@ fn running(counters: &Counters, until: Instant) -> bool {
     !counters.stop.load(Ordering::Acquire) && Instant::now() < until
 }
 
-/// A new connection per request: `GET /` with `Connection: close`, answered in full.
-fn fresh_client(n: usize, addr: SocketAddr, counters: &Counters, until: Instant) {
-    let who = format!("new-connection client {n}");
+/// A new connection per request: `GET /` with `Connection: close`, answered in full. `held`:
+/// begins no request while the counters hold it, and any failure of it is one (it is never in
+/// flight at a kill).
+fn fresh_client(n: usize, addr: SocketAddr, counters: &Counters, until: Instant, held: bool) {
+    let who = if held {
+        format!("held new-connection client {n}")
+    } else {
+        format!("new-connection client {n}")
+    };
     while running(counters, until) {
+        let busy = if held {
+            let Some(busy) = counters.enter() else {
+                busy_wait();
+                continue;
+            };
+            Some(busy)
+        } else {
+            None
+        };
+        let opened = Instant::now();
         match tcp(addr) {
             Err(error) => {
                 counters.connect_failed(&who, error);
+                drop(busy);
                 std::thread::sleep(Duration::from_millis(10));
+                continue;
             }
             Ok(stream) => match Conn::new(stream).get("/", true).map(|r| r.check_root()) {
-                Ok(Ok(_)) => counters.served(),
-                Ok(Err(wrong)) => counters.fail(format!("{who}: {wrong}")),
-                Err(error) => counters.fail(format!("{who}: {error}")),
+                Ok(Ok(_)) => {
+                    counters.served();
+                    if held {
+                        counters.held_served.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(Err(wrong)) if held => counters.fail(format!("{who}: {wrong}")),
+                Err(error) if held => counters.fail(format!("{who}: {error}")),
+                Ok(Err(wrong)) => counters.request_failed(format!("{who}: {wrong}"), opened, opened),
+                Err(error) => counters.request_failed(format!("{who}: {error}"), opened, opened),
             },
         }
+        drop(busy);
         // Pacing, so that two cores also run the inspectors (and ports are not used up).
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// A held client's wait before it looks at the hold again.
+fn busy_wait() {
+    std::thread::sleep(Duration::from_millis(1));
 }
 
 /// Requests one after the other on one connection; a new connection only when the server
@@ -431,21 +598,24 @@ fn keep_alive_client(
     until: Instant,
 ) {
     let who = format!("keep-alive client {n}");
-    let mut conn: Option<(Conn<TcpStream>, u64)> = None;
+    let mut conn: Option<(Conn<TcpStream>, u64, Instant)> = None;
     while running(counters, until) {
-        let (c, requests) = match &mut conn {
+        let (c, requests, opened) = match &mut conn {
             Some(conn) => conn,
-            None => match tcp(addr) {
-                Ok(stream) => conn.insert((Conn::new(stream), 0)),
-                Err(error) => {
-                    counters.connect_failed(&who, error);
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
+            None => {
+                let opened = Instant::now();
+                match tcp(addr) {
+                    Ok(stream) => conn.insert((Conn::new(stream), 0, opened)),
+                    Err(error) => {
+                        counters.connect_failed(&who, error);
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
                 }
-            },
+            }
         };
         *requests += 1;
-        let nth = *requests;
+        let (nth, opened, started) = (*requests, *opened, Instant::now());
         match c.get("/", false) {
             Ok(response) => match response.check_root() {
                 Ok(_) => {
@@ -456,12 +626,20 @@ fn keep_alive_client(
                     }
                 }
                 Err(wrong) => {
-                    counters.fail(format!("{who}, request {nth} on its connection: {wrong}"));
+                    counters.request_failed(
+                        format!("{who}, request {nth} on its connection: {wrong}"),
+                        opened,
+                        started,
+                    );
                     conn = None;
                 }
             },
             Err(error) => {
-                counters.fail(format!("{who}, request {nth} on its connection: {error}"));
+                counters.request_failed(
+                    format!("{who}, request {nth} on its connection: {error}"),
+                    opened,
+                    started,
+                );
                 conn = None;
             }
         }
@@ -481,12 +659,24 @@ const SHUTDOWN: Duration = Duration::from_secs(5);
 /// start, the handover, the process exit).
 const EXIT_MARGIN: Duration = Duration::from_secs(2);
 
-/// Starts the next inspector with `--upgrade`, waits for `old` to exit by itself (status 0,
-/// `handed over to the new process`, within the shutdown deadline and margin). Returns the new
-/// inspector, how long the old one took to exit, and how it did.
-fn upgrade(old: &mut Inspector, args: &[&str]) -> (Inspector, Duration, Exited) {
+/// The probation the tests give a new inspector (`--upgrade-probation`; 5 s by default): the
+/// old one exits once it has passed.
+const PROBATION: Duration = Duration::from_millis(500);
+const PROBATION_ARG: &str = "0.5";
+
+/// `args` and `--upgrade --upgrade-probation PROBATION_ARG`: a new inspector taking over.
+fn upgrade_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let mut args = args.to_vec();
-    args.push("--upgrade");
+    args.extend(["--upgrade", "--upgrade-probation", PROBATION_ARG]);
+    args
+}
+
+/// Starts the next inspector with `--upgrade` (and a [`PROBATION`] of 0.5 s), waits for `old`
+/// to exit by itself (status 0, `handed over to the new process`, no earlier than the
+/// probation, within the shutdown deadline and margin). Returns the new inspector, how long
+/// the old one took to exit, and how it did.
+fn upgrade(old: &mut Inspector, args: &[&str]) -> (Inspector, Duration, Exited) {
+    let args = upgrade_args(args);
     let since = Instant::now();
     let new = start(command(&args));
     assert_eq!(
@@ -514,6 +704,13 @@ fn upgrade(old: &mut Inspector, args: &[&str]) -> (Inspector, Duration, Exited) 
         took <= SHUTDOWN + EXIT_MARGIN,
         "the old inspector exited {took:?} after the new one was started: more than its \
          shutdown deadline {SHUTDOWN:?} + {EXIT_MARGIN:?}; {exited:#?}"
+    );
+    // It keeps its listening sockets until the new one says it is healthy, after its
+    // probation (counted from the new one's READY, which comes after its spawn).
+    assert!(
+        took >= PROBATION,
+        "the old inspector exited {took:?} after the new one was started: before the new \
+         one's probation of {PROBATION:?} passed; {exited:#?}"
     );
     (new, took, exited)
 }

@@ -431,3 +431,70 @@ fn cert_and_key_from_pem_reads_what_server_config_from_pem_reads() {
         "{error:?}"
     );
 }
+
+#[tokio::test]
+async fn the_async_reload_fails_as_the_blocking_one_and_reloads_as_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert1, cert2) = (Cert::new(&["localhost"]), Cert::new(&["localhost"]));
+    let (cert1_path, key1_path) = cert1.write(dir.path(), "one");
+    let (cert2_path, key2_path) = cert2.write(dir.path(), "two");
+    let acceptor = TlsAcceptor::new(Arc::new(
+        server_config_from_pem(&cert1_path, &key1_path, ClientAuth::None).unwrap(),
+    ));
+    let (addr, _handle) = serve(&acceptor).await;
+    let in_use = acceptor.config();
+    let timeout = TlsAcceptor::RELOAD_TIMEOUT;
+
+    // The same error, file by file: a missing certificate, a missing key, garbage, a key that
+    // is not the certificate's.
+    let missing = dir.path().join("missing.pem");
+    let not_pem = dir.path().join("not-pem.key");
+    std::fs::write(&not_pem, "hello").unwrap();
+    for (cert, key) in [
+        (&missing, &key2_path),
+        (&cert2_path, &missing),
+        (&not_pem, &key2_path),
+        (&cert2_path, &not_pem),
+        (&cert1_path, &key2_path),
+    ] {
+        let blocking = acceptor
+            .reload_from_pem(cert, key, ClientAuth::None)
+            .unwrap_err();
+        let off_runtime = within(
+            "the async reload",
+            acceptor.reload_from_pem_files(cert, key, ClientAuth::None, timeout),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            off_runtime.to_string(),
+            blocking.to_string(),
+            "{cert:?} {key:?}"
+        );
+        assert_eq!(
+            std::mem::discriminant(&off_runtime),
+            std::mem::discriminant(&blocking),
+            "{off_runtime:?} / {blocking:?}"
+        );
+        if cert == &missing {
+            assert!(
+                matches!(&off_runtime, TlsError::File { path, source }
+                    if *path == missing && source.kind() == std::io::ErrorKind::NotFound),
+                "{off_runtime:?}"
+            );
+        }
+    }
+    assert!(Arc::ptr_eq(&acceptor.config(), &in_use), "nothing changed");
+
+    // Valid files: reloaded, for new connections, as by `reload_from_pem`.
+    let reload = acceptor.reload_from_pem_files(&cert2_path, &key2_path, ClientAuth::None, timeout);
+    // The future owns what it needs: it can be spawned.
+    within("the spawned reload", tokio::spawn(reload))
+        .await
+        .unwrap()
+        .unwrap();
+    let client = connector(&[&cert1, &cert2], true);
+    let mut conn = connect(addr, &client, "localhost").await.unwrap();
+    assert_eq!(peer_cert(&conn), cert2.der);
+    get(&mut conn).await;
+}

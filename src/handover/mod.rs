@@ -736,11 +736,13 @@ impl Drop for Publisher {
 /// for listener in takeover.take_listeners() {
 ///     server = server.listener(listener);
 /// }
-/// // Tell the old process to drain once serving; publish the listeners in turn, for the next
-/// // upgrade (`take_over` first: the path is then taken from the old process only once this
-/// // one is ready).
+/// // Tell the old process to drain once serving (refused if a listener is served with
+/// // other steps than the old process ran on it); publish the listeners in turn, for the
+/// // next upgrade (`take_over` first: the path is then taken from the old process only once
+/// // this one is ready).
 /// let server = server
 ///     .take_over(takeover)
+///     .map_err(std::io::Error::other)?
 ///     .upgrade_socket("/run/app/upgrade.sock")?;
 /// server.serve(tower::service_fn(|_req| async {
 ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("new\n")))
