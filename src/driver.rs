@@ -5,6 +5,7 @@ use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http_body::Body;
 use hyper::body::Incoming;
@@ -105,9 +106,38 @@ where
     }
 }
 
+/// A stream whose first poll takes longer than this is heavy: the rest of its batch is
+/// spawned without being polled here.
+const HEAVY_STREAM: Duration = Duration::from_micros(50);
+/// At most this long is spent on the first polls of one batch on the connection's task; the
+/// rest of the batch is spawned.
+const BATCH_BUDGET: Duration = Duration::from_micros(500);
+/// After this many batches in a row that ran over, a connection spawns every stream...
+const STRIKES: u8 = 3;
+/// ...for this many batches, then tries inline again.
+const SPAWNED_BATCHES: u16 = 64;
+
+/// How a connection's new streams get their first poll: on its task, within a time budget.
+///
+/// Inline first polls batch the answers of a connection's light streams into one write and
+/// spare them a task each; but they serialize the synchronous work of one connection's streams
+/// on its task. So a batch stops polling inline at the first heavy stream (over
+/// [`HEAVY_STREAM`]) or once [`BATCH_BUDGET`] is spent, and spawns the rest at once, where the
+/// runtime's workers run them in parallel; a connection whose batches keep running over spawns
+/// all its streams for a while, then tries again.
+#[derive(Debug, Default)]
+pub(crate) struct InlinePolicy {
+    strikes: u8,
+    spawning: u16,
+}
+
 /// Polls an HTTP/2 connection, then gives each stream it accepted meanwhile its first poll on
-/// this task; the ones that wait are spawned.
-fn poll_http2<T>(cx: &mut Context<'_>, poll: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
+/// this task (within `policy`'s budget); the ones that wait are spawned.
+fn poll_http2<T>(
+    cx: &mut Context<'_>,
+    policy: &mut InlinePolicy,
+    poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+) -> Poll<T> {
     let collecting = Collecting {
         outer: COLLECTING.replace(true),
     };
@@ -123,14 +153,39 @@ fn poll_http2<T>(cx: &mut Context<'_>, poll: impl FnOnce(&mut Context<'_>) -> Po
         STREAMS.with_borrow_mut(|spare| *spare = streams);
         return result;
     }
-    for mut stream in streams.drain(..) {
-        let poll = catch_unwind(AssertUnwindSafe(|| stream.as_mut().poll(cx)));
-        if let Ok(Poll::Pending) = poll {
-            spawn(stream);
+    if policy.spawning > 0 {
+        policy.spawning -= 1;
+        streams.drain(..).for_each(spawn);
+    } else {
+        let started = Instant::now();
+        let mut last = started;
+        let mut over = false;
+        for mut stream in streams.drain(..) {
+            if over {
+                spawn(stream);
+                continue;
+            }
+            let poll = catch_unwind(AssertUnwindSafe(|| stream.as_mut().poll(cx)));
+            if let Ok(Poll::Pending) = poll {
+                spawn(stream);
+            } else {
+                // Answered, or panicked (hyper's h2 resets the stream once it is dropped):
+                // dropped here, a panic in a drop caught too, as tokio does for a task of its
+                // own.
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(stream)));
+            }
+            let now = Instant::now();
+            over = now.duration_since(last) > HEAVY_STREAM
+                || now.duration_since(started) > BATCH_BUDGET;
+            last = now;
+        }
+        if !over {
+            policy.strikes = 0;
+        } else if policy.strikes + 1 >= STRIKES {
+            policy.strikes = 0;
+            policy.spawning = SPAWNED_BATCHES;
         } else {
-            // Answered, or panicked (hyper's h2 resets the stream once it is dropped): dropped
-            // here, a panic in a drop caught too, as tokio does for a task of its own.
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(stream)));
+            policy.strikes += 1;
         }
     }
     STREAMS.with_borrow_mut(|spare| {
@@ -166,13 +221,17 @@ pin_project! {
     pub struct InlineStreams<F> {
         #[pin]
         connection: F,
+        policy: InlinePolicy,
     }
 }
 
 impl<F> InlineStreams<F> {
     /// Wraps `connection`.
     pub fn new(connection: F) -> Self {
-        InlineStreams { connection }
+        InlineStreams {
+            connection,
+            policy: InlinePolicy::default(),
+        }
     }
 
     /// The wrapped connection future (for example to start its graceful shutdown).
@@ -185,8 +244,9 @@ impl<F: Future> Future for InlineStreams<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let connection = self.project().connection;
-        poll_http2(cx, |cx| connection.poll(cx))
+        let this = self.project();
+        let connection = this.connection;
+        poll_http2(cx, this.policy, |cx| connection.poll(cx))
     }
 }
 
@@ -344,7 +404,9 @@ impl HttpDriver {
                 };
                 Connection::Http2 {
                     conn,
-                    inline: options.http2_inline_streams(),
+                    inline: options
+                        .http2_inline_streams()
+                        .then(InlinePolicy::default),
                 }
             }
         }
@@ -417,7 +479,12 @@ pin_project! {
         // Not pinned (it is `Unpin`): a connection handed over to a new process is taken out
         // for its I/O and read buffer.
         Http1 { conn: Option<http1::UpgradeableConnection<I, S>> },
-        Http2 { #[pin] conn: http2::Connection<I, S, StreamExecutor>, inline: bool },
+        Http2 {
+            #[pin]
+            conn: http2::Connection<I, S, StreamExecutor>,
+            // `None`: every stream spawned (`Options::http2_inline_streams` off).
+            inline: Option<InlinePolicy>,
+        },
     }
 }
 
@@ -474,12 +541,12 @@ where
                 Some(conn) => Pin::new(conn).poll(cx),
                 None => Poll::Ready(Ok(())),
             },
-            ConnectionProj::Http2 { conn, inline: true } => poll_http2(cx, |cx| conn.poll(cx)),
-            // Not collecting: the executor spawns every stream.
             ConnectionProj::Http2 {
                 conn,
-                inline: false,
-            } => conn.poll(cx),
+                inline: Some(policy),
+            } => poll_http2(cx, policy, |cx| conn.poll(cx)),
+            // Not collecting: the executor spawns every stream.
+            ConnectionProj::Http2 { conn, inline: None } => conn.poll(cx),
         }
     }
 }

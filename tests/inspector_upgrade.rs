@@ -24,7 +24,7 @@ use serde_json::Value;
 mod common;
 
 use common::inspector::{example_path, send_signal, Exited, Process};
-use common::LIMIT;
+use common::{within, LIMIT};
 
 // ---------------------------------------------------------------------------------------------
 // The inspector as a child process
@@ -1111,4 +1111,483 @@ fn upgrade_socket_refuses_another_user() {
         .unwrap();
     let exited = two.process.stop("TERM");
     assert!(exited.status.success(), "{exited:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. A successor killed on probation: the old inspector takes its listeners back
+// ---------------------------------------------------------------------------------------------
+
+/// Phases of [`successor_killed_after_ready_rolls_back`].
+const ROLLBACK_PHASES: [&str; 6] = [
+    "old alone",
+    "successor on probation",
+    "successor killed, not reaped yet",
+    "old alone again",
+    "old -> new upgrade",
+    "new alone",
+];
+/// While the successor is killed and just after: requests on its connections die with it.
+const ROLLBACK_LOSSY: [usize; 2] = [2, 3];
+
+/// How soon the old inspector must answer again once its successor is killed.
+const ROLLBACK_WITHIN: Duration = Duration::from_secs(1);
+
+/// Polls (new connections, bounded) until `GET /stats` is answered by a process that took an
+/// idle connection over: the new inspector accepts, and the old one, told so, handed its idle
+/// connections to it. How long it took since `since`.
+fn await_takeover(addr: SocketAddr, since: Instant) -> Duration {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let stats = stats(addr);
+        if count(&stats, "taken_over") >= 1 {
+            return since.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no process took an idle connection over within {LIMIT:?}: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `GET /` on the idle keep-alive connection `k`, answered (and it stays open): the first
+/// request of `k`, which then stays idle.
+fn keep_alive_request(k: &mut Conn<TcpStream>, what: &str) {
+    let response = k
+        .get("/", false)
+        .unwrap_or_else(|e| panic!("{what}: GET /: {e}"));
+    response
+        .check_root()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(!response.closes(), "{what} stays open: {response:?}");
+}
+
+#[test]
+fn successor_killed_after_ready_rolls_back() {
+    use std::os::unix::process::ExitStatusExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let socket = socket.to_str().unwrap();
+    let shutdown = SHUTDOWN.as_secs().to_string();
+    let args = [
+        "--http",
+        "127.0.0.1:0",
+        "--https",
+        "127.0.0.1:0",
+        "--upgrade-socket",
+        socket,
+        "--shutdown-timeout",
+        &shutdown,
+        "--http1-timeout",
+        "120",
+    ];
+    let mut old = start(command(&args));
+    let addr = old.http_addr();
+
+    let load = Load::with(
+        addr,
+        &ROLLBACK_PHASES,
+        &ROLLBACK_LOSSY,
+        Clients {
+            fresh: 2,
+            keep_alive: &[Duration::ZERO, Duration::from_millis(5)],
+            held: 2,
+        },
+    );
+    load.wait_served(0, 50);
+    // K: an idle connection the old inspector hands over once it is told its successor
+    // accepts (the sign it was told).
+    let mut k = http(addr);
+    keep_alive_request(&mut k, "K");
+    let before = stats(addr);
+    assert_eq!(count(&before, "handed_over"), 0, "{before}");
+
+    // The successor, on a probation longer than the test: it never says it is healthy.
+    load.set_phase(1);
+    let mut successor_args = args.to_vec();
+    successor_args.extend(["--upgrade", "--upgrade-probation", "30"]);
+    let since = Instant::now();
+    let mut successor = start(command(&successor_args));
+    // READY, seen from outside: a process that took K (or another idle connection) over
+    // answers, so the old one was told the successor accepts, stopped accepting and drained.
+    let took_over = await_takeover(addr, since);
+    load.wait_served(1, 20);
+
+    // Killed right after READY, while no held client has a request under way.
+    load.counters.hold();
+    load.set_phase(2);
+    let killed = Instant::now();
+    load.counters.killed.set(killed).unwrap();
+    let pid = rustix::process::Pid::from_raw(successor.process.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("SIGKILL");
+    let exited = successor.process.wait(LIMIT);
+    let reaped = Instant::now();
+    load.counters.reaped.set(reaped).unwrap();
+    load.set_phase(3);
+    assert_eq!(
+        exited.status.signal(),
+        Some(sigkill()),
+        "the successor died of SIGKILL: {exited:#?}"
+    );
+    load.counters.release();
+    let held_at_kill = load.counters.held_served.load(Ordering::Relaxed);
+
+    // The first answer after the kill, on a new connection: only the old inspector runs (the
+    // successor is reaped), and it is the one that handed K over and accepted before.
+    let again = stats(addr);
+    let answered = killed.elapsed();
+    assert_eq!(count(&again, "taken_over"), 0, "the old inspector answers: {again}");
+    assert!(
+        count(&again, "handed_over") >= 1,
+        "the old inspector answers (it handed K over): {again}"
+    );
+    assert!(
+        count(&again, "accepted") > count(&before, "accepted"),
+        "the old inspector answers: {again}, before: {before}"
+    );
+    assert!(
+        answered <= ROLLBACK_WITHIN,
+        "the old inspector answered {answered:?} after the successor was killed (reaped after \
+         {:?}): more than {ROLLBACK_WITHIN:?}",
+        reaped - killed
+    );
+    assert!(old.process.is_running(), "the old inspector did not exit");
+    load.wait_served(3, 50);
+    assert!(old.process.is_running(), "the old inspector did not exit");
+    let load_again = load.counters.first_served[3]
+        .get()
+        .map(|at| at.saturating_duration_since(killed));
+
+    eprintln!(
+        "successor took over {took_over:?} after its spawn; killed, reaped {:?} later; the old \
+         inspector answered {answered:?} after the kill (the load's first answer after the \
+         reap: {load_again:?})",
+        reaped - killed
+    );
+
+    // A healthy upgrade still works: the old one exits by itself after the new one's
+    // probation. First, its upgrade socket is where a new process looks for it (the
+    // successor had put its own there once it accepted).
+    if let Err(error) = std::os::unix::net::UnixStream::connect(socket) {
+        panic!(
+            "the old inspector cannot be upgraded again after the rollback: its upgrade socket \
+             is not at {socket} any more ({error}; the killed successor's socket file is left \
+             there)"
+        );
+    }
+    load.set_phase(4);
+    let (mut new, took, exited_old) = upgrade(&mut old, &args);
+    load.set_phase(5);
+    assert!(
+        exited_old.stderr.contains(
+            "upgrade: the new process went away before it said it is healthy; accepting again"
+        ),
+        "the old inspector logged the rollback: {exited_old:#?}"
+    );
+    load.wait_served(5, 50);
+    let report = load.stop();
+    eprintln!("the second upgrade took {took:?}; load: {report:#?}");
+    assert_eq!(report.refused, 0, "refused connections: {report:#?}");
+    // Requests on the successor's connections when it was killed, in flight or begun on one
+    // of them after (a keep-alive connection it held), die with it (documented): counted as
+    // lost (reported), not failed. Anything else (a held client's request, a request on a
+    // connection opened once the successor was reaped, a failure before the kill or in the
+    // second upgrade) is a failure.
+    assert_eq!(report.failed, 0, "failed requests: {report:#?}");
+    eprintln!(
+        "requests lost with the killed successor: {} in flight at the kill, {} begun after it \
+         on one of its connections",
+        report.lost_in_flight, report.lost_idle
+    );
+    assert!(
+        report.held_served > held_at_kill,
+        "the held clients were served after the rollback: {report:#?}"
+    );
+    for (phase, served) in &report.served {
+        assert!(*served > 0, "nothing served during {phase:?}: {report:#?}");
+    }
+    let exited = new.process.stop("TERM");
+    assert!(exited.status.success(), "{exited:#?}");
+}
+
+/// SIGKILL's number.
+fn sigkill() -> i32 {
+    rustix::process::Signal::KILL.as_raw()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. A stuck peer on the upgrade socket does not hold an upgrade up
+// ---------------------------------------------------------------------------------------------
+
+/// How soon an upgrade must complete (the successor accepts, and the old one handed over to
+/// it), counted from the successor's spawn, with stuck peers on the upgrade socket.
+const UPGRADE_WITHIN: Duration = Duration::from_secs(2);
+
+/// Connects to the upgrade socket as a taker and reads the `LISTENERS` frame (its descriptors
+/// are dropped, unread): the old process serves this peer now, and waits for its `READY`.
+fn peer_taking_listeners(socket: &str) -> std::os::unix::net::UnixStream {
+    let mut peer = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("connect to the upgrade socket {socket}: {e}"));
+    peer.set_read_timeout(Some(LIMIT)).unwrap();
+    peer.set_write_timeout(Some(LIMIT)).unwrap();
+    let mut header = [0u8; 8];
+    peer.read_exact(&mut header).expect("the LISTENERS frame");
+    let length = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    assert_eq!(
+        (header[0], header[1], length),
+        (1, 2, 4),
+        "LISTENERS with the two TCP listeners, two bytes each: {header:?}"
+    );
+    let mut payload = [0u8; 4];
+    peer.read_exact(&mut payload).expect("the LISTENERS payload");
+    // --http: TCP, plain; --https: TCP, TLS.
+    assert_eq!(payload, [0, 0, 0, 1], "transport and steps of each listener");
+    peer
+}
+
+#[test]
+fn stuck_peer_does_not_block_an_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let socket = socket.to_str().unwrap();
+    let args = [
+        "--http",
+        "127.0.0.1:0",
+        "--https",
+        "127.0.0.1:0",
+        "--upgrade-socket",
+        socket,
+    ];
+    let mut old = start(command(&args));
+    let addr = old.http_addr();
+    let mut k = http(addr);
+    keep_alive_request(&mut k, "K");
+
+    // A peer that took the listeners and says nothing (one at a time, the old inspector would
+    // wait 60 s for its READY)...
+    let silent = peer_taking_listeners(socket);
+    // ...and one that began a frame (kind 9, 100 bytes of payload) and sends a byte a second.
+    let mut stuck = peer_taking_listeners(socket);
+    stuck
+        .write_all(&[0x09, 0x00, 0x00, 0x00, 0x64, 0x00, 0x00, 0x00])
+        .expect("the stuck peer's frame header");
+    let (stop, stopped) = mpsc::channel::<()>();
+    let trickle = {
+        let mut stuck = stuck.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut sent = 0u32;
+            // At most 30 bytes, and none once the test is done or the old inspector cut it.
+            while sent < 30 {
+                match stopped.recv_timeout(Duration::from_secs(1)) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => break,
+                }
+                if stuck.write_all(b"x").is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            sent
+        })
+    };
+
+    let since = Instant::now();
+    let mut new = start(command(&upgrade_args(&args)));
+    assert_eq!((&new.http, &new.https), (&old.http, &old.https));
+    let took_over = await_takeover(addr, since);
+    assert!(
+        took_over <= UPGRADE_WITHIN,
+        "the upgrade completed {took_over:?} after the successor was started, with stuck peers \
+         on the upgrade socket: more than {UPGRADE_WITHIN:?}"
+    );
+    // K moved to the new inspector, which answers.
+    check_k(&mut k, "the new inspector");
+    http(addr)
+        .get("/", true)
+        .expect("GET / from the new inspector")
+        .check_root()
+        .unwrap();
+
+    let exited = old.process.wait(SHUTDOWN + LIMIT);
+    let took = since.elapsed();
+    assert!(exited.status.success(), "the old inspector exits 0: {exited:#?}");
+    assert!(
+        exited
+            .stdout
+            .iter()
+            .any(|line| line == "handed over to the new process"),
+        "{exited:#?}"
+    );
+    drop(stop);
+    let sent = trickle.join().expect("the trickle thread");
+    // The old inspector is gone: so is its end of the stuck peer's stream.
+    let mut rest = Vec::new();
+    let end = stuck.read_to_end(&mut rest);
+    assert!(
+        matches!(&end, Ok(_)) || matches!(&end, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "the stuck peer's stream ended: {end:?}"
+    );
+    drop(silent);
+    eprintln!(
+        "the upgrade completed {took_over:?} after the successor's spawn; the old inspector \
+         exited after {took:?}; the stuck peer sent {sent} byte(s) of its payload"
+    );
+    let exited = new.process.stop("TERM");
+    assert!(exited.status.success(), "{exited:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. A taker serving the TLS listener without TLS is refused
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn tls_listener_taken_without_tls_is_refused() {
+    use hyper_remote_client::{
+        InheritedListener, Listener, ListenerSteps, Options, Server, Takeover, TakeoverError,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let socket = socket.to_str().unwrap();
+    let unix = dir.path().join("inspector.sock");
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    let ca = Ca::new();
+    let (_, cert, key) = ca.leaf("the old inspector");
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let mut old = start(command(&[
+        "--http",
+        "127.0.0.1:0",
+        "--https",
+        "127.0.0.1:0",
+        "--unix",
+        unix.to_str().unwrap(),
+        "--cert",
+        cert_path.to_str().unwrap(),
+        "--key",
+        key_path.to_str().unwrap(),
+        "--upgrade-socket",
+        socket,
+        "--http1-timeout",
+        "120",
+    ]));
+    let addr = old.http_addr();
+    let client = ca.client();
+    // Keep-alive connections, plain and TLS: a draining inspector would end or move them.
+    let mut k = http(addr);
+    keep_alive_request(&mut k, "K");
+    let mut t = https(&old.https, &client);
+    tls_get(&mut t, "T");
+
+    let serves_on = |k: &mut Conn<TcpStream>, t: &mut Conn<Tls>, when: &str| {
+        keep_alive_request(k, &format!("K, {when}"));
+        tls_get(t, &format!("T, {when}"));
+        http(addr)
+            .get("/", true)
+            .unwrap_or_else(|e| panic!("{when}: GET / on a new connection: {e}"))
+            .check_root()
+            .unwrap();
+        tls_get(&mut https(&old.https, &client), &format!("{when}: HTTPS"));
+        let stats = stats(addr);
+        assert_eq!(count(&stats, "handed_over"), 0, "{when}: {stats}");
+    };
+
+    // The inspector's order: the HTTP listener(s), the HTTPS one (the last TCP one), the
+    // unix one.
+    let mut takeover = within("Takeover::connect", Takeover::connect(socket))
+        .await
+        .expect("Takeover::connect");
+    let steps = takeover.steps();
+    assert_eq!(steps.len(), 3, "{steps:?}");
+    assert_eq!(steps[0], Some(ListenerSteps::default()), "--http: plain");
+    let tls = steps[1].expect("the old inspector says what it ran on --https");
+    assert!(
+        tls.tls && tls.proxy_protocol.is_none() && !tls.custom,
+        "--https: TLS only: {tls:?}"
+    );
+    assert_eq!(steps[2], Some(ListenerSteps::default()), "--unix: plain");
+
+    let listeners = takeover.take_listeners();
+    let kinds: Vec<_> = listeners
+        .iter()
+        .map(|listener| match listener {
+            InheritedListener::Tcp(listener) => listener.local_addr().unwrap().to_string(),
+            InheritedListener::Unix(_) => String::from("unix"),
+            _ => String::from("?"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [old.http[0].clone(), old.https.clone(), String::from("unix")]
+    );
+    let mut server = Server::new(Options::default());
+    for listener in listeners {
+        server = server.listener(Listener::from(listener));
+    }
+    let error = match server.take_over(takeover) {
+        Err(error) => error,
+        Ok(_) => panic!("a takeover serving the TLS listener as plain HTTP was accepted"),
+    };
+    let message = error.to_string();
+    match error {
+        TakeoverError::StepsDiffer {
+            index,
+            address,
+            old: was,
+            new,
+        } => {
+            assert_eq!(index, 1, "the HTTPS listener: {message}");
+            assert_eq!(address, old.https, "{message}");
+            assert_eq!(was, tls, "{message}");
+            assert_eq!(new, ListenerSteps::default(), "{message}");
+            assert!(
+                message.contains("TLS") && message.contains("plain HTTP"),
+                "{message}"
+            );
+        }
+        error => panic!("refused, but not for the steps: {error:?}"),
+    }
+    // The server and the takeover are dropped: the old inspector was told nothing.
+    serves_on(&mut k, &mut t, "after the refused takeover");
+
+    // The same, the change allowed on the HTTPS listener: accepted, but never served (no
+    // READY): the old inspector goes on.
+    let mut takeover = within("Takeover::connect", Takeover::connect(socket))
+        .await
+        .expect("Takeover::connect, again");
+    let mut server = Server::new(Options::default());
+    for (index, listener) in takeover.take_listeners().into_iter().enumerate() {
+        let listener = Listener::from(listener);
+        server = server.listener(if index == 1 {
+            listener.allow_steps_change()
+        } else {
+            listener
+        });
+    }
+    let server = server
+        .take_over(takeover)
+        .expect("the steps change allowed on the HTTPS listener");
+    drop(server);
+    serves_on(&mut k, &mut t, "after the allowed takeover, dropped");
+
+    let exited = old.process.stop("TERM");
+    assert!(exited.status.success(), "{exited:#?}");
+    assert_eq!(
+        exited
+            .stderr
+            .matches("upgrade socket: the taker left before it was ready")
+            .count(),
+        2,
+        "both takers left before READY, as the old inspector saw it: {exited:#?}"
+    );
+    assert!(
+        !exited.stderr.contains("this one drains")
+            && !exited
+                .stdout
+                .iter()
+                .any(|line| line == "handed over to the new process"),
+        "the old inspector never drained: {exited:#?}"
+    );
 }

@@ -253,8 +253,9 @@ async fn bare(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
         let builder = builder.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 black_box(remote);
+                spin_if_asked(req.uri().path());
                 std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(
                     Bytes::from_static(HELLO),
                 ))))
@@ -286,7 +287,19 @@ fn crate_handler(
 ) -> impl std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> {
     let client = req.extensions().get::<hyper_remote_client::ClientInfo>();
     black_box(client.map(|client| client.remote_address()));
+    spin_if_asked(req.uri().path());
     std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(HELLO)))))
+}
+
+/// `/spin`: 100 µs of synchronous work before the answer (the one-connection synchronous
+/// workload of issue 24: a gRPC client or a proxy multiplexing onto few connections).
+fn spin_if_asked(path: &str) {
+    if path == "/spin" {
+        let until = std::time::Instant::now() + std::time::Duration::from_micros(100);
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    }
 }
 
 /// hyper-remote-client's `Server` with default options.
