@@ -37,6 +37,13 @@ use crate::BoxError;
 /// own; a panic in hyper's poll of the connection ends that connection (its task), and the
 /// streams it had accepted are spawned.
 ///
+/// The first polls of one batch are bounded: at the first stream whose first poll took over
+/// 50 µs (synchronous work before its first wait), or once 500 µs are spent on the batch, the
+/// rest of the batch is spawned without being polled here; a connection whose batches run over
+/// three times in a row spawns every stream for the next 64 batches, then tries again. So one
+/// connection carrying CPU-heavy streams (a gRPC client or a proxy multiplexing onto it) does
+/// not run them all on one worker.
+///
 /// Elsewhere (a connection of your own, not wrapped in [`InlineStreams`]), each stream is
 /// spawned. Either way a spawned stream runs in the `tracing` span of its connection, so that
 /// a handler's log lines carry the connection's span over HTTP/2 as they do over HTTP/1.

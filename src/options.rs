@@ -273,11 +273,12 @@ impl Options {
     /// request, and the connection writes the responses of a batch of such streams together
     /// (BENCHMARKS.md measures it).
     ///
-    /// Turn it off when handlers do long synchronous work before their first wait *and* few
-    /// connections carry many concurrent streams (a proxy or gRPC client multiplexing onto one
-    /// connection): on, those streams of one connection run one after the other on its
-    /// task, and the connection reads and writes nothing meanwhile; off, each is a task the
-    /// runtime can run on any worker.
+    /// The first polls of a connection's batch of new streams are bounded (see
+    /// [`StreamExecutor`](crate::StreamExecutor)): a stream whose first poll does over 50 µs of
+    /// synchronous work makes the rest of its batch spawn, and a connection whose streams keep
+    /// doing so spawns them all for a while. Turn it off to spawn every stream from the start
+    /// (each a task the runtime can run on any worker), for example when most handlers do long
+    /// synchronous work before their first wait.
     pub fn http2_inline_streams(&self) -> bool {
         self.http2_inline_streams
     }

@@ -255,10 +255,9 @@ async fn bare(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 black_box(remote);
-                spin_if_asked(req.uri().path());
-                std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(
-                    Bytes::from_static(HELLO),
-                ))))
+                Spin::new(req.uri().path(), || {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(HELLO))))
+                })
             });
             match tls {
                 None => {
@@ -287,18 +286,46 @@ fn crate_handler(
 ) -> impl std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> {
     let client = req.extensions().get::<hyper_remote_client::ClientInfo>();
     black_box(client.map(|client| client.remote_address()));
-    spin_if_asked(req.uri().path());
-    std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(HELLO)))))
+    Spin::new(req.uri().path(), || {
+        Ok(Response::new(Full::new(Bytes::from_static(HELLO))))
+    })
 }
 
-/// `/spin`: 100 µs of synchronous work before the answer (the one-connection synchronous
-/// workload of issue 24: a gRPC client or a proxy multiplexing onto few connections).
-fn spin_if_asked(path: &str) {
-    if path == "/spin" {
-        let until = std::time::Instant::now() + std::time::Duration::from_micros(100);
-        while std::time::Instant::now() < until {
-            std::hint::spin_loop();
+/// The handlers' future: ready at its first poll (as `std::future::ready`), after 100 µs of
+/// synchronous work there for `/spin` (the one-connection synchronous workload of issue 24: a
+/// gRPC client or a proxy multiplexing onto few connections; the work is in the future, as an
+/// `async fn` handler's is, so each server runs it where it polls its streams).
+struct Spin<F> {
+    spin: bool,
+    answer: Option<F>,
+}
+
+impl<F> Spin<F> {
+    fn new(path: &str, answer: F) -> Self {
+        Spin {
+            spin: path == "/spin",
+            answer: Some(answer),
         }
+    }
+}
+
+impl<F> Unpin for Spin<F> {}
+
+impl<F: FnOnce() -> T, T> std::future::Future for Spin<F> {
+    type Output = T;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<T> {
+        if self.spin {
+            let until = std::time::Instant::now() + std::time::Duration::from_micros(100);
+            while std::time::Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        }
+        let answer = self.answer.take().expect("polled after completion");
+        std::task::Poll::Ready(answer())
     }
 }
 
