@@ -1122,7 +1122,7 @@ fn upgrade_socket_refuses_another_user() {
 /// Phases of [`successor_killed_after_ready_rolls_back`].
 const ROLLBACK_PHASES: [&str; 6] = [
     "old alone",
-    "successor on probation",
+    "successor started, on probation",
     "successor killed, not reaped yet",
     "old alone again",
     "old -> new upgrade",

@@ -697,13 +697,13 @@ impl ConnectionSender {
             let mut payload = Vec::with_capacity(1 + connection.unread.len());
             payload.push(if connection.unix { UNIX } else { TCP });
             payload.extend_from_slice(&connection.unread);
-            match send_frame(&stream, CONNECTION, &[connection.fd.as_fd()], &payload).await {
+            match send_frame(stream, CONNECTION, &[connection.fd.as_fd()], &payload).await {
                 Ok(()) => moved += 1,
                 // The new process is gone: this connection closes with the old one.
                 Err(error) => warn!(%error, "upgrade: an idle connection could not move; closed"),
             }
         }
-        let _ = send_frame(&stream, DONE, &[], &[]).await;
+        let _ = send_frame(stream, DONE, &[], &[]).await;
         info!(moved, "upgrade: idle connections handed over");
     }
 }

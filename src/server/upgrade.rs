@@ -75,20 +75,18 @@ impl Server {
     }
 
     /// The next process to take the listeners over (never, without an upgrade socket).
-    pub(super) fn next_successor<'a>(
-        &'a self,
+    pub(super) async fn next_successor(
+        &self,
         published: Option<Arc<Published>>,
-        receiving: &'a mut Option<JoinHandle<()>>,
-    ) -> impl Future<Output = Successor> + 'a {
-        async move {
-            if let Some(receiving) = receiving.as_mut() {
-                let _ = receiving.await;
-            }
-            *receiving = None;
-            match (&self.upgrade, published) {
-                (Some(publisher), Some(published)) => publisher.wait_for_taker(published).await,
-                _ => std::future::pending().await,
-            }
+        receiving: &mut Option<JoinHandle<()>>,
+    ) -> Successor {
+        if let Some(receiving) = receiving.as_mut() {
+            let _ = receiving.await;
+        }
+        *receiving = None;
+        match (&self.upgrade, published) {
+            (Some(publisher), Some(published)) => publisher.wait_for_taker(published).await,
+            _ => std::future::pending().await,
         }
     }
 
