@@ -16,6 +16,12 @@
 //! | [`TLS_HANDSHAKE_DURATION`] | histogram | s | `tls.protocol.version`, or `error.type` (`timeout`, `error`) | [`TlsAcceptor`](crate::TlsAcceptor) |
 //! | [`ACTIVE_TLS_HANDSHAKES`] | gauge | handshakes | | [`TlsAcceptor`](crate::TlsAcceptor) |
 //! | [`TIMEOUTS`] | counter | connections | `phase`: `idle`, `request_head`, `request_body`, `response`, `half_close`, `detached`, `tls_handshake` | [`RemoteClient`](crate::RemoteClient), [`TlsAcceptor`](crate::TlsAcceptor) |
+//! | [`HANDED_OVER_CONNECTIONS`] | counter | connections | | [`Server`](crate::Server) (an idle connection moved to the process replacing this one) |
+//!
+//! The counters whose series are known in advance (rejections by reason, timeouts by phase,
+//! upgraded and handed-over connections) are exported at 0 from the start (by [`describe`],
+//! and by [`Server`](crate::Server) when it starts serving), so that `rate()` and alerts see
+//! the first event.
 //!
 //! The request duration runs from the request head read to the end of the response body
 //! handed to hyper (or its drop: a reset, a closed connection). Call [`describe`] once the
@@ -70,6 +76,8 @@ pub const TLS_HANDSHAKE_DURATION: &str = "hyper_remote_client.tls_handshake.dura
 pub const ACTIVE_TLS_HANDSHAKES: &str = "hyper_remote_client.active_tls_handshakes";
 /// Connections closed because a clock of their lifecycle ran out, by `phase`.
 pub const TIMEOUTS: &str = "hyper_remote_client.timeouts";
+/// Idle HTTP/1 connections handed to the process that replaced this one (a binary upgrade).
+pub const HANDED_OVER_CONNECTIONS: &str = "hyper_remote_client.handed_over_connections";
 
 /// Histogram buckets for the durations, in seconds: OpenTelemetry's advice for
 /// `http.server.request.duration`.
@@ -126,6 +134,41 @@ pub fn describe() {
         Unit::Count,
         "Number of connections closed by a timeout, by phase."
     );
+    describe_counter!(
+        HANDED_OVER_CONNECTIONS,
+        Unit::Count,
+        "Number of idle connections handed to the process that replaced this one."
+    );
+    known_series();
+}
+
+/// The label values of [`REJECTED_CONNECTIONS`]'s `reason`.
+pub const REJECTION_REASONS: [&str; 4] =
+    ["connection_limit", "per_ip_limit", "proxy_protocol", "acceptor"];
+/// The label values of [`TIMEOUTS`]' `phase`.
+pub const TIMEOUT_PHASES: [&str; 7] = [
+    "idle",
+    "request_head",
+    "request_body",
+    "response",
+    "half_close",
+    "detached",
+    "tls_handshake",
+];
+
+/// Exports the counters whose series are known in advance at 0 (rejections by reason,
+/// timeouts by phase, upgraded and handed-over connections), so that `rate()` and alerts see
+/// the first event (Prometheus' "avoid missing metrics"). [`describe`] calls it, and so does
+/// [`Server`](crate::Server) when it starts serving; adding 0 changes no count.
+pub(crate) fn known_series() {
+    for reason in REJECTION_REASONS {
+        metrics::counter!(REJECTED_CONNECTIONS, "reason" => reason).increment(0);
+    }
+    for phase in TIMEOUT_PHASES {
+        metrics::counter!(TIMEOUTS, "phase" => phase).increment(0);
+    }
+    metrics::counter!(UPGRADED_CONNECTIONS).increment(0);
+    metrics::counter!(HANDED_OVER_CONNECTIONS).increment(0);
 }
 
 /// The values of `http.request.method`: the well-known methods, and `_OTHER` for the rest (the

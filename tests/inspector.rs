@@ -1058,9 +1058,51 @@ fn metrics_count_tls_handshakes() {
         None,
         "no handshake was cut by a shutdown"
     );
-    // Failed handshakes are counted by the handshake metrics, not as rejected connections.
-    assert!(
-        !text.contains("hyper_remote_client_rejected_connections_total"),
-        "{text}"
-    );
+    // Failed handshakes are counted by the handshake metrics, not as rejected connections
+    // (whose series are exported at 0 from the start).
+    for reason in [
+        "connection_limit",
+        "per_ip_limit",
+        "proxy_protocol",
+        "acceptor",
+    ] {
+        let series =
+            format!(r#"hyper_remote_client_rejected_connections_total{{reason="{reason}"}}"#);
+        assert_eq!(value(&text, &series), Some(0.0), "{series}:\n{text}");
+    }
+}
+
+/// The counters whose series are known in advance are in the first scrape, at 0 (Prometheus'
+/// "avoid missing metrics": `rate()` and alerts then see the first event).
+#[test]
+fn metrics_known_series_are_exported_at_zero_from_the_start() {
+    let inspector = start(&[]);
+    let text = scrape(&inspector);
+    let mut expected: Vec<String> = [
+        "connection_limit",
+        "per_ip_limit",
+        "proxy_protocol",
+        "acceptor",
+    ]
+    .iter()
+    .map(|reason| format!(r#"hyper_remote_client_rejected_connections_total{{reason="{reason}"}}"#))
+    .collect();
+    for phase in [
+        "idle",
+        "request_head",
+        "request_body",
+        "response",
+        "half_close",
+        "detached",
+        "tls_handshake",
+    ] {
+        expected.push(format!(
+            r#"hyper_remote_client_timeouts_total{{phase="{phase}"}}"#
+        ));
+    }
+    expected.push(UPGRADED.to_owned());
+    expected.push("hyper_remote_client_handed_over_connections_total".to_owned());
+    for series in &expected {
+        assert_eq!(value(&text, series), Some(0.0), "{series}:\n{text}");
+    }
 }

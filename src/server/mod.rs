@@ -377,6 +377,8 @@ impl Server {
         B: HandlerBody,
         F: Future<Output = ()>,
     {
+        #[cfg(feature = "metrics")]
+        crate::telemetry::known_series();
         #[cfg(unix)]
         let published = self.publishable();
         let mut accepting = self.start_accepting(&service);
@@ -849,6 +851,8 @@ impl Acceptor {
             }
             if let CloseReason::HandedOver = &reason {
                 Counters::add(&counters.handed_over);
+                #[cfg(feature = "metrics")]
+                metrics::counter!(crate::telemetry::HANDED_OVER_CONNECTIONS).increment(1);
             }
             // Counted from the same flag as `exported_closed`, whatever the close reason.
             if info.is_exported() {
