@@ -1,63 +1,6 @@
-//! Per-connection client handles for hyper servers.
-//!
-//! hyper serves HTTP on a connection; this crate owns the connection around it and tells every
-//! handler who is connected and over what (addresses, TLS), how busy the connection is (pending
-//! requests and responses), whether it has closed, and lets it register a callback for the
-//! close or close the connection itself. The handle is [`ClientInfo`], modelled on amphp's
-//! `Client`, and it reaches handlers as a request extension put there by [`ClientLayer`].
-//!
-//! - [`RemoteClient`] is one accepted connection: [`RemoteClient::start`] serves it with the
-//!   [`HttpDriver`] an [`HttpDriverFactory`] selects (HTTP/1.1, HTTP/2 by ALPN or prior
-//!   knowledge), with any tower service behind a [`ClientLayer`], and enforces [`Options`]:
-//!   timeouts, header and body size limits, allowed methods, HTTP/2 stream limit.
-//! - [`ClientIo`] wraps the stream: it tracks the status bits and byte counts, refuses I/O after
-//!   [`ClientInfo::close`], and closes the client when it is dropped.
-//! - [`Server`] is the accept loop over `RemoteClient`s: TCP and unix listeners, either under
-//!   TLS (`TlsAcceptor`, feature `tls`) and PROXY protocol (`ProxyProtocol`, feature
-//!   `proxy-protocol`), connection and per-IP limits, a live registry, counters and graceful
-//!   shutdown, through a [`ServerHandle`].
-//! - [`detach()`] takes the raw connection over after an HTTP/1 upgrade, with the client still
-//!   tracked until it is dropped.
-//! - Observability: every connection is served in a `tracing` span `client` (its id, addresses,
-//!   protocol, TLS version and ALPN), so a handler's log lines carry it; with feature
-//!   `metrics`, connection and request metrics under OpenTelemetry names go to the `metrics`
-//!   facade (see `telemetry`).
-//!
-//! ```no_run
-//! use std::convert::Infallible;
-//! use std::sync::Arc;
-//! use http::{Request, Response};
-//! use hyper_remote_client::{ClientInfo, DefaultHttpDriverFactory, Options, RemoteClient, RequestBody};
-//!
-//! async fn handler(req: Request<RequestBody>) -> Result<Response<String>, Infallible> {
-//!     let client = req.extensions().get::<ClientInfo>().expect("inserted by ClientLayer");
-//!     if req.uri().path() == "/close" {
-//!         client.close(); // the connection ends now; no response is sent
-//!     }
-//!     Ok(Response::new(format!(
-//!         "client {} from {}, {} response(s) pending\n",
-//!         client.id(),
-//!         client.remote_address(),
-//!         client.pending_responses(),
-//!     )))
-//! }
-//!
-//! #[tokio::main]
-//! async fn main() -> std::io::Result<()> {
-//!     let options = Arc::new(Options::default());
-//!     let drivers = Arc::new(DefaultHttpDriverFactory::new(&options));
-//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//!     loop {
-//!         let (stream, _) = listener.accept().await?;
-//!         let Ok(client) = RemoteClient::tcp(stream, options.clone()) else { continue };
-//!         client.client().on_close(|client| println!("client {} closed", client.id()));
-//!         let drivers = drivers.clone();
-//!         tokio::spawn(async move {
-//!             client.start(&*drivers, tower::service_fn(handler)).await;
-//!         });
-//!     }
-//! }
-//! ```
+// The crate's front page is the README (its snippets are compiled by `ReadmeDoctests` below,
+// with every feature, as CI runs the tests).
+#![cfg_attr(not(doctest), doc = include_str!("../README.md"))]
 #![deny(
     missing_docs,
     unreachable_pub,
