@@ -1,10 +1,16 @@
-//! Graceful shutdown: on Ctrl-C (or after `--after-ms`), stop accepting, let the responses in
-//! flight finish, close idle connections at once, and force-close the rest after the deadline.
+//! Graceful shutdown: on Ctrl-C (or after AFTER_MS milliseconds, if given), stop accepting, let
+//! the responses in flight finish, close idle connections at once, and force-close the rest
+//! after the deadline.
+//!
+//! Two optional positional arguments: `graceful_shutdown [ADDR [AFTER_MS]]`, the address to
+//! listen on (default `127.0.0.1:3001`) and the milliseconds after which to shut down on its
+//! own (default: wait for Ctrl-C; a value that is not a whole number is ignored).
 //!
 //! ```text
 //! cargo run --example graceful_shutdown              # prints: listening on http://127.0.0.1:3001
 //! curl -s 'http://127.0.0.1:3001/?ms=2000' &          # a slow response
 //! # press Ctrl-C: the slow response is still delivered, then the server exits
+//! cargo run --example graceful_shutdown -- 127.0.0.1:0 3000   # any port; shuts down after 3 s
 //! ```
 
 use std::convert::Infallible;

@@ -1334,6 +1334,8 @@ fn sigkill() -> i32 {
 /// How soon an upgrade must complete (the successor accepts, and the old one handed over to
 /// it), counted from the successor's spawn, with stuck peers on the upgrade socket.
 const UPGRADE_WITHIN: Duration = Duration::from_secs(2);
+/// How long a peer of the upgrade socket may take to complete a frame it began.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connects to the upgrade socket as a taker and reads the `LISTENERS` frame (its descriptors
 /// are dropped, unread): the old process serves this peer now, and waits for its `READY`.
@@ -1343,7 +1345,12 @@ fn peer_taking_listeners(socket: &str) -> std::os::unix::net::UnixStream {
     peer.set_read_timeout(Some(LIMIT)).unwrap();
     peer.set_write_timeout(Some(LIMIT)).unwrap();
     let mut header = [0u8; 8];
-    peer.read_exact(&mut header).expect("the LISTENERS frame");
+    if let Err(error) = peer.read_exact(&mut header) {
+        panic!(
+            "no LISTENERS frame within {LIMIT:?} ({error}): the upgrade socket serves its peers \
+             at once, so another peer (silent, or stuck in a frame) must not hold this one up"
+        );
+    }
     let length = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
     assert_eq!(
         (header[0], header[1], length),
@@ -1360,6 +1367,71 @@ fn peer_taking_listeners(socket: &str) -> std::os::unix::net::UnixStream {
         "transport and steps of each listener"
     );
     peer
+}
+
+/// A peer stuck in a frame: it took the listeners, sent the header of a frame (kind 9, 100
+/// bytes of payload), and sends one byte of it a second from another thread (at most 30, none
+/// once `stop` is dropped or a write fails), which returns how many it sent.
+struct StuckPeer {
+    stream: std::os::unix::net::UnixStream,
+    /// When the header was sent.
+    began: Instant,
+    stop: mpsc::Sender<()>,
+    trickle: JoinHandle<u32>,
+}
+
+impl StuckPeer {
+    fn connect(socket: &str) -> StuckPeer {
+        let mut stream = peer_taking_listeners(socket);
+        stream
+            .write_all(&[0x09, 0x00, 0x00, 0x00, 0x64, 0x00, 0x00, 0x00])
+            .expect("the stuck peer's frame header");
+        let began = Instant::now();
+        let (stop, stopped) = mpsc::channel::<()>();
+        let mut writer = stream.try_clone().unwrap();
+        let trickle = std::thread::spawn(move || {
+            let mut sent = 0u32;
+            while sent < 30 {
+                match stopped.recv_timeout(Duration::from_secs(1)) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => break,
+                }
+                if writer.write_all(b"x").is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            sent
+        });
+        StuckPeer {
+            stream,
+            began,
+            stop,
+            trickle,
+        }
+    }
+
+    /// Waits (bounded by the read timeout) for the server's end of the stream to close; stops
+    /// the trickle. How long after the header that was, and how many bytes were trickled.
+    fn wait_cut(self) -> (Duration, u32) {
+        let StuckPeer {
+            mut stream,
+            began,
+            stop,
+            trickle,
+        } = self;
+        let mut rest = Vec::new();
+        let end = stream.read_to_end(&mut rest);
+        let cut = began.elapsed();
+        assert!(
+            matches!(&end, Ok(0))
+                || matches!(&end, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+            "the stuck peer's stream ended (not timed out, nothing more sent to it): {end:?}, \
+             {rest:?}"
+        );
+        drop(stop);
+        (cut, trickle.join().expect("the trickle thread"))
+    }
 }
 
 #[test]
@@ -1381,32 +1453,9 @@ fn stuck_peer_does_not_block_an_upgrade() {
     keep_alive_request(&mut k, "K");
 
     // A peer that took the listeners and says nothing (one at a time, the old inspector would
-    // wait 60 s for its READY)...
+    // wait 60 s for its READY), and one stuck in a frame (one at a time: 2 s).
     let silent = peer_taking_listeners(socket);
-    // ...and one that began a frame (kind 9, 100 bytes of payload) and sends a byte a second.
-    let mut stuck = peer_taking_listeners(socket);
-    stuck
-        .write_all(&[0x09, 0x00, 0x00, 0x00, 0x64, 0x00, 0x00, 0x00])
-        .expect("the stuck peer's frame header");
-    let (stop, stopped) = mpsc::channel::<()>();
-    let trickle = {
-        let mut stuck = stuck.try_clone().unwrap();
-        std::thread::spawn(move || {
-            let mut sent = 0u32;
-            // At most 30 bytes, and none once the test is done or the old inspector cut it.
-            while sent < 30 {
-                match stopped.recv_timeout(Duration::from_secs(1)) {
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    _ => break,
-                }
-                if stuck.write_all(b"x").is_err() {
-                    break;
-                }
-                sent += 1;
-            }
-            sent
-        })
-    };
+    let stuck = StuckPeer::connect(socket);
 
     let since = Instant::now();
     let mut new = start(command(&upgrade_args(&args)));
@@ -1438,22 +1487,31 @@ fn stuck_peer_does_not_block_an_upgrade() {
             .any(|line| line == "handed over to the new process"),
         "{exited:#?}"
     );
-    drop(stop);
-    let sent = trickle.join().expect("the trickle thread");
-    // The old inspector is gone: so is its end of the stuck peer's stream.
-    let mut rest = Vec::new();
-    let end = stuck.read_to_end(&mut rest);
-    assert!(
-        matches!(&end, Ok(_)) || matches!(&end, Err(e) if e.kind() == ErrorKind::ConnectionReset),
-        "the stuck peer's stream ended: {end:?}"
-    );
+    // The old inspector is gone: so is its end of the stuck peers' streams.
+    let (_, sent_to_old) = stuck.wait_cut();
     drop(silent);
+
+    // The new inspector serves the upgrade socket in turn, and cuts a peer whose frame is not
+    // complete within 2 s, though it sends a byte a second.
+    let stuck = StuckPeer::connect(socket);
+    let (cut, sent) = stuck.wait_cut();
+    assert!(
+        cut <= FRAME_TIMEOUT + EXIT_MARGIN && sent >= 1,
+        "a peer trickling a frame was cut {cut:?} after it began it (having sent {sent} \
+         byte(s) of it): not within {FRAME_TIMEOUT:?} + {EXIT_MARGIN:?}"
+    );
     eprintln!(
         "the upgrade completed {took_over:?} after the successor's spawn; the old inspector \
-         exited after {took:?}; the stuck peer sent {sent} byte(s) of its payload"
+         exited after {took:?} (the stuck peer had sent {sent_to_old} byte(s)); a peer \
+         trickling a frame to the new one was cut {cut:?} after its header, having sent {sent} \
+         byte(s)"
     );
     let exited = new.process.stop("TERM");
     assert!(exited.status.success(), "{exited:#?}");
+    assert!(
+        exited.stderr.contains("not complete within"),
+        "the new inspector logged why it cut the peer: {exited:#?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
