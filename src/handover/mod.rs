@@ -214,7 +214,7 @@ pub enum TakeoverError {
     /// A listener's socket could not be looked at.
     #[error("listener #{index}: {source}")]
     Io {
-        /// The listener's position in what the old process handed over.
+        /// The listener's position in the new server.
         index: usize,
         /// What failed.
         source: io::Error,
@@ -511,6 +511,15 @@ impl Publisher {
             published: false,
             file: (meta.dev(), meta.ino()),
         })
+    }
+
+    /// A new upgrade socket for the same path, put at the path at once (over the socket file a
+    /// successor that went away left there): after a rollback, this process is upgradable
+    /// again.
+    pub(crate) fn rebind(&self) -> io::Result<Publisher> {
+        let mut publisher = Publisher::bind(&self.path)?;
+        publisher.publish()?;
+        Ok(publisher)
     }
 
     /// Moves the socket to its path (over a stale socket, or the one of the process this one
@@ -839,8 +848,11 @@ impl Takeover {
         &self,
         listeners: &[(BorrowedFd<'_>, ListenerSteps, bool, String)],
     ) -> Result<(), TakeoverError> {
-        for (fd, new, allowed, address) in listeners {
-            let id = socket_id(*fd).map_err(|source| TakeoverError::Io { index: 0, source })?;
+        for (position, (fd, new, allowed, address)) in listeners.iter().enumerate() {
+            let id = socket_id(*fd).map_err(|source| TakeoverError::Io {
+                index: position,
+                source,
+            })?;
             let Some(index) = self.handed.iter().position(|(handed, _)| *handed == id) else {
                 continue;
             };

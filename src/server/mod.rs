@@ -262,9 +262,12 @@ impl Server {
     /// `SO_PEERCRED`) connects with [`Takeover::connect`](crate::Takeover::connect), receives
     /// the listening sockets (`SCM_RIGHTS`) and accepts on them; once it says it is ready
     /// (within 60 s of taking them; otherwise this server goes on and waits for another),
-    /// this server stops accepting and shuts down gracefully with
-    /// [`Options::shutdown_timeout`] as the deadline, and [`serve`](Self::serve) returns.
-    /// Nothing is refused meanwhile: both processes share the sockets.
+    /// this server stops accepting (it keeps the sockets) and shuts down gracefully with
+    /// [`Options::shutdown_timeout`] as the deadline, and [`serve`](Self::serve) returns once
+    /// the new process says it is healthy ([`Options::upgrade_probation`]). Should the new
+    /// process go away before that, this server accepts again, puts its upgrade socket back at
+    /// `path`, and can be upgraded again. Nothing is refused meanwhile: both processes share
+    /// the sockets. Peers of the upgrade socket are served concurrently.
     ///
     /// Connections move as well when they can: a plain HTTP/1 connection (no TLS, no PROXY
     /// header, no acceptor of your own) with no request in flight (idle between requests, or
@@ -403,7 +406,10 @@ impl Server {
             #[cfg(unix)]
             if let Some(successor) = successor {
                 match self.hand_over(successor, &mut signal).await {
-                    Handover::RolledBack => continue,
+                    Handover::RolledBack => {
+                        self.republish();
+                        continue;
+                    }
                     Handover::Done => drained = true,
                 }
             }

@@ -45,6 +45,20 @@ impl Server {
         }
     }
 
+    /// After a rollback: the upgrade socket again at its path (the successor that went away
+    /// had put its own there), so that this process can be upgraded again.
+    pub(super) fn republish(&mut self) {
+        let Some(publisher) = self.upgrade.as_ref() else {
+            return;
+        };
+        match publisher.rebind() {
+            Ok(publisher) => self.upgrade = Some(publisher),
+            Err(error) => {
+                tracing::error!(%error, "upgrade socket: could not be put back at its path after the rollback");
+            }
+        }
+    }
+
     /// Taking over: once accepting, tell the old process to drain, take the upgrade socket's
     /// path, and receive its idle connections (a later upgrade of this process waits until
     /// they have all come, and this process's probation has passed).
