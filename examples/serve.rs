@@ -8,6 +8,10 @@
 //! curl -v http://127.0.0.1:8080/close                     # the handler closes the connection
 //! curl -s 'http://127.0.0.1:8080/slow?ms=2000'            # a response that takes 2 s
 //! curl -s http://127.0.0.1:8080/metrics                   # Prometheus text format
+//! # --http, --https and --unix choose the listeners: with none of them, HTTP on 127.0.0.1:8080
+//! # and HTTPS on 127.0.0.1:8443; with any of them, only the addresses given (HOST:PORT: an IP
+//! # address, [::1]:PORT, or a name resolved at start, such as localhost:8080).
+//! cargo run --example serve -- --http localhost:8081      # HTTP only, on another port
 //! # zero downtime: start with --upgrade-socket /tmp/up.sock, then, any time, a new binary with
 //! # --upgrade --upgrade-socket /tmp/up.sock takes the sockets over; the old one drains and
 //! # exits. SIGHUP reads --cert/--key again. Under systemd socket activation (LISTEN_FDS), the
@@ -48,15 +52,32 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+/// The default HTTP and HTTPS addresses, bound only when none of --http, --https and --unix is
+/// given.
+const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+const DEFAULT_HTTPS: &str = "127.0.0.1:8443";
+
+/// How long a host name of --http or --https may take to resolve at start.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The connection inspector: every connection, as the server sees it.
 #[derive(Parser, Debug)]
+#[command(after_help = "\
+Listeners: with none of --http, --https and --unix, the inspector serves HTTP on 127.0.0.1:8080 \
+and HTTPS on 127.0.0.1:8443. With any of them, it serves only the listeners given: \
+`--http 127.0.0.1:9000` alone serves no HTTPS (add --https ADDR for it).
+Addresses are HOST:PORT: an IP address (127.0.0.1:8080, [::1]:8080) or a host name \
+(localhost:8080), resolved at start; the first address the name resolves to is bound.")]
 struct Args {
-    /// Address to serve HTTP/1.1 and h2c (prior knowledge) on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    http: SocketAddr,
-    /// Address to serve HTTPS on (HTTP/2 or HTTP/1.1 by ALPN).
-    #[arg(long, default_value = "127.0.0.1:8443")]
-    https: SocketAddr,
+    /// Address to serve HTTP/1.1 and h2c (prior knowledge) on: IP:PORT, [IPv6]:PORT or
+    /// HOST:PORT (the first address the name resolves to) [default: 127.0.0.1:8080, when none of
+    /// --http, --https, --unix is given]
+    #[arg(long, value_name = "ADDR", value_parser = host_port)]
+    http: Option<HostPort>,
+    /// Address to serve HTTPS on (HTTP/2 or HTTP/1.1 by ALPN), as for --http [default:
+    /// 127.0.0.1:8443, when none of --http, --https, --unix is given]
+    #[arg(long, value_name = "ADDR", value_parser = host_port)]
+    https: Option<HostPort>,
     /// Certificate chain (PEM) for HTTPS; without it, one for localhost and 127.0.0.1 is made.
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
@@ -66,7 +87,7 @@ struct Args {
     /// CA certificate (PEM): ask HTTPS clients for a certificate signed by it (optional).
     #[arg(long)]
     client_ca: Option<PathBuf>,
-    /// Unix socket path to serve HTTP/1.1 and h2c on as well.
+    /// Unix socket path to serve HTTP/1.1 and h2c on.
     #[arg(long)]
     unix: Option<PathBuf>,
     /// Connections kept open at once (at least 1).
@@ -88,7 +109,7 @@ struct Args {
     #[arg(long, value_parser = at_least_one, allow_negative_numbers = true)]
     header_size_limit: Option<usize>,
     /// Largest request body in bytes (0: no body at all).
-    #[arg(long)]
+    #[arg(long, value_parser = byte_count, allow_negative_numbers = true)]
     body_size_limit: Option<usize>,
     /// Graceful shutdown deadline in seconds (0: close at once).
     #[arg(long, value_parser = seconds, allow_negative_numbers = true)]
@@ -137,6 +158,86 @@ fn at_least_one(value: &str) -> Result<usize, String> {
     }
 }
 
+/// A number of bytes, 0 or more.
+fn byte_count(value: &str) -> Result<usize, String> {
+    value
+        .parse::<usize>()
+        .map_err(|_| "must be a whole number of bytes, 0 or more".into())
+}
+
+/// The value of --http or --https, as given: `HOST:PORT`, where HOST is an IP address (an
+/// IPv6 one in brackets) or a name, resolved at start ([`resolve`]).
+#[derive(Clone, Debug)]
+struct HostPort(String);
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `HOST:PORT`, checked for its form (the name is not resolved yet).
+fn host_port(value: &str) -> Result<HostPort, String> {
+    if value.parse::<SocketAddr>().is_ok() {
+        return Ok(HostPort(value.to_owned()));
+    }
+    let expected = "expected HOST:PORT, such as 127.0.0.1:8080, [::1]:8080 or localhost:8080";
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err(expected.into());
+    };
+    if host.is_empty() {
+        return Err(format!("no host before the port; {expected}"));
+    }
+    if port.parse::<u16>().is_err() {
+        return Err(format!("the port is a number from 0 to 65535; {expected}"));
+    }
+    if host.starts_with('[') || host.contains(':') {
+        return Err("not an IPv6 address in brackets, such as [::1]:8080".into());
+    }
+    Ok(HostPort(value.to_owned()))
+}
+
+/// The address `addr` stands for: itself if an IP address and port, else the first address its
+/// host name resolves to (`ToSocketAddrs`), within [`RESOLVE_TIMEOUT`]. The lookup runs on a
+/// thread of its own, not a blocking task of the runtime: one that never returns does not hold
+/// the exit up.
+async fn resolve(addr: &HostPort) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(ip_and_port) = addr.0.parse() {
+        return Ok(ip_and_port);
+    }
+    let (resolved, lookup) = tokio::sync::oneshot::channel();
+    let name = addr.0.clone();
+    std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            let _ = resolved.send(name.to_socket_addrs().map(|mut addrs| addrs.next()));
+        })
+        .map_err(|error| format!("resolving the name: {error}"))?;
+    match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+        Ok(Ok(Ok(Some(first)))) => Ok(first),
+        Ok(Ok(Ok(None))) => Err("the name resolves to no address".into()),
+        Ok(Ok(Err(error))) => Err(error.to_string()),
+        Ok(Err(_)) => Err("the name lookup failed".into()),
+        Err(_) => Err(format!(
+            "the name did not resolve within {RESOLVE_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// Binds the address `addr` of `flag` (resolved first); errors name both, and the address the
+/// name resolved to: `--http localhost:8080 (127.0.0.1:8080): Address already in use`.
+async fn bind(flag: &str, addr: &HostPort) -> Result<TcpListener, Failed> {
+    let what = format!("{flag} {addr}");
+    let resolved = resolve(addr).await.context(&what)?;
+    let what = if addr.0.parse::<SocketAddr>().is_ok() {
+        what
+    } else {
+        format!("{what} ({resolved})")
+    };
+    TcpListener::bind(resolved).await.context(what)
+}
+
 /// A number of seconds, such as `2.5`: not negative, not NaN, not infinite.
 fn seconds(value: &str) -> Result<Duration, String> {
     let secs: f64 = value
@@ -156,6 +257,33 @@ fn timeout_seconds(value: &str) -> Result<Duration, String> {
 }
 
 impl Args {
+    /// Whether none of --http, --https and --unix is given: the default addresses are bound.
+    fn default_listeners(&self) -> bool {
+        self.http.is_none() && self.https.is_none() && self.unix.is_none()
+    }
+
+    /// The HTTP address to bind (unless sockets are inherited): --http, or the default.
+    fn http_addr(&self) -> Option<HostPort> {
+        self.http.clone().or_else(|| {
+            self.default_listeners()
+                .then(|| HostPort(DEFAULT_HTTP.into()))
+        })
+    }
+
+    /// The HTTPS address to bind: --https, or the default.
+    fn https_addr(&self) -> Option<HostPort> {
+        self.https.clone().or_else(|| {
+            self.default_listeners()
+                .then(|| HostPort(DEFAULT_HTTPS.into()))
+        })
+    }
+
+    /// Whether this inspector may serve HTTPS: it binds an HTTPS address, or takes its sockets
+    /// over (the old inspector's HTTPS listener, if it had one).
+    fn may_serve_https(&self) -> bool {
+        taking_over(self) || self.https_addr().is_some()
+    }
+
     fn proxy(&self) -> Result<ProxyProtocol, Failed> {
         let mode = match self.proxy_protocol {
             ProxyArg::Off => ProxyMode::Off,
@@ -292,25 +420,41 @@ async fn run(args: Args) -> Result<(), Failed> {
         }
     });
     let proxy = args.proxy()?;
-    let (tls, generated_ca) = tls_config(&args)?;
-    let acceptor = TlsAcceptor::new(Arc::new(tls));
+    // Before the sockets: a certificate error is told first, and before an upgrade starts.
+    let tls = if args.may_serve_https() {
+        Some(tls_config(&args)?)
+    } else {
+        refuse_tls_flags_without_https(&args)?;
+        None
+    };
     let sockets = Sockets::open(&args).await?;
+    // Taken over from an inspector without HTTPS: no certificate needed (a generated CA file
+    // is removed here).
+    let tls = tls.filter(|_| sockets.https.is_some());
+    let (acceptor, generated_ca) = match tls {
+        Some((config, generated_ca)) => (Some(TlsAcceptor::new(Arc::new(config))), generated_ca),
+        None => (None, None),
+    };
     let http_addrs = sockets
         .http
         .iter()
         .map(|listener| listener.local_addr().context("--http"))
         .collect::<Result<Vec<_>, _>>()?;
-    let http_addr = http_addrs[0];
-    let https_addr = sockets.https.local_addr().context("--https")?;
+    let https_addr = match &sockets.https {
+        Some(listener) => Some(listener.local_addr().context("--https")?),
+        None => None,
+    };
     let mut server = Server::new(args.options());
     for http in sockets.http {
         server = server.listener(Listener::tcp(http).with_proxy_protocol(proxy.clone()));
     }
-    server = server.listener(
-        Listener::tcp(sockets.https)
-            .with_tls(acceptor.clone())
-            .with_proxy_protocol(proxy),
-    );
+    if let (Some(https), Some(acceptor)) = (sockets.https, &acceptor) {
+        server = server.listener(
+            Listener::tcp(https)
+                .with_tls(acceptor.clone())
+                .with_proxy_protocol(proxy),
+        );
+    }
     // A socket this inspector bound is removed when it exits; an inherited one belongs to
     // whoever passed it (systemd, the inspector replaced).
     #[cfg(unix)]
@@ -346,8 +490,10 @@ async fn run(args: Args) -> Result<(), Failed> {
     for addr in &http_addrs {
         println!("listening on http://{addr}");
     }
-    println!("listening on https://{https_addr}");
-    if let Some(ca) = &generated_ca {
+    if let Some(https_addr) = https_addr {
+        println!("listening on https://{https_addr}");
+    }
+    if let (Some(ca), Some(https_addr)) = (&generated_ca, https_addr) {
         println!(
             "generated a certificate for localhost and 127.0.0.1; its CA: {}",
             ca.0.display()
@@ -366,15 +512,20 @@ async fn run(args: Args) -> Result<(), Failed> {
             path.display()
         );
     }
-    println!("try: curl -s http://{http_addr}/");
-    println!("     curl -s --http2-prior-knowledge http://{http_addr}/");
-    println!("     curl -s --data-binary @Cargo.toml http://{http_addr}/echo");
-    println!("     curl -v http://{http_addr}/close");
-    println!("     curl -s 'http://{http_addr}/slow?ms=2000'");
-    println!("     curl -s http://{http_addr}/clients");
-    println!("     curl -s http://{http_addr}/stats");
-    println!("     curl -s http://{http_addr}/metrics");
-    println!("     curl -s -X POST http://{http_addr}/clients/ID/close");
+    if !taking_over(&args) {
+        if args.default_listeners() {
+            println!(
+                "no --http, --https or --unix given: the default listeners (with any of them, only those given)"
+            );
+        } else if https_addr.is_none() {
+            println!(
+                "no HTTPS: --https ADDR serves it (the default {DEFAULT_HTTPS} only when none of --http, --https, --unix is given)"
+            );
+        }
+    }
+    if let Some(http_addr) = http_addrs.first() {
+        print_tries(http_addr);
+    }
 
     let handle = server.handle();
     let service = {
@@ -391,12 +542,50 @@ async fn run(args: Args) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Whether the sockets are taken from the inspector being replaced (`--upgrade`), not bound
+/// from --http, --https and --unix.
+#[cfg(unix)]
+fn taking_over(args: &Args) -> bool {
+    args.upgrade
+}
+
+#[cfg(not(unix))]
+fn taking_over(_: &Args) -> bool {
+    false
+}
+
+/// --cert, --key and --client-ca are for HTTPS: refused when no HTTPS listener is bound.
+fn refuse_tls_flags_without_https(args: &Args) -> Result<(), Failed> {
+    let flag = match (&args.cert, &args.client_ca) {
+        (Some(cert), _) => format!("--cert {}", cert.display()),
+        (None, Some(ca)) => format!("--client-ca {}", ca.display()),
+        (None, None) => return Ok(()),
+    };
+    Err(Failed(format!(
+        "{flag}: no HTTPS listener to use it on: give --https ADDR too (with --http or --unix, HTTPS is served only on --https)"
+    )))
+}
+
+/// The `try:` lines: curl commands for the HTTP address.
+fn print_tries(http_addr: &SocketAddr) {
+    println!("try: curl -s http://{http_addr}/");
+    println!("     curl -s --http2-prior-knowledge http://{http_addr}/");
+    println!("     curl -s --data-binary @Cargo.toml http://{http_addr}/echo");
+    println!("     curl -v http://{http_addr}/close");
+    println!("     curl -s 'http://{http_addr}/slow?ms=2000'");
+    println!("     curl -s http://{http_addr}/clients");
+    println!("     curl -s http://{http_addr}/stats");
+    println!("     curl -s http://{http_addr}/metrics");
+    println!("     curl -s -X POST http://{http_addr}/clients/ID/close");
+}
+
 /// The listening sockets: taken from the inspector being replaced (`--upgrade`), inherited
 /// by socket activation (`LISTEN_FDS`: served as --http, and as --unix for unix sockets), or
 /// bound here.
 struct Sockets {
     http: Vec<TcpListener>,
-    https: TcpListener,
+    /// None when no HTTPS listener is bound (or taken over).
+    https: Option<TcpListener>,
     /// Unix listeners, their paths, and whether they were bound here.
     #[cfg(unix)]
     unix: Vec<(tokio::net::UnixListener, PathBuf, bool)>,
@@ -417,22 +606,28 @@ impl Sockets {
         );
         #[cfg(not(unix))]
         let mut http = Vec::new();
-        if http.is_empty() {
-            http.push(
-                TcpListener::bind(args.http)
-                    .await
-                    .context(format_args!("--http {}", args.http))?,
-            );
+        if let (true, Some(addr)) = (http.is_empty(), args.http_addr()) {
+            http.push(bind("--http", &addr).await?);
         }
-        let https = TcpListener::bind(args.https)
-            .await
-            .context(format_args!("--https {}", args.https))?;
+        let https = match args.https_addr() {
+            Some(addr) => Some(bind("--https", &addr).await?),
+            None => None,
+        };
         #[cfg(unix)]
         if let (true, Some(path)) = (unix.is_empty(), &args.unix) {
             let what = format!("--unix {}", path.display());
             remove_stale_socket(path).context(&what)?;
             let listener = tokio::net::UnixListener::bind(path).context(&what)?;
             unix.push((listener, path.clone(), true));
+        }
+        #[cfg(unix)]
+        let no_unix = unix.is_empty();
+        #[cfg(not(unix))]
+        let no_unix = true;
+        if http.is_empty() && https.is_none() && no_unix {
+            return Err(Failed(
+                "nothing to serve: give --http, --https or --unix".into(),
+            ));
         }
         Ok(Sockets {
             http,
@@ -444,8 +639,9 @@ impl Sockets {
         })
     }
 
-    /// `--upgrade`: the old inspector's listeners, in its order: the TCP ones for HTTP, the
-    /// last TCP one for HTTPS, and a unix one.
+    /// `--upgrade`: the old inspector's listeners, in its order: the TCP ones it served plain
+    /// for HTTP, the one it served with TLS for HTTPS (if any), and a unix one. From an old
+    /// inspector that does not say what it ran on each, the last TCP one is HTTPS.
     #[cfg(unix)]
     async fn take_over(args: &Args) -> Result<Sockets, Failed> {
         let path = args.upgrade_socket.as_deref().unwrap_or(Path::new(""));
@@ -453,16 +649,48 @@ impl Sockets {
         let mut takeover = hyper_remote_client::Takeover::connect(path)
             .await
             .context(&what)?;
+        let steps = takeover.steps();
+        let listeners = takeover.take_listeners();
+        let said = steps.len() == listeners.len() && steps.iter().all(Option::is_some);
+        let (mut tcp_plain, mut tcp_tls) = (Vec::new(), Vec::new());
+        let mut others = Vec::new();
+        for (listener, steps) in listeners.into_iter().zip(steps) {
+            match (listener, steps) {
+                (InheritedListener::Tcp(tcp), Some(steps)) if said && steps.tls => {
+                    tcp_tls.push(InheritedListener::Tcp(tcp))
+                }
+                (InheritedListener::Tcp(tcp), _) => tcp_plain.push(InheritedListener::Tcp(tcp)),
+                (other, _) => others.push(other),
+            }
+        }
         // The unix socket file was the old inspector's: this one removes it on exit (unless it
         // is replaced in turn), as the old one would have.
-        let (mut tcp, unix) = by_kind(takeover.take_listeners(), true);
-        let https = tcp.pop().filter(|_| !tcp.is_empty()).ok_or_else(|| {
-            Failed(format!(
-                "{what}: the old process had no HTTP and HTTPS listeners"
-            ))
-        })?;
+        let (mut http, unix) = by_kind(tcp_plain.into_iter().chain(others).collect(), true);
+        let (mut tls, _) = by_kind(tcp_tls, true);
+        let https = if said {
+            if tls.len() > 1 {
+                return Err(Failed(format!(
+                    "{what}: the old process served TLS on {} listeners, this one serves one",
+                    tls.len()
+                )));
+            }
+            tls.pop()
+        } else {
+            // An older inspector: HTTP, then HTTPS last, both always there.
+            if http.len() < 2 {
+                return Err(Failed(format!(
+                    "{what}: the old process had no HTTP and HTTPS listeners"
+                )));
+            }
+            http.pop()
+        };
+        if http.is_empty() && https.is_none() && unix.is_empty() {
+            return Err(Failed(format!(
+                "{what}: the old process handed over no listener"
+            )));
+        }
         Ok(Sockets {
-            http: tcp,
+            http,
             https,
             unix,
             takeover: Some(takeover),
@@ -501,26 +729,31 @@ fn by_kind(
 }
 
 /// SIGHUP: read --cert and --key again (and --client-ca); new handshakes use them, open
-/// connections keep theirs. Without --cert (a generated certificate) there is nothing to read.
+/// connections keep theirs. Without --cert (a generated certificate) or without an HTTPS
+/// listener there is nothing to read.
 ///
 /// The files are read on a blocking thread, for at most `TlsAcceptor::RELOAD_TIMEOUT`: a path
 /// that never answers (a FIFO, a hung NFS or FUSE mount) fails the reload, and serving goes on
 /// with the certificate in use.
 #[cfg(unix)]
-fn reload_on_sighup(args: &Args, acceptor: TlsAcceptor) -> Result<(), Failed> {
+fn reload_on_sighup(args: &Args, acceptor: Option<TlsAcceptor>) -> Result<(), Failed> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = signal(SignalKind::hangup()).context("handling SIGHUP")?;
     let files = args.cert.clone().zip(args.key.clone());
     let client_ca = args.client_ca.clone();
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
+            let Some(acceptor) = &acceptor else {
+                tracing::warn!("SIGHUP: no HTTPS listener, no certificate to read again");
+                continue;
+            };
             let Some((cert, key)) = &files else {
                 tracing::warn!(
                     "SIGHUP: no --cert/--key to read again (the certificate was generated)"
                 );
                 continue;
             };
-            match reload_certificate(&acceptor, cert, key, client_ca.as_deref()).await {
+            match reload_certificate(acceptor, cert, key, client_ca.as_deref()).await {
                 Ok(()) => {
                     tracing::info!("SIGHUP: certificate reloaded");
                     let _ = writeln!(std::io::stdout(), "reloaded the certificate");

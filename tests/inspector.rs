@@ -961,7 +961,7 @@ fn metrics_count_connections_refused_over_the_limit() {
     for reason in ["per_ip_limit", "proxy_protocol", "acceptor"] {
         let other =
             format!(r#"hyper_remote_client_rejected_connections_total{{reason="{reason}"}}"#);
-        assert_eq!(value(&text, &other), None, "{other}");
+        assert_eq!(value(&text, &other), Some(0.0), "{other} (exported at 0)");
     }
 }
 
@@ -972,7 +972,7 @@ fn metrics_count_upgraded_connections() {
     // Without the headers it is refused, and not an upgrade.
     assert_eq!(get(&mut echo, "/upgrade").0, 400);
     let text = scrape(&inspector);
-    assert_eq!(value(&text, UPGRADED), None, "nothing upgraded yet");
+    assert_eq!(value(&text, UPGRADED), Some(0.0), "nothing upgraded yet");
 
     // The same connection, upgraded.
     echo.write_all(
