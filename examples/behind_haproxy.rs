@@ -11,7 +11,9 @@
 use std::convert::Infallible;
 
 use http::{Request, Response};
-use hyper_remote_client::{ClientInfo, Listener, Options, ProxyProtocol, RequestBody, Server};
+use hyper_remote_client::{
+    proxy::ProxyProtocol, ClientInfo, Listener, Options, RequestBody, Server,
+};
 
 async fn whoami(req: Request<RequestBody>) -> Result<Response<String>, Infallible> {
     let Some(client) = req.extensions().get::<ClientInfo>() else {

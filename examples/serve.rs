@@ -38,15 +38,17 @@ use bytes::Bytes;
 use clap::Parser;
 use http::{header, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError};
-use hyper_remote_client::rustls::pki_types::pem::{self, PemObject};
-use hyper_remote_client::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use hyper_remote_client::rustls::{RootCertStore, ServerConfig};
 use hyper_remote_client::telemetry;
+use hyper_remote_client::tls::rustls::pki_types::pem::{self, PemObject};
+use hyper_remote_client::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use hyper_remote_client::tls::rustls::{RootCertStore, ServerConfig};
 #[cfg(unix)]
-use hyper_remote_client::InheritedListener;
+use hyper_remote_client::upgrade::InheritedListener;
 use hyper_remote_client::{
-    detach, server_config, ClientAuth, ClientId, ClientInfo, IpNet, Listener, Options, ProxyMode,
-    ProxyProtocol, RequestBody, Server, ServerHandle, Stats, TlsAcceptor,
+    detach,
+    proxy::{IpNet, ProxyMode, ProxyProtocol},
+    tls::{server_config, ClientAuth, TlsAcceptor},
+    ClientId, ClientInfo, Listener, Options, RequestBody, Server, ServerHandle, Stats,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
@@ -590,7 +592,7 @@ struct Sockets {
     #[cfg(unix)]
     unix: Vec<(tokio::net::UnixListener, PathBuf, bool)>,
     #[cfg(unix)]
-    takeover: Option<hyper_remote_client::Takeover>,
+    takeover: Option<hyper_remote_client::upgrade::Takeover>,
 }
 
 impl Sockets {
@@ -601,7 +603,7 @@ impl Sockets {
         }
         #[cfg(unix)]
         let (mut http, mut unix) = by_kind(
-            hyper_remote_client::listen_fds().context("LISTEN_FDS")?,
+            hyper_remote_client::upgrade::listen_fds().context("LISTEN_FDS")?,
             false,
         );
         #[cfg(not(unix))]
@@ -646,7 +648,7 @@ impl Sockets {
     async fn take_over(args: &Args) -> Result<Sockets, Failed> {
         let path = args.upgrade_socket.as_deref().unwrap_or(Path::new(""));
         let what = format!("--upgrade {}", path.display());
-        let mut takeover = hyper_remote_client::Takeover::connect(path)
+        let mut takeover = hyper_remote_client::upgrade::Takeover::connect(path)
             .await
             .context(&what)?;
         let steps = takeover.steps();
@@ -773,12 +775,12 @@ fn reload_on_sighup(args: &Args, acceptor: Option<TlsAcceptor>) -> Result<(), Fa
 /// (`--cert /x/cert.pem: No such file or directory (os error 2)`).
 #[cfg(unix)]
 fn name_the_flag(
-    error: &hyper_remote_client::TlsError,
+    error: &hyper_remote_client::tls::TlsError,
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
 ) -> String {
-    use hyper_remote_client::TlsError;
+    use hyper_remote_client::tls::TlsError;
     let path = match error {
         TlsError::File { path, .. } | TlsError::Pem { path, .. } => path,
         _ => return error.to_string(),
@@ -804,7 +806,7 @@ async fn reload_certificate(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
-) -> Result<(), hyper_remote_client::TlsError> {
+) -> Result<(), hyper_remote_client::tls::TlsError> {
     let timeout = TlsAcceptor::RELOAD_TIMEOUT;
     let Some(client_ca) = client_ca else {
         return acceptor
@@ -816,10 +818,10 @@ async fn reload_certificate(
     acceptor
         .reload_from_files(files, timeout, move || {
             // In the order of the start: --cert, --key, then --client-ca.
-            let (chain, key) = hyper_remote_client::cert_and_key_from_pem(cert, key)?;
+            let (chain, key) = hyper_remote_client::tls::cert_and_key_from_pem(cert, key)?;
             let roots = client_ca_roots(&client_ca)?;
             server_config(chain, key, ClientAuth::Request(roots))
-                .map_err(hyper_remote_client::TlsError::Config)
+                .map_err(hyper_remote_client::tls::TlsError::Config)
         })
         .await
 }
@@ -827,8 +829,8 @@ async fn reload_certificate(
 /// The CA certificates of the PEM file at `path` (at least one), for `--client-ca` on reload;
 /// errors name the file. Blocking: run off the runtime.
 #[cfg(unix)]
-fn client_ca_roots(path: &Path) -> Result<RootCertStore, hyper_remote_client::TlsError> {
-    use hyper_remote_client::TlsError;
+fn client_ca_roots(path: &Path) -> Result<RootCertStore, hyper_remote_client::tls::TlsError> {
+    use hyper_remote_client::tls::TlsError;
     let refused = |what: String, source| TlsError::Pem {
         path: path.to_owned(),
         what,

@@ -10,10 +10,11 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::{Request, Response};
-use hyper_remote_client::rustls::pki_types::PrivateKeyDer;
-use hyper_remote_client::rustls::RootCertStore;
+use hyper_remote_client::tls::rustls::pki_types::PrivateKeyDer;
+use hyper_remote_client::tls::rustls::RootCertStore;
 use hyper_remote_client::{
-    server_config, ClientAuth, ClientInfo, Listener, Options, RequestBody, Server, TlsAcceptor,
+    tls::{server_config, ClientAuth, TlsAcceptor},
+    ClientInfo, Listener, Options, RequestBody, Server,
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper_remote_client::{
-    detach, ClientInfo, DefaultHttpDriverFactory, Options, RemoteClient, RequestBody,
+    detach, driver::DefaultHttpDriverFactory, ClientInfo, Options, RemoteClient, RequestBody,
 };
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;

@@ -19,7 +19,10 @@ async fn main() -> std::io::Result<()> {
     use std::convert::Infallible;
 
     use http::{Request, Response};
-    use hyper_remote_client::{listen_fds, Options, RequestBody, Server, Takeover};
+    use hyper_remote_client::{
+        upgrade::{listen_fds, Takeover},
+        Options, RequestBody, Server,
+    };
 
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:3000".into());

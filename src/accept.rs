@@ -53,11 +53,11 @@ impl<S> Accepted<S> {
 #[non_exhaustive]
 pub enum AcceptError {
     /// The PROXY protocol header was refused: the source is a
-    /// [`ProxyError`](crate::ProxyError) (`error.downcast_ref::<ProxyError>()`).
+    /// [`ProxyError`](crate::proxy::ProxyError) (`error.downcast_ref::<ProxyError>()`).
     #[error(transparent)]
     Proxy(BoxError),
     /// The TLS handshake failed or timed out: the source is a
-    /// [`TlsError`](crate::TlsError) (`error.downcast_ref::<TlsError>()`).
+    /// [`TlsError`](crate::tls::TlsError) (`error.downcast_ref::<TlsError>()`).
     #[error(transparent)]
     Tls(BoxError),
     /// Reading or writing the socket failed.
@@ -71,8 +71,8 @@ pub enum AcceptError {
 /// One step between accepting a connection and serving HTTP on it (axum-server's `Accept`):
 /// it gets the connection as it is so far and hands it on, maybe over another stream.
 ///
-/// The crate's steps are [`ProxyProtocol`](crate::ProxyProtocol) (on TCP) and
-/// [`TlsAcceptor`](crate::TlsAcceptor); chain steps with [`then`](Self::then) (PROXY first,
+/// The crate's steps are [`ProxyProtocol`](crate::proxy::ProxyProtocol) (on TCP) and
+/// [`TlsAcceptor`](crate::tls::TlsAcceptor); chain steps with [`then`](Self::then) (PROXY first,
 /// then TLS) and give the chain to [`Listener::acceptor`](crate::Listener::acceptor).
 /// Implement it for a step of your own (a handshake of another protocol, a check of the
 /// peer). Each step runs in the connection's own task, so a slow one delays nobody else; a
@@ -81,7 +81,7 @@ pub enum AcceptError {
 ///
 /// ```
 /// use std::future::{ready, Ready};
-/// use hyper_remote_client::{Accept, AcceptError, Accepted};
+/// use hyper_remote_client::{accept::{Accept, AcceptError, Accepted}};
 /// use tokio::net::TcpStream;
 ///
 /// /// Refuses peers outside 10.0.0.0/8.

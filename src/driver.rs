@@ -213,7 +213,7 @@ pin_project! {
     ///
     /// ```rust,no_run
     /// # async fn run(io: hyper_util::rt::TokioIo<tokio::net::TcpStream>) {
-    /// use hyper_remote_client::{InlineStreams, StreamExecutor};
+    /// use hyper_remote_client::{driver::{InlineStreams, StreamExecutor}};
     /// use hyper_util::server::conn::auto;
     ///
     /// let service = hyper::service::service_fn(|_req| async {
@@ -411,9 +411,7 @@ impl HttpDriver {
                 };
                 Connection::Http2 {
                     conn,
-                    inline: options
-                        .http2_inline_streams()
-                        .then(InlinePolicy::default),
+                    inline: options.http2_inline_streams().then(InlinePolicy::default),
                 }
             }
         }

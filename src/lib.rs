@@ -10,60 +10,52 @@
 #![warn(rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod accept;
+pub mod accept;
 mod client;
 mod detach;
-mod driver;
+pub mod driver;
 #[cfg(feature = "axum")]
 mod extract;
 #[cfg(unix)]
 mod handover;
 mod io;
-mod layer;
+pub mod layer;
 mod lifecycle;
 mod options;
 #[cfg(feature = "proxy-protocol")]
-mod proxy;
+pub mod proxy;
 mod remote;
 mod server;
 #[cfg(feature = "metrics")]
 pub mod telemetry;
 #[cfg(feature = "tls")]
-mod tls;
+pub mod tls;
 
-pub use accept::{Accept, AcceptError, Accepted, Chain};
 pub use client::TlsInfo;
 pub use client::{Address, ClientId, ClientInfo, ClientInfoBuilder, PeerCredentials, Status};
 pub use detach::{detach, DetachError, Detached, DetachedParts, OnDetach};
-pub use driver::{
-    DefaultHttpDriverFactory, HttpDriver, HttpDriverFactory, InlineStreams, Protocols,
-    StreamExecutor,
-};
 #[cfg(feature = "axum")]
 pub use extract::MissingClientInfo;
-#[cfg(unix)]
-pub use handover::{
-    listen_fds, InheritedListener, ListenerSteps, ProxyHeader, Takeover, TakeoverError,
-};
 pub use io::{BorrowedSocket, ClientIo, StreamSocket};
-pub use layer::{
-    ClientLayer, ClientService, RequestBody, ResponseBody, ResponseFuture, ScreenedResponse,
-    Screening, ScreeningFuture, ScreeningLayer,
-};
+pub use layer::body::RequestBody;
+pub use layer::layer::ClientLayer;
+pub use layer::service::ClientService;
 pub use lifecycle::TimeoutKind;
 pub use options::{MinDataRate, Options};
-#[cfg(feature = "proxy-protocol")]
-pub use proxy::{IpNet, IpNetParseError, ProxyError, ProxyInfo, ProxyMode, ProxyProtocol};
-pub use remote::{CloseReason, Handler, HandlerBody, RemoteClient};
+pub use remote::{CloseReason, RemoteClient};
 pub use server::{Listener, Server, ServerHandle, Stats};
-#[cfg(feature = "tls")]
-pub use tls::{
-    cert_and_key_from_pem, server_config, server_config_from_pem, server_config_with_sni,
-    ClientAuth, TlsAcceptor, TlsError,
-};
 
-#[cfg(feature = "tls")]
-pub use rustls;
+/// Zero-downtime binary upgrades (unix): a new process takes the listening sockets (and the
+/// idle HTTP/1 connections) of the running one over a unix socket
+/// ([`Takeover`](crate::upgrade::Takeover), [`Server::upgrade_socket`]), or inherits them from
+/// systemd ([`listen_fds`](crate::upgrade::listen_fds)). See the
+/// README's "Zero-downtime restarts".
+#[cfg(unix)]
+pub mod upgrade {
+    pub use crate::handover::{
+        listen_fds, InheritedListener, ListenerSteps, ProxyHeader, Takeover, TakeoverError,
+    };
+}
 
 /// The README's snippets, compiled as doctests (with every feature, as CI runs the tests).
 #[cfg(all(doctest, feature = "tls", feature = "proxy-protocol", feature = "axum"))]

@@ -268,13 +268,13 @@ impl Options {
     }
 
     /// Answer an HTTP/2 stream whose response is ready at once on its connection's task, without
-    /// a task of its own (see [`StreamExecutor`](crate::StreamExecutor)); a stream that has to
+    /// a task of its own (see [`StreamExecutor`](crate::driver::StreamExecutor)); a stream that has to
     /// wait gets its task either way. Default on: it saves a task spawn and a task switch per
     /// request, and the connection writes the responses of a batch of such streams together
     /// (BENCHMARKS.md measures it).
     ///
     /// The first polls of a connection's batch of new streams are bounded (see
-    /// [`StreamExecutor`](crate::StreamExecutor)): a stream whose first poll does over 50 µs of
+    /// [`StreamExecutor`](crate::driver::StreamExecutor)): a stream whose first poll does over 50 µs of
     /// synchronous work makes the rest of its batch spawn, and a connection whose streams keep
     /// doing so spawns them all for a while. Turn it off to spawn every stream from the start
     /// (each a task the runtime can run on any worker), for example when most handlers do long

@@ -221,7 +221,7 @@ fn malformed(
 /// proxies of a [`ProxyProtocol`]. Parse it from a string.
 ///
 /// ```
-/// use hyper_remote_client::IpNet;
+/// use hyper_remote_client::proxy::IpNet;
 /// let net: IpNet = "10.0.0.0/8".parse().unwrap();
 /// assert!(net.contains("10.1.2.3".parse().unwrap()));
 /// assert!("not a network".parse::<IpNet>().is_err());

@@ -16,10 +16,11 @@ use tracing::Instrument;
 use crate::client::ClientInfo;
 use crate::driver::{Connection, HttpDriverFactory, Protocols};
 use crate::io::{ClientIo, StreamSocket};
-use crate::layer::{RequestBody, Serve};
+use crate::layer::Serve;
 use crate::lifecycle::{Event, Protocol, TimeoutKind, Watch};
 use crate::options::Options;
 use crate::BoxError;
+use crate::RequestBody;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -87,7 +88,7 @@ pub enum CloseReason {
 /// use std::convert::Infallible;
 /// use std::sync::Arc;
 /// use http::{Request, Response};
-/// use hyper_remote_client::{ClientInfo, DefaultHttpDriverFactory, Options, RemoteClient, RequestBody};
+/// use hyper_remote_client::{ClientInfo, Options, RemoteClient, RequestBody, driver::DefaultHttpDriverFactory};
 ///
 /// async fn hello(req: Request<RequestBody>) -> Result<Response<String>, Infallible> {
 ///     let client = req.extensions().get::<ClientInfo>().expect("inserted by ClientLayer");

@@ -13,9 +13,9 @@
 //! | [`CONNECTION_DURATION`] | histogram | s | | [`Server`](crate::Server) |
 //! | [`REJECTED_CONNECTIONS`] | counter | connections | `reason`: `connection_limit`, `per_ip_limit`, `proxy_protocol`, `acceptor` | [`Server`](crate::Server) |
 //! | [`UPGRADED_CONNECTIONS`] | counter | connections | | [`RemoteClient`](crate::RemoteClient) (a connection handed over after `101` / `CONNECT`) |
-//! | [`TLS_HANDSHAKE_DURATION`] | histogram | s | `tls.protocol.version`, or `error.type` (`timeout`, `error`) | [`TlsAcceptor`](crate::TlsAcceptor) |
-//! | [`ACTIVE_TLS_HANDSHAKES`] | gauge | handshakes | | [`TlsAcceptor`](crate::TlsAcceptor) |
-//! | [`TIMEOUTS`] | counter | connections | `phase`: `idle`, `request_head`, `request_body`, `response`, `half_close`, `detached`, `tls_handshake` | [`RemoteClient`](crate::RemoteClient), [`TlsAcceptor`](crate::TlsAcceptor) |
+//! | [`TLS_HANDSHAKE_DURATION`] | histogram | s | `tls.protocol.version`, or `error.type` (`timeout`, `error`) | [`TlsAcceptor`](crate::tls::TlsAcceptor) |
+//! | [`ACTIVE_TLS_HANDSHAKES`] | gauge | handshakes | | [`TlsAcceptor`](crate::tls::TlsAcceptor) |
+//! | [`TIMEOUTS`] | counter | connections | `phase`: `idle`, `request_head`, `request_body`, `response`, `half_close`, `detached`, `tls_handshake` | [`RemoteClient`](crate::RemoteClient), [`TlsAcceptor`](crate::tls::TlsAcceptor) |
 //! | [`HANDED_OVER_CONNECTIONS`] | counter | connections | | [`Server`](crate::Server) (an idle connection moved to the process replacing this one) |
 //!
 //! The counters whose series are known in advance (rejections by reason, timeouts by phase,
@@ -143,8 +143,12 @@ pub fn describe() {
 }
 
 /// The label values of [`REJECTED_CONNECTIONS`]'s `reason`.
-pub const REJECTION_REASONS: [&str; 4] =
-    ["connection_limit", "per_ip_limit", "proxy_protocol", "acceptor"];
+pub const REJECTION_REASONS: [&str; 4] = [
+    "connection_limit",
+    "per_ip_limit",
+    "proxy_protocol",
+    "acceptor",
+];
 /// The label values of [`TIMEOUTS`]' `phase`.
 pub const TIMEOUT_PHASES: [&str; 7] = [
     "idle",

@@ -1,5 +1,8 @@
 //! The TLS acceptor (feature `tls`): handshakes with tokio-rustls, bounded in time, and fills
-//! [`TlsInfo`](crate::TlsInfo) from the session.
+//! [`TlsInfo`] from the session, and the configurations it runs with.
+
+/// The rustls crate this module builds on (its `ServerConfig`, certificate types...).
+pub use rustls;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -197,9 +200,9 @@ fn with_alpn(mut config: ServerConfig) -> ServerConfig {
 /// To reload, build a new configuration and hand it to [`TlsAcceptor::reload`].
 ///
 /// ```no_run
-/// # fn run() -> Result<(), hyper_remote_client::TlsError> {
+/// # fn run() -> Result<(), hyper_remote_client::tls::TlsError> {
 /// use std::sync::Arc;
-/// use hyper_remote_client::{
+/// use hyper_remote_client::tls::{
 ///     cert_and_key_from_pem, server_config_with_sni, ClientAuth, TlsAcceptor,
 /// };
 ///
@@ -286,9 +289,9 @@ impl ResolvesServerCert for SniOrDefault {
 /// `key` the private key (PKCS#8, PKCS#1 or SEC1). Errors name the file that failed.
 ///
 /// ```no_run
-/// # fn run() -> Result<(), hyper_remote_client::TlsError> {
+/// # fn run() -> Result<(), hyper_remote_client::tls::TlsError> {
 /// use std::sync::Arc;
-/// use hyper_remote_client::{server_config_from_pem, ClientAuth, Listener, TlsAcceptor};
+/// use hyper_remote_client::{Listener, tls::{server_config_from_pem, ClientAuth, TlsAcceptor}};
 ///
 /// let config = server_config_from_pem("cert.pem", "key.pem", ClientAuth::None)?;
 /// let acceptor = TlsAcceptor::new(Arc::new(config));
@@ -360,7 +363,7 @@ pub fn cert_and_key_from_pem(
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
-/// use hyper_remote_client::{server_config_from_pem, ClientAuth, Listener, TlsAcceptor};
+/// use hyper_remote_client::{Listener, tls::{server_config_from_pem, ClientAuth, TlsAcceptor}};
 ///
 /// let acceptor = TlsAcceptor::new(Arc::new(server_config_from_pem(
 ///     "cert.pem",
@@ -515,8 +518,8 @@ impl TlsAcceptor {
     /// the timeout.
     ///
     /// ```no_run
-    /// # async fn run(acceptor: hyper_remote_client::TlsAcceptor) {
-    /// use hyper_remote_client::{ClientAuth, TlsAcceptor};
+    /// # async fn run(acceptor: hyper_remote_client::tls::TlsAcceptor) {
+    /// use hyper_remote_client::{tls::{ClientAuth, TlsAcceptor}};
     ///
     /// let reload = acceptor.reload_from_pem_files(
     ///     "/etc/ssl/example.pem",

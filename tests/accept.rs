@@ -10,7 +10,8 @@ use std::sync::Arc;
 use common::*;
 use http::{Request, Response};
 use hyper_remote_client::{
-    Accept, AcceptError, Accepted, ClientInfo, Listener, Options, RequestBody, Server, ServerHandle,
+    accept::{Accept, AcceptError, Accepted},
+    ClientInfo, Listener, Options, RequestBody, Server, ServerHandle,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -88,7 +89,7 @@ async fn an_acceptor_of_ones_own_lets_through_and_refuses() {
 #[cfg(feature = "tls")]
 #[tokio::test]
 async fn a_step_of_ones_own_then_tls() {
-    use hyper_remote_client::rustls::pki_types::ServerName;
+    use hyper_remote_client::tls::rustls::pki_types::ServerName;
     let (acceptor, connector) = common::tls::self_signed();
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();

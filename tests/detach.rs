@@ -11,8 +11,8 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_remote_client::{
-    detach, ClientInfo, DefaultHttpDriverFactory, DetachError, Detached, Options, RemoteClient,
-    RequestBody, Status,
+    detach, driver::DefaultHttpDriverFactory, ClientInfo, DetachError, Detached, Options,
+    RemoteClient, RequestBody, Status,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -181,7 +181,7 @@ async fn axum_connect_info_works_under_server() {
     use axum::extract::ConnectInfo;
     use axum::routing::get;
     use axum::Router;
-    use hyper_remote_client::{DefaultHttpDriverFactory, RemoteClient};
+    use hyper_remote_client::{driver::DefaultHttpDriverFactory, RemoteClient};
 
     /// A handler written for `into_make_service_with_connect_info::<SocketAddr>()`, plus ours.
     async fn peer(ConnectInfo(peer): ConnectInfo<SocketAddr>, client: ClientInfo) -> String {

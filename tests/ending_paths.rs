@@ -30,8 +30,10 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_remote_client::{
-    ClientInfo, CloseReason, DefaultHttpDriverFactory, Handler, HandlerBody, Options, RemoteClient,
-    RequestBody, Server, ServerHandle, Status, TimeoutKind,
+    driver::DefaultHttpDriverFactory,
+    layer::{Handler, HandlerBody},
+    ClientInfo, CloseReason, Options, RemoteClient, RequestBody, Server, ServerHandle, Status,
+    TimeoutKind,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};

@@ -12,8 +12,8 @@ use std::task::{Context, Poll};
 
 use http::Request;
 use hyper_remote_client::{
-    BorrowedSocket, ClientInfo, DefaultHttpDriverFactory, Options, RemoteClient, RequestBody,
-    StreamSocket,
+    driver::DefaultHttpDriverFactory, BorrowedSocket, ClientInfo, Options, RemoteClient,
+    RequestBody, StreamSocket,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -28,7 +28,7 @@ use common::*;
 /// connection's pending responses (this one included) and requests. `/big`: 256 KiB.
 fn service(
     release: Arc<Notify>,
-) -> impl hyper_remote_client::Handler<http_body_util::Full<bytes::Bytes>> {
+) -> impl hyper_remote_client::layer::Handler<http_body_util::Full<bytes::Bytes>> {
     tower::service_fn(move |req: Request<RequestBody>| {
         let release = release.clone();
         async move {
@@ -334,11 +334,11 @@ async fn own_loop(inline: bool) -> std::net::SocketAddr {
                     Ok::<_, Infallible>(ok(format!("{:?}", tokio::task::try_id())))
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(
-                    hyper_remote_client::StreamExecutor::default(),
+                    hyper_remote_client::driver::StreamExecutor::default(),
                 );
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 let _ = if inline {
-                    hyper_remote_client::InlineStreams::new(conn).await
+                    hyper_remote_client::driver::InlineStreams::new(conn).await
                 } else {
                     conn.await
                 };

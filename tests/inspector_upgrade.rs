@@ -17,8 +17,8 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hyper_remote_client::rustls;
-use hyper_remote_client::rustls::pki_types::{CertificateDer, ServerName};
+use hyper_remote_client::tls::rustls;
+use hyper_remote_client::tls::rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 
 mod common;
@@ -1521,7 +1521,8 @@ fn stuck_peer_does_not_block_an_upgrade() {
 #[tokio::test]
 async fn tls_listener_taken_without_tls_is_refused() {
     use hyper_remote_client::{
-        InheritedListener, Listener, ListenerSteps, Options, Server, Takeover, TakeoverError,
+        upgrade::{InheritedListener, ListenerSteps, Takeover, TakeoverError},
+        Listener, Options, Server,
     };
 
     let dir = tempfile::tempdir().unwrap();

@@ -15,8 +15,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_remote_client::{
-    Address, ClientInfo, ClientIo, ClientLayer, Options, RequestBody, ScreeningLayer, Status,
-    TlsInfo,
+    layer::ScreeningLayer, Address, ClientInfo, ClientIo, ClientLayer, Options, RequestBody,
+    Status, TlsInfo,
 };
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;

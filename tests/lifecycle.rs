@@ -18,8 +18,9 @@ use common::{eventually, parse_response, read_response, within, HandlerResult, R
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_remote_client::{
-    detach, ClientInfo, Handler, HandlerBody, MinDataRate, Options, RequestBody, Server,
-    ServerHandle, Stats, Status,
+    detach,
+    layer::{Handler, HandlerBody},
+    ClientInfo, MinDataRate, Options, RequestBody, Server, ServerHandle, Stats, Status,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};

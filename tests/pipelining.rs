@@ -598,7 +598,7 @@ async fn a_burst_closing_with_bytes_left_over_is_written_at_the_shutdown() {
 #[cfg(feature = "tls")]
 #[tokio::test]
 async fn a_burst_over_tls_is_answered_in_order() {
-    use hyper_remote_client::DefaultHttpDriverFactory;
+    use hyper_remote_client::driver::DefaultHttpDriverFactory;
 
     let (acceptor, connector) = common::tls::self_signed();
     let (ctx, _probe) = probe();

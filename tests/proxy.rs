@@ -11,7 +11,8 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper_remote_client::{
-    ClientInfo, IpNet, Listener, Options, ProxyProtocol, RequestBody, Server, ServerHandle,
+    proxy::{IpNet, ProxyProtocol},
+    ClientInfo, Listener, Options, RequestBody, Server, ServerHandle,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

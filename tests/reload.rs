@@ -12,11 +12,14 @@ use std::sync::Arc;
 
 use common::{eventually, parse_response, within};
 use http::{Request, Response};
-use hyper_remote_client::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use hyper_remote_client::rustls::{self, RootCertStore};
+use hyper_remote_client::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use hyper_remote_client::tls::rustls::{self, RootCertStore};
 use hyper_remote_client::{
-    cert_and_key_from_pem, server_config_from_pem, server_config_with_sni, ClientAuth, ClientInfo,
-    Listener, Options, RequestBody, Server, ServerHandle, TlsAcceptor, TlsError,
+    tls::{
+        cert_and_key_from_pem, server_config_from_pem, server_config_with_sni, ClientAuth,
+        TlsAcceptor, TlsError,
+    },
+    ClientInfo, Listener, Options, RequestBody, Server, ServerHandle,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use common::inspector::{example_path, send_signal, Process};
 use common::LIMIT;
-use hyper_remote_client::rustls::pki_types::{CertificateDer, ServerName};
-use hyper_remote_client::rustls::{self, RootCertStore};
-use hyper_remote_client::{server_config_from_pem, ClientAuth, TlsAcceptor, TlsError};
+use hyper_remote_client::tls::rustls::pki_types::{CertificateDer, ServerName};
+use hyper_remote_client::tls::rustls::{self, RootCertStore};
+use hyper_remote_client::tls::{server_config_from_pem, ClientAuth, TlsAcceptor, TlsError};
 
 // ---------------------------------------------------------------------------------------------
 // A FIFO at a certificate's path

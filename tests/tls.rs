@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
-use hyper_remote_client::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use hyper_remote_client::rustls::{self, RootCertStore};
+use hyper_remote_client::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use hyper_remote_client::tls::rustls::{self, RootCertStore};
 use hyper_remote_client::{
-    server_config, ClientAuth, ClientInfo, DefaultHttpDriverFactory, Options, RequestBody,
-    TlsAcceptor, TlsError,
+    driver::DefaultHttpDriverFactory,
+    tls::{server_config, ClientAuth, TlsAcceptor, TlsError},
+    ClientInfo, Options, RequestBody,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -385,7 +386,7 @@ async fn garbage_on_the_tls_port_is_closed() {
 
 #[test]
 fn server_config_from_pem_names_the_file_that_failed() {
-    use hyper_remote_client::{server_config_from_pem, ClientAuth, TlsError};
+    use hyper_remote_client::tls::{server_config_from_pem, ClientAuth, TlsError};
     let dir = tempfile::tempdir().unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["localhost".into()])

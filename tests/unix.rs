@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_remote_client::{
-    ClientInfo, DefaultHttpDriverFactory, Options, RemoteClient, RequestBody,
+    driver::DefaultHttpDriverFactory, ClientInfo, Options, RemoteClient, RequestBody,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper_remote_client::{
-    InheritedListener, Listener, Options, RequestBody, Server, ServerHandle, Takeover,
+    upgrade::{InheritedListener, Takeover},
+    Listener, Options, RequestBody, Server, ServerHandle,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;

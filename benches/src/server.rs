@@ -331,7 +331,7 @@ impl<F: FnOnce() -> T, T> std::future::Future for Spin<F> {
 
 /// hyper-remote-client's `Server` with default options.
 async fn crate_server(listener: TcpListener, tls: bool, inline_streams: bool) {
-    use hyper_remote_client::{Listener, Options, Server, TlsAcceptor};
+    use hyper_remote_client::{Listener, Options, Server, tls::TlsAcceptor};
     let listener = Listener::tcp(listener);
     let listener = if tls {
         listener.with_tls(TlsAcceptor::new(tls_config()))

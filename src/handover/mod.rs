@@ -738,7 +738,7 @@ impl Drop for Publisher {
 ///
 /// ```no_run
 /// # async fn run() -> std::io::Result<()> {
-/// use hyper_remote_client::{Options, Server, Takeover};
+/// use hyper_remote_client::{Options, Server, upgrade::Takeover};
 ///
 /// let mut takeover = Takeover::connect("/run/app/upgrade.sock").await?;
 /// let mut server = Server::new(Options::default());

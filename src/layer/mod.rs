@@ -1,21 +1,26 @@
-//! The layers: [`ClientLayer`] gives every request its [`ClientInfo`](crate::ClientInfo) and
-//! counts it; [`ScreeningLayer`] gives amphp's answers (405, 413, 400...); `Serve` is both, and
-//! the request body's limit and count, for [`RemoteClient`](crate::RemoteClient).
+//! The tower side: [`ClientLayer`] gives every request its [`ClientInfo`]
+//! and counts it; [`ScreeningLayer`] gives amphp's answers
+//! (405, 413, 400...); the futures and bodies they wrap; [`Handler`], the services a
+//! [`Server`](crate::Server) and a [`RemoteClient`](crate::RemoteClient) take.
 
-mod body;
+pub(crate) mod body;
 mod future;
 #[allow(clippy::module_inception)]
-mod layer;
+pub(crate) mod layer;
 mod screening;
 mod serve;
-mod service;
+pub(crate) mod service;
 
-pub use body::{RequestBody, ResponseBody};
+pub use body::ResponseBody;
 pub use future::ResponseFuture;
-pub use layer::ClientLayer;
 pub use screening::{ScreenedResponse, Screening, ScreeningFuture, ScreeningLayer};
 pub(crate) use serve::Serve;
-pub use service::ClientService;
+
+pub use crate::remote::{Handler, HandlerBody};
+
+use body::RequestBody;
+use layer::ClientLayer;
+use service::ClientService;
 
 use crate::client::state::{OWED, REQUEST, RESPONSE};
 use crate::client::ClientInfo;

@@ -26,7 +26,7 @@ use crate::options::Options;
 /// - HTTP/2: two `host` fields, or one that disagrees with `:authority`: 400.
 ///
 /// ```
-/// use hyper_remote_client::{Options, ScreeningLayer};
+/// use hyper_remote_client::{Options, layer::ScreeningLayer};
 /// use tower_layer::Layer;
 ///
 /// let service = tower::service_fn(|_req: http::Request<String>| async {

@@ -15,8 +15,8 @@ use crate::client::Address;
 ///
 /// ```no_run
 /// # #[cfg(all(feature = "tls", feature = "proxy-protocol"))]
-/// # async fn run(config: std::sync::Arc<hyper_remote_client::rustls::ServerConfig>) -> std::io::Result<()> {
-/// use hyper_remote_client::{Accept, Listener, ProxyProtocol, TlsAcceptor};
+/// # async fn run(config: std::sync::Arc<hyper_remote_client::tls::rustls::ServerConfig>) -> std::io::Result<()> {
+/// use hyper_remote_client::{Listener, accept::Accept, proxy::ProxyProtocol, tls::TlsAcceptor};
 ///
 /// let tcp = tokio::net::TcpListener::bind("0.0.0.0:443").await?;
 /// // Behind a load balancer: its PROXY header first, then TLS, then HTTP.

@@ -259,7 +259,7 @@ impl Server {
 
     /// Publishes the listeners on a unix socket at `path` (created mode 0600, a stale socket
     /// file replaced), for a binary upgrade: a new process of the same user (checked with
-    /// `SO_PEERCRED`) connects with [`Takeover::connect`](crate::Takeover::connect), receives
+    /// `SO_PEERCRED`) connects with [`Takeover::connect`](crate::upgrade::Takeover::connect), receives
     /// the listening sockets (`SCM_RIGHTS`) and accepts on them; once it says it is ready
     /// (within 60 s of taking them; otherwise this server goes on and waits for another),
     /// this server stops accepting (it keeps the sockets) and shuts down gracefully with
@@ -290,17 +290,17 @@ impl Server {
     }
 
     /// Takes over from the process `takeover` connected to: once this server accepts on its
-    /// listeners (add the inherited ones first, see [`Takeover`](crate::Takeover)), it tells
+    /// listeners (add the inherited ones first, see [`Takeover`](crate::upgrade::Takeover)), it tells
     /// that process to drain, and serves the idle connections it hands over.
     ///
     /// Listeners not taken out of `takeover` with
-    /// [`take_listeners`](crate::Takeover::take_listeners) are added here as they are (plain):
+    /// [`take_listeners`](crate::upgrade::Takeover::take_listeners) are added here as they are (plain):
     /// the old process stops accepting on all of them.
     ///
     /// Each listener that came from the old process must be served with the steps the old
     /// process ran on it (TLS, a PROXY header, an acceptor of its own: see
-    /// [`Takeover::steps`](crate::Takeover::steps)); otherwise this refuses with
-    /// [`TakeoverError::StepsDiffer`](crate::TakeoverError::StepsDiffer), and the old process
+    /// [`Takeover::steps`](crate::upgrade::Takeover::steps)); otherwise this refuses with
+    /// [`TakeoverError::StepsDiffer`](crate::upgrade::TakeoverError::StepsDiffer), and the old process
     /// goes on serving (it is told nothing; drop the server). A change wanted on purpose is
     /// allowed per listener with [`Listener::allow_steps_change`]. So a new binary that
     /// forgets to wrap the TLS listener in TLS does not serve plain HTTP on the TLS port.

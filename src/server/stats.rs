@@ -22,7 +22,7 @@ pub struct Stats {
     /// Connections closed because of their PROXY protocol header: untrusted, malformed,
     /// missing where required, or late.
     pub proxy_rejected: u64,
-    /// Connections refused by an acceptor of your own ([`AcceptError::Refused`](crate::AcceptError::Refused),
+    /// Connections refused by an acceptor of your own ([`AcceptError::Refused`](crate::accept::AcceptError::Refused),
     /// or its I/O failing).
     pub acceptor_refused: u64,
     /// HTTP/1 connections closed by a clock (any of the four below).

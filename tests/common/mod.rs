@@ -23,7 +23,9 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_remote_client::{
-    ClientInfo, CloseReason, DefaultHttpDriverFactory, Handler, HandlerBody, Options, RemoteClient,
+    driver::DefaultHttpDriverFactory,
+    layer::{Handler, HandlerBody},
+    ClientInfo, CloseReason, Options, RemoteClient,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

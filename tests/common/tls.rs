@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use hyper_remote_client::rustls::pki_types::{PrivateKeyDer, ServerName};
-use hyper_remote_client::rustls::{self, RootCertStore};
-use hyper_remote_client::{server_config, ClientAuth, TlsAcceptor};
+use hyper_remote_client::tls::rustls::pki_types::{PrivateKeyDer, ServerName};
+use hyper_remote_client::tls::rustls::{self, RootCertStore};
+use hyper_remote_client::tls::{server_config, ClientAuth, TlsAcceptor};
 
 /// The acceptor, and a connector that trusts its certificate.
 pub fn self_signed() -> (TlsAcceptor, tokio_rustls::TlsConnector) {
