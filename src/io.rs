@@ -102,6 +102,106 @@ impl<T: StreamSocket + ?Sized> StreamSocket for Box<T> {
     }
 }
 
+/// A stream of a type this crate does not know (another crate's TLS stream, say
+/// `tokio_openssl::SslStream<TcpStream>`), with the function that finds its socket: a
+/// [`StreamSocket`] without a newtype of your own (the orphan rule forbids implementing the
+/// trait for a foreign type).
+///
+/// ```
+/// use std::os::fd::AsFd;
+/// use hyper_remote_client::{Socketed, StreamSocket};
+///
+/// # async fn run(tcp: tokio::net::TcpStream) {
+/// // A stream type of another crate, here tokio's `BufStream`, over a TCP stream.
+/// let stream = Socketed::new(tokio::io::BufStream::new(tcp), |s| Some(s.get_ref().as_fd()));
+/// assert!(stream.socket().is_some());
+/// # }
+/// ```
+#[cfg(unix)]
+pub struct Socketed<S> {
+    stream: S,
+    socket: SocketFn<S>,
+}
+
+#[cfg(unix)]
+impl<S> Socketed<S> {
+    /// Wraps `stream`; `socket` finds the socket under it (or `None`).
+    pub fn new(stream: S, socket: for<'a> fn(&'a S) -> Option<BorrowedSocket<'a>>) -> Self {
+        Socketed { stream, socket }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+
+    /// The wrapped stream, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    /// Unwraps the stream.
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+}
+
+#[cfg(unix)]
+impl<S: fmt::Debug> fmt::Debug for Socketed<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Socketed").field(&self.stream).finish()
+    }
+}
+
+#[cfg(unix)]
+impl<S> StreamSocket for Socketed<S> {
+    fn socket(&self) -> Option<BorrowedSocket<'_>> {
+        (self.socket)(&self.stream)
+    }
+}
+
+#[cfg(unix)]
+impl<S: AsyncRead + Unpin> AsyncRead for Socketed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+#[cfg(unix)]
+impl<S: AsyncWrite + Unpin> AsyncWrite for Socketed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 impl StreamSocket for tokio::io::DuplexStream {
     fn socket(&self) -> Option<BorrowedSocket<'_>> {
         None

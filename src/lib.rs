@@ -36,6 +36,8 @@ pub use client::{Address, ClientId, ClientInfo, ClientInfoBuilder, PeerCredentia
 pub use detach::{detach, DetachError, Detached, DetachedParts, OnDetach};
 #[cfg(feature = "axum")]
 pub use extract::MissingClientInfo;
+#[cfg(unix)]
+pub use io::Socketed;
 pub use io::{BorrowedSocket, ClientIo, StreamSocket};
 pub use layer::body::RequestBody;
 pub use layer::layer::ClientLayer;

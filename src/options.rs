@@ -346,7 +346,7 @@ impl Options {
     }
 
     /// The value of an `Allow` header for these options: the allowed methods, comma separated.
-    pub fn allow_header(&self) -> String {
+    pub(crate) fn allow_header(&self) -> String {
         let names: Vec<&str> = self.allowed_methods.iter().map(Method::as_str).collect();
         names.join(", ")
     }
