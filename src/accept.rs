@@ -119,8 +119,8 @@ pub trait Accept<I>: Send + Sync + 'static {
         false
     }
 
-    /// This step, then `next`.
-    fn then<B>(self, next: B) -> Chain<Self, B>
+    /// This step, then `next`: a step that hands on what `next` makes of the connection.
+    fn then<B>(self, next: B) -> impl Accept<I, Stream = B::Stream>
     where
         Self: Sized,
         B: Accept<Self::Stream>,
@@ -132,9 +132,9 @@ pub trait Accept<I>: Send + Sync + 'static {
     }
 }
 
-/// Two steps, one after the other: see [`Accept::then`].
+/// Two steps, one after the other: what [`Accept::then`] makes.
 #[derive(Debug)]
-pub struct Chain<A, B> {
+struct Chain<A, B> {
     first: A,
     next: Arc<B>,
 }
