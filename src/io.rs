@@ -389,6 +389,9 @@ fn closed_error() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "the client was closed")
 }
 
+/// The longest a connection that ends writes what it gathered and lingers.
+const LINGER_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Output gathered for one write is at most this long; a larger write goes straight through.
 const COALESCE_LIMIT: usize = 16 * 1024;
 
@@ -506,8 +509,7 @@ impl<S> ClientIo<S> {
         match self.eof_probe {
             Some(asked) => asked != polls,
             None => {
-                self.eof_probe = Some(polls);
-                self.client().state().wake_body_reader();
+                self.eof_probe = Some(self.client().state().probe_body_reader());
                 false
             }
         }
@@ -563,11 +565,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
                         this.eof_deferred = true;
                         this.eof_probe = None;
                         this.read_drained(cx);
-                        if this.body_ends_early() {
-                            this.eof_deferred = false;
-                        } else {
-                            return Poll::Pending;
-                        }
+                        // Starts the probe if a body is pending (never ends it at once).
+                        let _ = this.body_ends_early();
+                        return Poll::Pending;
                     }
                     this.read_drained(cx);
                 } else {
@@ -701,7 +701,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
     /// earlier requests are written first, also after `close()` (nothing new is taken from
     /// hyper once the client is closing, so what is gathered was produced before), within
     /// the response clock's allowance for them ([`Options::min_response_rate`]'s grace plus
-    /// their length at its rate; 5 s without that clock); then the write side is shut down,
+    /// their length at its rate), at most 5 s; then the write side is shut down,
     /// and what the peer still sends is read and dropped until its EOF (within the same
     /// bound), so that closing over unread input does not reset the connection under answers
     /// still in flight (nginx's `lingering_close`). Nothing happens when nothing is gathered.
@@ -711,12 +711,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         if self.out.is_empty() {
             return;
         }
+        // At most 5 s in all (nginx's `lingering_timeout`): a closed connection must not hold
+        // its task and its slot for the whole allowance of 16 KiB at 240 B/s.
         let limit = match self.client().options().min_response_rate() {
             Some(rate) => rate
                 .grace()
                 .saturating_add(rate.allowance_of(self.out.len() as u64)),
-            None => std::time::Duration::from_secs(5),
-        };
+            None => LINGER_LIMIT,
+        }
+        .min(LINGER_LIMIT);
         let linger = async {
             if std::future::poll_fn(|cx| self.poll_out(cx)).await.is_err() {
                 return;

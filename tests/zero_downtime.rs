@@ -209,3 +209,27 @@ async fn a_connection_with_an_unread_body_is_closed_not_moved() {
     assert_eq!(read_response(&mut idle).await.body, b"new");
     new_handle.shutdown();
 }
+
+/// A shutdown asked for while a hand-over runs stands, even if the successor then goes away
+/// before it says it is healthy: the old server does not roll back into serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_during_the_hand_over_is_not_undone_by_a_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("upgrade.sock");
+    let (_addr, old, old_task) = old_server(&path, Options::default()).await;
+    // A successor with a long probation, so that it is still on probation when it goes.
+    let (new, new_task) = new_server(
+        &path,
+        Options::default().with_upgrade_probation(Duration::from_secs(60)),
+    )
+    .await;
+    new.listening().await;
+    common::eventually("the old server drains", || old.was_replaced()).await;
+    old.graceful_shutdown(Some(Duration::from_secs(1)));
+    // The successor goes away (its task, and with it its end of the upgrade stream).
+    new_task.abort();
+    let _ = new_task.await;
+    within("the old server's serve returns", old_task)
+        .await
+        .expect("the old server's task");
+}

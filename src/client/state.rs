@@ -90,6 +90,8 @@ pub(crate) struct State {
     /// of the last one.
     body_polls: AtomicU32,
     body_waker: AtomicWaker,
+    /// Bumped at each probe of the body's reader (see `body_pending`).
+    probe_gen: AtomicU32,
     status: AtomicU8,
     flags: AtomicU16,
     version: AtomicU8,
@@ -139,6 +141,7 @@ impl Default for State {
             bodies_waiting: AtomicU32::new(0),
             body_polls: AtomicU32::new(0),
             body_waker: AtomicWaker::new(),
+            probe_gen: AtomicU32::new(0),
             status: AtomicU8::new(0),
             flags: AtomicU16::new(0),
             version: AtomicU8::new(0),
@@ -361,21 +364,36 @@ impl State {
         self.body_polls.load(Ordering::Acquire)
     }
 
+    /// The probe's generation, read by a request body's reader before it polls the body (see
+    /// [`body_pending`](Self::body_pending)).
+    pub(crate) fn probe_generation(&self) -> u32 {
+        self.probe_gen.load(Ordering::Acquire)
+    }
+
     /// A request body's reader found nothing to read, and will be woken by `waker`. Once the
     /// EOF is held back, that means the body ends early: the serving task is woken to hand
-    /// hyper the EOF.
-    pub(crate) fn body_pending(&self, waker: &std::task::Waker) {
+    /// hyper the EOF. Counted only if the poll began under the probe that is current now
+    /// (`generation`, read before the poll): a poll that began before the probe (on another
+    /// thread, before hyper handed over the body's last bytes) says nothing about the body's
+    /// end.
+    pub(crate) fn body_pending(&self, waker: &std::task::Waker, generation: u32) {
         self.body_waker.register(waker);
+        if generation != self.probe_gen.load(Ordering::Acquire) {
+            return;
+        }
         self.body_polls.fetch_add(1, Ordering::AcqRel);
         if self.flag(EOF_DEFERRED) {
             self.waker.wake();
         }
     }
 
-    /// Asks a request body's reader that found nothing to look again (see
-    /// [`body_pending`](Self::body_pending)).
-    pub(crate) fn wake_body_reader(&self) {
+    /// Starts a probe: asks a request body's reader that found nothing to look again (see
+    /// [`body_pending`](Self::body_pending)); the reads found empty so far, as of this probe.
+    pub(crate) fn probe_body_reader(&self) -> u32 {
+        self.probe_gen.fetch_add(1, Ordering::AcqRel);
+        let polls = self.body_polls.load(Ordering::Acquire);
         self.body_waker.wake();
+        polls
     }
 
     /// Wakes the serving task: a response was dropped before it ended (an HTTP/2 stream reset

@@ -48,6 +48,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
+        // HTTP/1: the probe under which this poll begins (see `State::body_pending`).
+        let generation = match this.guard.as_ref() {
+            Some(guard) if !guard.http2 => guard.client().state().probe_generation(),
+            _ => 0,
+        };
         let result = this.inner.as_mut().poll_frame(cx);
         if let (Poll::Ready(Some(Ok(frame))), Some(guard)) = (&result, this.guard.as_ref()) {
             if guard.http2 {
@@ -60,7 +65,7 @@ where
                 if let Some(guard) = this.guard.as_mut() {
                     guard.set_waiting(true);
                     if !guard.http2 {
-                        guard.client().state().body_pending(cx.waker());
+                        guard.client().state().body_pending(cx.waker(), generation);
                     }
                 }
             }

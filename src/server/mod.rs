@@ -106,6 +106,9 @@ struct Shared {
     /// The accept loops take no connection while `true` (a successor accepts on the same
     /// sockets during its probation).
     paused: watch::Sender<bool>,
+    /// A shutdown was asked for through the handle (or the signal): a rolled-back hand-over
+    /// must not undo it.
+    stop_asked: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -180,6 +183,15 @@ impl ServerHandle {
     /// connection is closed. Called again with a shorter deadline, the shorter one applies;
     /// deadlines count from the start of the shutdown, not from the call.
     pub fn graceful_shutdown(&self, timeout: Option<Duration>) {
+        self.shared
+            .stop_asked
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.stop(timeout);
+    }
+
+    /// Starts a graceful shutdown (of the connections: a hand-over to a successor does this
+    /// too, without it counting as a shutdown the user asked for).
+    fn stop(&self, timeout: Option<Duration>) {
         self.shared.shutdown.send_modify(|stop| {
             *stop = match (*stop, timeout) {
                 (Stop::Graceful(Some(old)), Some(new)) => Stop::Graceful(Some(old.min(new))),
@@ -246,6 +258,7 @@ impl Server {
                 handover: HandoverSlot::default(),
                 replaced: std::sync::atomic::AtomicBool::new(false),
                 paused: watch::Sender::new(false),
+                stop_asked: std::sync::atomic::AtomicBool::new(false),
             }),
             options,
             drivers,
@@ -424,9 +437,7 @@ impl Server {
             self.drain_connections(&mut shutdown).await;
         }
         #[cfg(unix)]
-        if let Some(receiving) = receiving {
-            receiving.abort();
-        }
+        drop(receiving);
         #[cfg(unix)]
         drop(self.upgrade.take());
         info!("shut down");

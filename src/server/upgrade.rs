@@ -13,6 +13,18 @@ use super::{Acceptor, Server, ServerHandle, Stop};
 use crate::handover::{Published, Successor};
 use crate::remote::{Handler, HandlerBody};
 
+/// The task that receives the old process's idle connections and, after the probation, tells
+/// it this process is healthy: aborted when dropped, so that a server whose `serve` is dropped
+/// (or returns) never tells the old process it is healthy, and closes its end of the stream
+/// (the old process then takes its listeners back).
+pub(super) struct Receiving(JoinHandle<()>);
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How a hand-over to a successor ended.
 pub(super) enum Handover {
     /// The successor said it is healthy (or the server is shutting down anyway), and this
@@ -62,7 +74,7 @@ impl Server {
     /// Taking over: once accepting, tell the old process to drain, take the upgrade socket's
     /// path, and receive its idle connections (a later upgrade of this process waits until
     /// they have all come, and this process's probation has passed).
-    pub(super) async fn finish_takeover<S, B>(&mut self, service: S) -> Option<JoinHandle<()>>
+    pub(super) async fn finish_takeover<S, B>(&mut self, service: S) -> Option<Receiving>
     where
         S: Handler<B>,
         B: HandlerBody,
@@ -85,17 +97,17 @@ impl Server {
             tokio::spawn(async move { acceptor.adopt(handed, service).await });
         }));
         self.publish();
-        Some(receiving)
+        Some(Receiving(receiving))
     }
 
     /// The next process to take the listeners over (never, without an upgrade socket).
     pub(super) async fn next_successor(
         &self,
         published: Option<Arc<Published>>,
-        receiving: &mut Option<JoinHandle<()>>,
+        receiving: &mut Option<Receiving>,
     ) -> Successor {
         if let Some(receiving) = receiving.as_mut() {
-            let _ = receiving.await;
+            let _ = (&mut receiving.0).await;
         }
         *receiving = None;
         match (&self.upgrade, published) {
@@ -125,7 +137,7 @@ impl Server {
         ServerHandle {
             shared: shared.clone(),
         }
-        .graceful_shutdown(Some(self.options.shutdown_timeout()));
+        .stop(Some(self.options.shutdown_timeout()));
         let mut shutdown = shared.shutdown.subscribe();
         let confirmed = {
             let drain = self.drain_connections(&mut shutdown);
@@ -142,13 +154,16 @@ impl Server {
                     () = signal.as_mut(), if drained => break true,
                 }
             };
-            if confirmed && !drained {
+            let stop_asked = shared.stop_asked.load(std::sync::atomic::Ordering::Acquire);
+            if (confirmed || stop_asked) && !drained {
                 drain.await;
                 self.lock_handover().take();
             }
             confirmed
         };
-        if confirmed {
+        // A shutdown asked for meanwhile stands: no rollback then, whatever the successor did.
+        let stop_asked = shared.stop_asked.load(std::sync::atomic::Ordering::Acquire);
+        if confirmed || stop_asked {
             let _ = tokio::time::timeout(self.options.shutdown_timeout(), sending).await;
             info!("upgrade: the new process is healthy; this one exits");
             return Handover::Done;
