@@ -4,7 +4,8 @@ markdown tables of BENCHMARKS.md.  Usage: python3 benches/report.py OUT_DIR
 
 raw.tsv, one line per run, tab separated:
   load runs:  workload server round log server_ticks loadgen_ticks other_ticks wall_s exit
-  idle runs:  idle-h1|idle-h2 server round log rss_before_kib rss_after_kib count - exit
+  idle runs:  idle-h1[-ARRIVAL]|idle-h2 server round log rss_before_kib rss_after_kib count heap_growth_bytes|- exit
+  sync-light: the light client beside the sync workload (its log: h2load's time for request)
 """
 
 import os
@@ -22,6 +23,7 @@ WORKLOADS = [
     ("keepalive", "keep-alive HTTP/1.1, `wrk -t1 -c64 -d$DURATION`", "req/s", "req"),
     ("churn", "connection churn, `wrk -t1 -c64 -d$DURATION -H 'Connection: close'` (one connection per request)", "conn/s", "conn"),
     ("tls-h2", "TLS h2, `h2load -t1 -c16 -m32 -D $DURATION https://`", "req/s", "req"),
+    ("sync", "one h2c connection, 64 streams of a 100 µs synchronous handler, `h2load -t1 -c1 -m64 -D $DURATION /spin`, servers with 2 workers on cores 0,1 (shared with the load generators)", "req/s", "req"),
     ("tls-handshake", "TLS handshakes, `h2load -t1 -c16 -n $HS_N --h1 -H 'Connection: close' https://` (one handshake per request)", "handshakes/s", "handshake"),
 ]
 
@@ -52,6 +54,13 @@ def parse_wrk(text):
     return total - non2xx, secs, non2xx + sock
 
 
+def parse_latency_mean_us(text):
+    m = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", text)
+    if not m:
+        return None
+    return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
+
+
 def fmt_ratio(values):
     if not values:
         return "–"
@@ -68,6 +77,8 @@ def main(out):
     rows = [line.rstrip("\n").split("\t") for line in open(os.path.join(out, "raw.tsv")) if line.strip()]
     runs = defaultdict(dict)  # workload -> (server, round) -> result
     idle = defaultdict(dict)  # idle-h1/idle-h2 -> (server, round) -> (before, after, count, ok)
+    heap = defaultdict(dict)  # idle-... -> (server, round) -> heap bytes kept per connection
+    light = defaultdict(dict)  # sync-light: server -> round -> mean latency (µs)
     failures = []
     for row in rows:
         wl, srv, rnd, logf = row[0], row[1], int(row[2]), row[3]
@@ -77,6 +88,14 @@ def main(out):
                 failures.append(f"{wl} {srv} round {rnd}: failed (exit {rc}), see {logf}")
                 continue
             idle[wl][(srv, rnd)] = (before, after, count)
+            if len(row) > 7 and row[7] not in ("-", ""):
+                heap[wl][(srv, rnd)] = int(row[7]) / count
+            continue
+        if wl == "sync-light":
+            text = open(logf, errors="replace").read() if os.path.exists(logf) else ""
+            mean = parse_latency_mean_us(text)
+            if mean is not None:
+                light[srv][rnd] = mean
             continue
         server_ticks, loadgen_ticks, other_ticks, wall, rc = int(row[4]), int(row[5]), int(row[6]), float(row[7]), row[8]
         text = open(logf, errors="replace").read() if os.path.exists(logf) else ""
@@ -134,8 +153,18 @@ def main(out):
                 f"| {statistics.median(other):.0f} / {max(other):.0f} |"
             )
         print()
+        if wl == "sync" and light:
+            print("Light client beside it (`h2load -t1 -c1 -m1 -D $DURATION /`), mean latency per request:")
+            print()
+            print("| server | mean latency µs (median) [min–max] |")
+            print("|---|---:|")
+            for srv in servers:
+                vals = list(light.get(srv, {}).values())
+                if vals:
+                    print(f"| {srv} | {statistics.median(vals):,.0f} [{min(vals):,.0f}–{max(vals):,.0f}] |")
+            print()
 
-    if idle:
+    if "idle-h1" in idle or "idle-h2" in idle:
         print("### idle memory: RSS growth per idle connection (KiB), fresh server per run")
         print()
         servers = []
@@ -159,6 +188,38 @@ def main(out):
                 cells.append(f"{statistics.median(vals):.1f} [{min(vals):.1f}–{max(vals):.1f}]" if vals else "–")
                 cells.append(f"{statistics.median(diffs):+.1f}" if diffs and srv != "bare" else "–")
             cells.insert(1, f"{statistics.median(befores) / 1024:.1f}" if befores else "–")
+            print("| " + " | ".join(cells) + " |")
+        print()
+
+    arrivals = [wl for wl in ("idle-h1", "idle-h1-serial", "idle-h1-batched", "idle-h1-connect", "idle-h2") if wl in idle]
+    if len(arrivals) > 0:
+        print("### idle memory by arrival: growth per idle connection, heap bytes (RSS KiB), fresh server per run")
+        print()
+        servers = []
+        for wl in arrivals:
+            for srv, _ in sorted(idle[wl], key=lambda k: k[1]):
+                if srv not in servers:
+                    servers.append(srv)
+        print("| arrival | " + " | ".join(f"{s} heap B [RSS KiB]" for s in servers) + " | " + " | ".join(f"{s} − bare heap B [RSS KiB]" for s in servers if s != "bare") + " |")
+        print("|---|" + "---:|" * (2 * len(servers) - (1 if "bare" in servers else 0)))
+        for wl in arrivals:
+            res, hp = idle[wl], heap.get(wl, {})
+            rounds = sorted({r for _, r in res})
+            def med(srv, d):
+                vals = [d[r] for r in rounds if r in d]
+                return statistics.median(vals) if vals else None
+            rss = {srv: {r: (res[(srv, r)][1] - res[(srv, r)][0]) / res[(srv, r)][2] for r in rounds if (srv, r) in res} for srv in servers}
+            hb = {srv: {r: hp[(srv, r)] for r in rounds if (srv, r) in hp} for srv in servers}
+            cells = [wl.replace("idle-h1-", "HTTP/1.1 ").replace("idle-h1", "HTTP/1.1 concurrent").replace("idle-h2", "h2c concurrent")]
+            for srv in servers:
+                h, r = med(srv, hb[srv]), med(srv, rss[srv])
+                cells.append(f"{h:,.0f} [{r:.1f}]" if h is not None and r is not None else "–")
+            for srv in servers:
+                if srv == "bare":
+                    continue
+                dh = [hb[srv][r] - hb["bare"][r] for r in rounds if r in hb[srv] and r in hb.get("bare", {})]
+                dr = [rss[srv][r] - rss["bare"][r] for r in rounds if r in rss[srv] and r in rss.get("bare", {})]
+                cells.append(f"{statistics.median(dh):+,.0f} [{statistics.median(dr):+.1f}]" if dh and dr else "–")
             print("| " + " | ".join(cells) + " |")
         print()
 

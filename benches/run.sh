@@ -13,7 +13,13 @@
 #   IDLE_CONNS=1000 idle connections per idle-memory run
 #   IDLE_ROUNDS     rounds of the idle-memory measurement (default: ROUNDS)
 #   WORKLOADS       which workloads, in order (default: all):
-#                   h2c pipelined keepalive churn tls-h2 tls-handshake idle
+#                   h2c pipelined keepalive churn tls-h2 tls-handshake idle idle-arrival sync
+#                   idle: HTTP/1.1 and h2c idle connections opened 50 at a time (RSS and heap);
+#                   idle-arrival: HTTP/1.1 idle connections arriving serially, connected all
+#                   first then one request each (batched), or connected with no request;
+#                   sync: one h2c connection with 64 streams of a handler that spins 100 µs
+#                   (`/spin`), servers with 2 workers on cores 0,1, a light client beside it
+#   SYNC_SERVERS    the servers of the sync workload (default: bare crate crate-spawn)
 #   SERVERS         the plain servers to compare (default: bare crate axum actix); add
 #                   crate-spawn (the crate with Options::http2_inline_streams off), or
 #                   crate-before with BIN_BEFORE set to compare this crate with another build
@@ -38,7 +44,8 @@ DURATION=${DURATION:-5}
 HS_N=${HS_N:-4000}
 IDLE_CONNS=${IDLE_CONNS:-1000}
 IDLE_ROUNDS=${IDLE_ROUNDS:-$ROUNDS}
-WORKLOADS=${WORKLOADS:-h2c pipelined keepalive churn tls-h2 tls-handshake idle}
+WORKLOADS=${WORKLOADS:-h2c pipelined keepalive churn tls-h2 tls-handshake idle idle-arrival sync}
+read -r -a SYNC_SERVERS <<<"${SYNC_SERVERS:-bare crate crate-spawn}"
 BASE_PORT=${BASE_PORT:-18180}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HERE/target}
 OUT=${OUT:-$(mktemp -d /tmp/hrc-bench.XXXX)}
@@ -239,22 +246,38 @@ workload() { # WORKLOAD ROUND: one round of a workload over its servers, in turn
                 idle_run h1 "$srv" "$round"
                 idle_run h2 "$srv" "$round"
             done ;;
+        idle-arrival)
+            for arrival in serial batched connect; do
+                for srv in "${SERVERS_PLAIN[@]}"; do
+                    idle_run h1 "$srv" "$round" "$arrival"
+                done
+            done ;;
+        sync)
+            for srv in "${SYNC_SERVERS[@]}"; do
+                sync_run "$srv" "$round"
+            done ;;
         *) die "unknown workload $wl" ;;
     esac
 }
 
-# idle_run h1|h2 SERVER ROUND: a fresh server, one warm-up connection, RSS; then IDLE_CONNS
-# idle connections (each made one request), RSS again after 1 s. Appends to raw.tsv:
-# idle-PROTO server round log rss_before rss_after count - exit.
+# idle_run h1|h2 SERVER ROUND [ARRIVAL]: a fresh server (counting its heap), one warm-up
+# connection, RSS and live heap bytes; then IDLE_CONNS idle connections arriving as ARRIVAL says
+# (bench-idle's BENCH_ARRIVAL: concurrent, the default, serial, batched, connect), RSS and heap
+# again after 1 s. Appends to raw.tsv:
+# idle-PROTO[-ARRIVAL] server round log rss_before rss_after count heap_growth_bytes exit.
 idle_run() {
-    local proto=$1 srv=$2 round=$3 port=$((BASE_PORT + 11)) spid cpid i rc=0 before after
-    local logf="$OUT/logs/idle-$proto.$srv.$round.log"
-    spid=$(start_server "$srv" "$port" "$OUT/logs/idle-server.$srv.log") || die "cannot start $srv for idle"
+    local proto=$1 srv=$2 round=$3 arrival=${4:-concurrent} port=$((BASE_PORT + 11)) spid cpid i rc=0
+    local before after heap0 heap1 heap name=idle-$proto slog
+    [ "$arrival" = concurrent ] || name=idle-$proto-$arrival
+    local logf="$OUT/logs/$name.$srv.$round.log"
+    slog="$OUT/logs/idle-server.$srv.$name.$round.log"
+    spid=$(BENCH_COUNT_ALLOC=1 start_server "$srv" "$port" "$slog") || die "cannot start $srv for idle"
     EXTRA_PIDS+=("$spid")
     timeout 20 taskset -c 1 "$BIN/bench-idle" "$proto" "127.0.0.1:$port" 1 0 >"$logf" 2>&1 || rc=1
     sleep 0.5
     before=$(rss_kib "$spid")
-    taskset -c 1 "$BIN/bench-idle" "$proto" "127.0.0.1:$port" "$IDLE_CONNS" 10 >>"$logf" 2>&1 &
+    heap0=$(live_heap "$spid" "$slog")
+    BENCH_ARRIVAL=$arrival taskset -c 1 "$BIN/bench-idle" "$proto" "127.0.0.1:$port" "$IDLE_CONNS" 10 >>"$logf" 2>&1 &
     cpid=$!
     EXTRA_PIDS+=("$cpid")
     for i in $(seq 300); do # at most 30 s
@@ -265,13 +288,58 @@ idle_run() {
     grep -q "^ready $IDLE_CONNS" "$logf" || rc=1
     sleep 1
     after=$(rss_kib "$spid")
+    heap1=$(live_heap "$spid" "$slog")
+    heap=-
+    [ -n "$heap0" ] && [ -n "$heap1" ] && heap=$((heap1 - heap0))
     kill -0 "$spid" 2>/dev/null || rc=99
     kill "$cpid" "$spid" 2>/dev/null
     wait "$cpid" "$spid" 2>/dev/null
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t-\t%s\n' "idle-$proto" "$srv" "$round" "$logf" "${before:-0}" "${after:-0}" \
-        "$IDLE_CONNS" "$rc" >>"$RAW"
-    [ "$rc" = 0 ] || log "WARNING: idle-$proto $srv round $round failed (see $logf)"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$srv" "$round" "$logf" "${before:-0}" "${after:-0}" \
+        "$IDLE_CONNS" "$heap" "$rc" >>"$RAW"
+    [ "$rc" = 0 ] || log "WARNING: $name $srv round $round failed (see $logf)"
     sleep 0.3
+}
+
+# live_heap PID LOG: the live heap bytes of a server started with BENCH_COUNT_ALLOC=1 (its
+# counting allocator prints them at SIGUSR1); empty if it does not answer within 2 s.
+live_heap() {
+    local pid=$1 logf=$2 n i
+    n=$(grep -c '^alloc ' "$logf")
+    kill -USR1 "$pid" 2>/dev/null || return 0
+    for i in $(seq 40); do
+        [ "$(grep -c '^alloc ' "$logf")" -gt "$n" ] && break
+        sleep 0.05
+    done
+    grep '^alloc ' "$logf" | tail -1 | sed -n 's/.*live=\(-*[0-9]*\).*/\1/p' | awk -v n="$n" 'NR == 1 && n >= 0 {print}'
+}
+
+# sync_run SERVER ROUND: one h2c connection carrying 64 streams of `/spin` (100 µs of
+# synchronous work in the handler's future), against a fresh server on the multi-thread runtime
+# with 2 workers (cores 0,1), and a light client (one stream at a time, `GET /`) on a connection
+# beside it. No core is spare: both load generators share the 2 cores with the server. Appends
+# the heavy run (workload sync) and the light one (sync-light) to raw.tsv.
+sync_run() {
+    local srv=$1 round=$2 port=$((BASE_PORT + 12)) spid lpid rc=0 s0 s1 b0 b1 t0 t1
+    local logf="$OUT/logs/sync.$srv.$round.log" llog="$OUT/logs/sync-light.$srv.$round.log"
+    spid=$(SERVER_CPUS=0,1 BENCH_RUNTIME=multi start_server "$srv" "$port" "$OUT/logs/sync-server.$srv.log") ||
+        die "cannot start $srv for sync"
+    EXTRA_PIDS+=("$spid")
+    timeout 20 h2load -t1 -c1 -m64 -n 2000 "http://127.0.0.1:$port/spin" >/dev/null 2>&1 # warm-up
+    s0=$(cpu_ticks "$spid"); b0=$(sys_busy); t0=$(now)
+    timeout "$TMO" taskset -c 0,1 h2load -t1 -c1 -m1 -D "$DURATION" "http://127.0.0.1:$port/" >"$llog" 2>&1 &
+    lpid=$!
+    timeout "$TMO" taskset -c 0,1 h2load -t1 -c1 -m64 -D "$DURATION" "http://127.0.0.1:$port/spin" >"$logf" 2>&1 || rc=$?
+    wait "$lpid" || rc=$?
+    s1=$(cpu_ticks "$spid"); b1=$(sys_busy); t1=$(now)
+    kill -0 "$spid" 2>/dev/null || rc=99
+    kill "$spid" 2>/dev/null
+    wait "$spid" 2>/dev/null
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' sync "$srv" "$round" "$logf" $((s1 - s0)) 0 \
+        $((b1 - b0 - (s1 - s0))) "$(awk "BEGIN {print $t1 - $t0}")" "$rc" >>"$RAW"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' sync-light "$srv" "$round" "$llog" 0 0 0 \
+        "$(awk "BEGIN {print $t1 - $t0}")" "$rc" >>"$RAW"
+    [ "$rc" = 0 ] || log "WARNING: sync $srv round $round: exit $rc (see $logf)"
+    sleep 0.5
 }
 
 # --- run ---------------------------------------------------------------------------------
@@ -295,7 +363,9 @@ cat "$OUT/meta.txt" >&2
 log "results in $OUT"
 
 needs_persistent=0
-for wl in $WORKLOADS; do [ "$wl" != idle ] && needs_persistent=1; done
+for wl in $WORKLOADS; do
+    case $wl in idle | idle-arrival | sync) ;; *) needs_persistent=1 ;; esac
+done
 if [ "$needs_persistent" = 1 ]; then
     for srv in "${SERVERS_PLAIN[@]}" "${SERVERS_TLS[@]}"; do
         ensure_server "$srv"
@@ -311,7 +381,7 @@ fi
 
 for wl in $WORKLOADS; do
     rounds=$ROUNDS
-    [ "$wl" = idle ] && rounds=$IDLE_ROUNDS
+    case $wl in idle | idle-arrival) rounds=$IDLE_ROUNDS ;; esac
     for round in $(seq "$rounds"); do
         log "$wl: round $round/$rounds"
         workload "$wl" "$round"

@@ -1,5 +1,6 @@
 //! [`RemoteClient`]: one accepted connection, served with hyper until it closes.
 
+use std::future::Future;
 use std::io;
 use std::pin::pin;
 use std::sync::Arc;
@@ -185,61 +186,78 @@ where
 
     /// [`start`](Self::start), in the caller's span; an idle HTTP/1 connection goes to
     /// `handover` at a shutdown, if it holds a sink then.
-    pub(crate) async fn serve<F, Svc, B>(
+    pub(crate) fn serve<'a, F, Svc, B>(
         self,
-        factory: &F,
+        factory: &'a F,
         service: Svc,
-        handover: Option<&HandoverSlot>,
-    ) -> CloseReason
+        handover: Option<&'a HandoverSlot>,
+    ) -> impl Future<Output = CloseReason> + Send + 'a
     where
         F: HttpDriverFactory + ?Sized,
         Svc: Handler<B>,
         B: HandlerBody,
     {
-        let client = self.io.client().clone();
-        // Keeps the client open while the connection is served, even once hyper has let go of
-        // the I/O, so `on_close` runs after everything the connection owned has been dropped.
-        let _open = self.io.guard();
-        let mut io = self.io;
-        let options = client.options();
-        let driver = factory.select(&client);
-        let state = client.state();
-
-        // The client's options rule the connection (the driver may have been built from
-        // others): h2c prior knowledge only if they allow it.
-        let (protocol, sniffing) = match driver.protocols() {
-            Protocols::Http1 => (Protocol::Http1, false),
-            Protocols::Http2 => (Protocol::Http2, false),
-            Protocols::Auto => (Protocol::Http1, options.http2_cleartext()),
-        };
-        let mut watch = Watch::new(state, options, protocol);
-        let protocol = if sniffing {
-            match sniff_protocol(&mut io, &mut watch, handover).await {
-                Ok(protocol) => protocol,
-                Err(reason) => return reason,
-            }
-        } else {
-            protocol
-        };
-        watch.set_protocol(protocol);
-        if protocol == Protocol::Http2 {
-            state.set_version(http::Version::HTTP_2);
-            state.set_budget(options.http2_buffered_response_limit());
-        }
-        tracing::Span::current().record(
-            "protocol",
-            match protocol {
-                Protocol::Http1 => "http/1.1",
-                Protocol::Http2 => "h2",
-            },
-        );
-        if protocol == Protocol::Http1 {
-            io.coalesce_writes();
-        }
-        let service = Serve::new(service, client.clone());
-        let conn = pin!(driver.serve(protocol, TokioIo::new(io), service, options));
-        drive(conn, &mut watch, &client, protocol, handover).await
+        // The I/O goes to `serve_io` by value: an `async fn` of `self` would keep a second copy
+        // of it (its argument's room beside the local it is moved into) in every connection's
+        // task.
+        serve_io(self.io, factory, service, handover)
     }
+}
+
+async fn serve_io<S, F, Svc, B>(
+    mut io: ClientIo<S>,
+    factory: &F,
+    service: Svc,
+    handover: Option<&HandoverSlot>,
+) -> CloseReason
+where
+    S: AsyncRead + AsyncWrite + StreamSocket + Unpin + Send + 'static,
+    F: HttpDriverFactory + ?Sized,
+    Svc: Handler<B>,
+    B: HandlerBody,
+{
+    let client = io.client().clone();
+    // Keeps the client open while the connection is served, even once hyper has let go of
+    // the I/O, so `on_close` runs after everything the connection owned has been dropped.
+    let _open = io.guard();
+    let options = client.options();
+    let driver = factory.select(&client);
+    let state = client.state();
+
+    // The client's options rule the connection (the driver may have been built from
+    // others): h2c prior knowledge only if they allow it.
+    let (protocol, sniffing) = match driver.protocols() {
+        Protocols::Http1 => (Protocol::Http1, false),
+        Protocols::Http2 => (Protocol::Http2, false),
+        Protocols::Auto => (Protocol::Http1, options.http2_cleartext()),
+    };
+    let mut watch = Watch::new(state, options, protocol);
+    let protocol = if sniffing {
+        match sniff_protocol(&mut io, &mut watch, handover).await {
+            Ok(protocol) => protocol,
+            Err(reason) => return reason,
+        }
+    } else {
+        protocol
+    };
+    watch.set_protocol(protocol);
+    if protocol == Protocol::Http2 {
+        state.set_version(http::Version::HTTP_2);
+        state.set_budget(options.http2_buffered_response_limit());
+    }
+    tracing::Span::current().record(
+        "protocol",
+        match protocol {
+            Protocol::Http1 => "http/1.1",
+            Protocol::Http2 => "h2",
+        },
+    );
+    if protocol == Protocol::Http1 {
+        io.coalesce_writes();
+    }
+    let service = Serve::new(service, client.clone());
+    let conn = pin!(driver.serve(protocol, TokioIo::new(io), service, options));
+    drive(conn, &mut watch, &client, protocol, handover).await
 }
 
 /// Reads the first bytes (under the idle clock) to tell HTTP/2 prior knowledge from HTTP/1;
@@ -365,7 +383,10 @@ async fn write_held<S, Svc, B>(
     B: HandlerBody,
 {
     if let Some((io, _)) = conn.take_parts() {
-        io.into_inner().write_held().await;
+        // Boxed: the lingering close's future (a read buffer, a timer) is as large as the rest
+        // of the connection's task, and every connection would carry its room otherwise.
+        let mut io = io.into_inner();
+        Box::pin(io.write_held()).await;
     }
 }
 

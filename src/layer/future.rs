@@ -31,8 +31,10 @@ pin_project! {
             // HTTP/2: the connection's budget of unwritten response bytes let this one start.
             started: bool,
         },
+        // Boxed: the crate's own answers (screening) are rare, and hyper keeps room for this
+        // future per connection.
         Local {
-            response: Option<Response<()>>,
+            response: Option<Box<Response<()>>>,
             guard: Option<ResponseGuard>,
         },
     }
@@ -76,7 +78,7 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn local(response: Response<()>, guard: ResponseGuard) -> Self {
         ResponseFuture {
             kind: Kind::Local {
-                response: Some(response),
+                response: Some(Box::new(response)),
                 guard: Some(guard),
             },
         }
@@ -130,7 +132,7 @@ where
                 ))
             }
             KindProj::Local { response, guard } => {
-                let response = response.take().unwrap_or_default();
+                let response = response.take().map(|boxed| *boxed).unwrap_or_default();
                 if let Some(guard) = guard.as_mut() {
                     guard.set_status(response.status());
                 }

@@ -7,8 +7,15 @@
 //! Each connection (HTTP/1.1 keep-alive, or h2c with prior knowledge) sends one `GET /`, reads
 //! the whole response, and is then held open, idle. Once all COUNT have answered it prints
 //! `ready COUNT` and holds them for HOLD_SECS (at most 600), then exits. Connections are opened
-//! 50 at a time, from SOURCE_IP if given. Exits with status 1 if any connection or request
-//! failed, or if the whole set-up took more than 120 s.
+//! from SOURCE_IP if given. Exits with status 1 if any connection or request failed, or if the
+//! whole set-up took more than 120 s.
+//!
+//! How the connections arrive, `BENCH_ARRIVAL` (issue 24: real traffic arrives spread over
+//! time, and a server's per-connection memory may depend on it):
+//! - `concurrent` (the default): 50 connections at a time, each connects and makes its request;
+//! - `serial`: one after another: connect, one request, keep the connection, next;
+//! - `batched`: all COUNT connected first, then one request on each (50 at a time);
+//! - `connect`: all COUNT connected, no request at all.
 
 use std::time::Duration;
 
@@ -34,9 +41,48 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let arrival = std::env::var("BENCH_ARRIVAL").unwrap_or_else(|_| "concurrent".to_owned());
     let code = runtime.block_on(async move {
-        let setup =
-            tokio::time::timeout(Duration::from_secs(120), open(&proto, &addr, count, source)).await;
+        let opening = async {
+            match arrival.as_str() {
+                "concurrent" => open(&proto, &addr, count, source).await,
+                "serial" => {
+                    let mut held = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        let stream = connect(&addr, source).await?;
+                        held.push(request(proto == "h2", &addr, stream).await?);
+                    }
+                    Ok(held)
+                }
+                "batched" | "connect" => {
+                    let mut streams = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        streams.push(connect(&addr, source).await?);
+                    }
+                    if arrival == "connect" {
+                        return Ok(streams.into_iter().map(Held::Socket).collect());
+                    }
+                    let mut held = Vec::with_capacity(count);
+                    let mut pending = JoinSet::new();
+                    let mut streams = streams.into_iter();
+                    loop {
+                        while pending.len() < 50 {
+                            let Some(stream) = streams.next() else { break };
+                            pending.spawn(request_owned(proto == "h2", addr.clone(), stream));
+                        }
+                        match pending.join_next().await {
+                            Some(Ok(Ok(h))) => held.push(h),
+                            Some(Ok(Err(e))) => return Err(e),
+                            Some(Err(e)) => return Err(e.to_string()),
+                            None => break,
+                        }
+                    }
+                    Ok(held)
+                }
+                other => Err(format!("unknown BENCH_ARRIVAL {other:?}")),
+            }
+        };
+        let setup = tokio::time::timeout(Duration::from_secs(120), opening).await;
         let held = match setup {
             Ok(Ok(held)) => held,
             Ok(Err(e)) => {
@@ -58,6 +104,7 @@ fn main() {
 
 /// What keeps one connection open: its request sender (the connection task runs on its own).
 enum Held {
+    Socket(#[allow(dead_code)] TcpStream),
     H1(#[allow(dead_code)] hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
     H2(#[allow(dead_code)] hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
 }
@@ -87,6 +134,15 @@ async fn open(
 }
 
 async fn one(h2: bool, addr: String, source: Option<std::net::IpAddr>) -> Result<Held, String> {
+    let stream = connect(&addr, source).await?;
+    request(h2, &addr, stream).await
+}
+
+async fn request_owned(h2: bool, addr: String, stream: TcpStream) -> Result<Held, String> {
+    request(h2, &addr, stream).await
+}
+
+async fn connect(addr: &str, source: Option<std::net::IpAddr>) -> Result<TcpStream, String> {
     let stream = match source {
         None => TcpStream::connect(&addr).await,
         Some(ip) => {
@@ -100,10 +156,15 @@ async fn one(h2: bool, addr: String, source: Option<std::net::IpAddr>) -> Result
     }
     .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// One `GET /` on `stream`, its whole response read; the connection is then held.
+async fn request(h2: bool, addr: &str, stream: TcpStream) -> Result<Held, String> {
     let io = TokioIo::new(stream);
     let request = || {
         Request::get(format!("http://{addr}/"))
-            .header(http::header::HOST, addr.as_str())
+            .header(http::header::HOST, addr)
             .body(Empty::<Bytes>::new())
             .expect("request")
     };
