@@ -22,7 +22,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
@@ -157,6 +157,10 @@ pub(crate) struct Watch<'a> {
     options: &'a Options,
     protocol: Protocol,
     sleep: Pin<Box<Sleep>>,
+    /// The task the armed timer wakes (it has been polled since it was armed): while the
+    /// connection's task polls again with the same waker and the timer has not gone off, the
+    /// timer is not polled again (once per poll of the connection otherwise).
+    timer_waker: Option<Waker>,
     armed: Option<Instant>,
     phase: Phase,
     since: Instant,
@@ -181,6 +185,7 @@ impl<'a> Watch<'a> {
             options,
             protocol,
             sleep: Box::pin(tokio::time::sleep_until(now)),
+            timer_waker: None,
             armed: None,
             phase: Phase::Idle,
             since: now,
@@ -245,8 +250,22 @@ impl<'a> Watch<'a> {
     }
 
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
-        while self.armed.is_some() && self.sleep.as_mut().poll(cx).is_ready() {
+        while self.armed.is_some() {
+            if !self.sleep.is_elapsed()
+                && self
+                    .timer_waker
+                    .as_ref()
+                    .is_some_and(|waker| waker.will_wake(cx.waker()))
+            {
+                // Registered with this task, not gone off: it wakes the task when it does.
+                return Poll::Pending;
+            }
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                self.timer_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
             self.armed = None;
+            self.timer_waker = None;
             if let Verdict::TimedOut(kind) = self.evaluate(true) {
                 return Poll::Ready(Event::TimedOut(kind));
             }
@@ -260,6 +279,7 @@ impl<'a> Watch<'a> {
             Some(at) if self.armed.is_none_or(|armed| at < armed) => {
                 self.sleep.as_mut().reset(at);
                 self.armed = Some(at);
+                self.timer_waker = None;
                 true
             }
             _ => false,

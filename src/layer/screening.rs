@@ -270,13 +270,12 @@ fn valid_host(value: &[u8]) -> bool {
         Some(b'[') => return valid_ip_literal(value),
         Some(_) => {}
     }
-    // The port is after the last colon; a colon left in the name fails the table (two
-    // colons: an unbracketed IPv6 address).
-    let (name, port) = match value.iter().rposition(|&b| b == b':') {
-        Some(at) => (&value[..at], Some(&value[at + 1..])),
-        None => (value, None),
-    };
-    !name.is_empty() && name.iter().all(|&b| HOST_NAME[b as usize]) && port.is_none_or(valid_port)
+    // One pass: the name runs to the first byte the table refuses, which must be the colon
+    // before the port (a second colon then fails the port: an unbracketed IPv6 address).
+    match value.iter().position(|&b| !HOST_NAME[b as usize]) {
+        None => true,
+        Some(at) => value[at] == b':' && at > 0 && valid_port(&value[at + 1..]),
+    }
 }
 
 /// `[IPv6]` with an optional `:port`.

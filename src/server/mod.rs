@@ -877,7 +877,45 @@ impl Acceptor {
             }
             debug!(?reason, "connection ended");
         }
-        .instrument(span)
+        .in_span(span)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's future in its span, or without one when no subscriber takes the span
+    /// (no span to enter and leave at every poll).
+    #[project = InSpanProj]
+    enum InSpan<F> {
+        Plain { #[pin] future: F },
+        Spanned { #[pin] future: tracing::instrument::Instrumented<F> },
+    }
+}
+
+trait InSpanExt: Future + Sized {
+    fn in_span(self, span: tracing::Span) -> InSpan<Self> {
+        if span.is_disabled() {
+            InSpan::Plain { future: self }
+        } else {
+            InSpan::Spanned {
+                future: self.instrument(span),
+            }
+        }
+    }
+}
+
+impl<F: Future> InSpanExt for F {}
+
+impl<F: Future> Future for InSpan<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        match self.project() {
+            InSpanProj::Plain { future } => future.poll(cx),
+            InSpanProj::Spanned { future } => future.poll(cx),
+        }
     }
 }
 
