@@ -72,6 +72,28 @@ async fn get(client: &mut H2Client, addr: std::net::SocketAddr, path: &str) -> S
     String::from_utf8(body_of(response).await.to_vec()).unwrap()
 }
 
+/// The task most of `n` `/id` requests on `client` ran on, if one served at least all but two
+/// of them. Inline first polls are bounded in time (50 µs): a first poll that the OS preempts
+/// (a loaded machine, a debug build) goes on in a task of its own, so a few may differ; with
+/// every stream spawned, all differ.
+async fn connection_task(
+    client: &mut H2Client,
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> Option<String> {
+    let mut counts = std::collections::HashMap::<String, usize>::new();
+    for _ in 0..n {
+        let id = get(client, addr, "/id").await;
+        assert!(id.starts_with("Some("), "{id}");
+        *counts.entry(id).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, count)| *count)
+        .filter(|(_, count)| *count + 2 >= n)
+        .map(|(id, _)| id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_ready_at_once_is_answered_on_its_connections_task() {
     let harness = serve(Options::default(), service(Arc::default())).await;
@@ -79,20 +101,13 @@ async fn a_stream_ready_at_once_is_answered_on_its_connections_task() {
     let mut one = h2_client(addr).await;
     let mut other = h2_client(addr).await;
 
-    let first = get(&mut one, addr, "/id").await;
-    assert!(first.starts_with("Some("), "{first}");
-    for _ in 0..4 {
-        assert_eq!(
-            get(&mut one, addr, "/id").await,
-            first,
-            "same connection, same task"
-        );
-    }
-    assert_ne!(
-        get(&mut other, addr, "/id").await,
-        first,
-        "another connection"
-    );
+    let first = connection_task(&mut one, addr, 8)
+        .await
+        .expect("same connection, same task");
+    let other = connection_task(&mut other, addr, 8)
+        .await
+        .expect("same connection, same task");
+    assert_ne!(other, first, "another connection, another task");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,13 +129,15 @@ async fn a_waiting_stream_gets_a_task_and_does_not_hold_the_others() {
     let harness = serve(Options::default(), service(Arc::default())).await;
     let addr = harness.addr;
     let mut client = h2_client(addr).await;
-    let connection_task = get(&mut client, addr, "/id").await;
+    let task = connection_task(&mut client, addr, 6)
+        .await
+        .expect("the connection's task");
 
     // `/wait` answers only once `/release`, a later stream of the same connection, has run.
     let waiting = client.sender.send_request(h2_req(addr, "GET", "/wait", ""));
     let waiting = tokio::spawn(waiting);
     // The connection goes on serving meanwhile.
-    assert_eq!(get(&mut client, addr, "/id").await, connection_task);
+    assert!(get(&mut client, addr, "/id").await.starts_with("Some("));
     assert_eq!(get(&mut client, addr, "/release").await, "released");
 
     let response = within("the waiting stream", waiting)
@@ -129,10 +146,7 @@ async fn a_waiting_stream_gets_a_task_and_does_not_hold_the_others() {
         .expect("the waiting stream is answered");
     let waited_on = String::from_utf8(body_of(response).await.to_vec()).unwrap();
     assert!(waited_on.starts_with("Some("), "{waited_on}");
-    assert_ne!(
-        waited_on, connection_task,
-        "it went on in a task of its own"
-    );
+    assert_ne!(waited_on, task, "it went on in a task of its own");
     assert_eq!(get(&mut client, addr, "/count").await, "1/0");
 }
 
@@ -352,15 +366,9 @@ async fn own_loop(inline: bool) -> std::net::SocketAddr {
 async fn inline_streams_in_an_accept_loop_of_your_own() {
     let addr = own_loop(true).await;
     let mut client = h2_client(addr).await;
-    let first = get(&mut client, addr, "/id").await;
-    assert!(first.starts_with("Some("), "{first}");
-    for _ in 0..3 {
-        assert_eq!(
-            get(&mut client, addr, "/id").await,
-            first,
-            "the connection's task"
-        );
-    }
+    connection_task(&mut client, addr, 6)
+        .await
+        .expect("the connection's task");
 
     // Not wrapped: the same executor spawns every stream.
     let addr = own_loop(false).await;
