@@ -1,0 +1,164 @@
+//! [`QuicListener`]: a UDP socket a [`Server`](crate::Server) serves HTTP/3 on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::options::Options;
+
+/// Why a [`QuicListener`] could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QuicListenerError {
+    /// The UDP socket could not be bound or set up.
+    #[error("QUIC socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The rustls configuration cannot serve QUIC: its crypto provider lacks the TLS 1.3
+    /// suite QUIC's Initial packets need (`TLS13_AES_128_GCM_SHA256`), or it offers no TLS 1.3.
+    #[error("the TLS configuration cannot serve QUIC: {0}")]
+    Tls(String),
+}
+
+/// A UDP socket on which a [`Server`](crate::Server) serves HTTP/3 (QUIC by quinn, HTTP/3 by
+/// h3), beside its TCP and unix [`Listener`](crate::Listener)s, with the same service and
+/// [`Options`]. Add it with [`Server::quic`](crate::Server::quic).
+///
+/// The TLS configuration is the one of your TCP listeners, as it is: a copy is made for QUIC
+/// with ALPN `h3` only and no 0-RTT (early data); certificates, client authentication and
+/// SNI resolution are the same. QUIC always runs TLS 1.3.
+///
+/// The QUIC transport follows the [`Options`] of the server:
+///
+/// | option | QUIC / HTTP/3 |
+/// |---|---|
+/// | [`http2_timeout`](Options::http2_timeout) | the QUIC idle timeout (any packet counts as activity, PINGs too) |
+/// | [`concurrent_stream_limit`](Options::concurrent_stream_limit) | concurrent request streams (`max_concurrent_bidi_streams`): over it, a client waits |
+/// | [`header_size_limit`](Options::header_size_limit) | `SETTINGS_MAX_FIELD_SECTION_SIZE`; over it, h3 answers 431 |
+/// | [`body_size_limit`](Options::body_size_limit) | as over TCP: 413 for a `Content-Length` over it, [`RequestBody`](crate::RequestBody) fails past it |
+/// | [`tls_setup_timeout`](Options::tls_setup_timeout) | the QUIC handshake's deadline |
+/// | [`connection_limit`](Options::connection_limit), [`connections_per_ip`](Options::connections_per_ip) | shared with TCP: one count for both |
+///
+/// ```no_run
+/// # async fn run(tls: std::sync::Arc<hyper_remote_client::tls::rustls::ServerConfig>) -> Result<(), Box<dyn std::error::Error>> {
+/// use hyper_remote_client::{http3::QuicListener, tls::TlsAcceptor, Listener, Options, Server};
+///
+/// let tcp = tokio::net::TcpListener::bind("0.0.0.0:443").await?;
+/// let server = Server::new(Options::default())
+///     .listener(Listener::tcp(tcp).with_tls(TlsAcceptor::new(tls.clone())))
+///     // HTTP/3 on UDP port 443.
+///     .quic(QuicListener::bind("0.0.0.0:443".parse()?, tls)?);
+/// # Ok(())
+/// # }
+/// ```
+pub struct QuicListener {
+    pub(crate) endpoint: quinn::Endpoint,
+    crypto: Arc<quinn::crypto::rustls::QuicServerConfig>,
+    /// The suite [`TlsInfo`](crate::TlsInfo) reports, when the configuration allows one only.
+    cipher: Option<(String, u16)>,
+    retry: bool,
+}
+
+impl std::fmt::Debug for QuicListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicListener")
+            .field("local_addr", &self.endpoint.local_addr().ok())
+            .field("cipher", &self.cipher)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QuicListener {
+    /// Binds a UDP socket at `address` for HTTP/3 with the rustls configuration `tls` (see
+    /// above). Call it inside a tokio runtime.
+    pub fn bind(
+        address: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<QuicListener, QuicListenerError> {
+        QuicListener::from_socket(std::net::UdpSocket::bind(address)?, tls)
+    }
+
+    /// [`bind`](Self::bind) on a UDP socket you bound yourself.
+    pub fn from_socket(
+        socket: std::net::UdpSocket,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<QuicListener, QuicListenerError> {
+        let cipher = only_suite(&tls);
+        let mut tls = (*tls).clone();
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        // QUIC allows 0 or u32::MAX; 0-RTT requests could be replayed.
+        tls.max_early_data_size = 0;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|error| QuicListenerError::Tls(error.to_string()))?;
+        // No server configuration until the server serves: the options are not known yet, and
+        // a handshake must not start before there is an accept loop.
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        Ok(QuicListener {
+            endpoint,
+            crypto: Arc::new(crypto),
+            cipher,
+            retry: false,
+        })
+    }
+
+    /// Address validation against spoofed source addresses (an Initial flood that names a
+    /// victim, or that fills the per-IP counts of someone else's address): each new client is
+    /// first sent a QUIC Retry, and is admitted (and counted under its IP) only once it comes
+    /// back with the token, from the address it claims. Costs one round trip per connection.
+    /// Off by default.
+    pub fn with_retry(mut self, retry: bool) -> QuicListener {
+        self.retry = retry;
+        self
+    }
+
+    /// Whether address validation (Retry) is on.
+    pub fn retry(&self) -> bool {
+        self.retry
+    }
+
+    /// The address the UDP socket is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The cipher suite reported for every connection, if the configuration allows one only.
+    pub(crate) fn cipher(&self) -> Option<(&str, u16)> {
+        self.cipher.as_ref().map(|(name, bits)| (name.as_str(), *bits))
+    }
+
+    /// The quinn server configuration under `options`.
+    pub(crate) fn server_config(&self, options: &Options) -> quinn::ServerConfig {
+        let mut transport = quinn::TransportConfig::default();
+        let idle = options
+            .http2_timeout()
+            .and_then(|timeout| quinn::IdleTimeout::try_from(timeout).ok());
+        transport
+            .max_idle_timeout(idle)
+            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(options.concurrent_stream_limit()))
+            // The peer's control and QPACK streams, and some room for grease.
+            .max_concurrent_uni_streams(quinn::VarInt::from_u32(8));
+        let mut config = quinn::ServerConfig::with_crypto(self.crypto.clone());
+        config.transport_config(Arc::new(transport));
+        config
+    }
+}
+
+/// The one TLS 1.3 suite `tls` allows, with its key size; `None` if it allows several.
+fn only_suite(tls: &rustls::ServerConfig) -> Option<(String, u16)> {
+    let mut suites = tls
+        .crypto_provider()
+        .cipher_suites
+        .iter()
+        .filter(|suite| suite.tls13().is_some());
+    let suite = suites.next()?;
+    if suites.next().is_some() {
+        return None;
+    }
+    let name = suite.suite().as_str()?.to_owned();
+    let bits = crate::tls::cipher_bits(&name);
+    Some((name, bits))
+}
