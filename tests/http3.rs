@@ -1,1 +1,653 @@
-//! HTTP/3 tests (feature `http3`).
+//! HTTP/3 (feature `http3`): a real quinn + h3 client over UDP on 127.0.0.1 against a `Server`
+//! with a `QuicListener`: the `ClientInfo` of its requests, bodies and limits, pending counts,
+//! close from a handler and by id, admission shared with TCP, graceful shutdown.
+#![cfg(feature = "http3")]
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use common::{eventually, within};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_remote_client::http3::{PeerAddress, QuicListener};
+use hyper_remote_client::tls::rustls::{self, pki_types};
+use hyper_remote_client::{ClientInfo, Options, RequestBody, Server, ServerHandle, Status};
+use tokio::sync::{mpsc, Mutex};
+
+/// A self-signed certificate for `localhost`.
+struct Cert {
+    der: pki_types::CertificateDer<'static>,
+    key: pki_types::PrivateKeyDer<'static>,
+}
+
+fn cert() -> Cert {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    Cert {
+        der: certified.cert.der().clone(),
+        key: pki_types::PrivateKeyDer::Pkcs8(pki_types::PrivatePkcs8KeyDer::from(
+            certified.key_pair.serialize_der(),
+        )),
+    }
+}
+
+/// The HTTP/3 configuration of the crate (one TLS 1.3 suite: the cipher is known).
+fn quic_config(cert: &Cert) -> Arc<rustls::ServerConfig> {
+    Arc::new(
+        hyper_remote_client::http3::server_config(
+            vec![cert.der.clone()],
+            cert.key.clone_key(),
+            hyper_remote_client::tls::ClientAuth::None,
+        )
+        .unwrap(),
+    )
+}
+
+/// A running server with one QUIC listener (and, if asked, one TCP listener).
+struct Running {
+    handle: ServerHandle,
+    udp: SocketAddr,
+    tcp: Option<SocketAddr>,
+    cert: Cert,
+    served: tokio::task::JoinHandle<()>,
+}
+
+async fn start<S, B>(options: Options, with_tcp: bool, service: S) -> Running
+where
+    S: hyper_remote_client::layer::Handler<B>,
+    B: hyper_remote_client::layer::HandlerBody,
+{
+    let cert = cert();
+    let quic = QuicListener::bind("127.0.0.1:0".parse().unwrap(), quic_config(&cert)).unwrap();
+    let udp = quic.local_addr().unwrap();
+    let mut server = Server::new(options).quic(quic);
+    let mut tcp = None;
+    if with_tcp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        tcp = Some(listener.local_addr().unwrap());
+        server = server.listener(listener);
+    }
+    let handle = server.handle();
+    let served = tokio::spawn(server.serve(service));
+    within("listening", handle.listening()).await;
+    Running {
+        handle,
+        udp,
+        tcp,
+        cert,
+        served,
+    }
+}
+
+/// An HTTP/3 client: one QUIC connection, and the h3 driver polled on a task.
+struct H3Client {
+    /// Kept with its connection.
+    _endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    driver: tokio::task::JoinHandle<h3::error::ConnectionError>,
+    authority: String,
+}
+
+async fn try_connect(
+    addr: SocketAddr,
+    cert: &Cert,
+) -> Result<(quinn::Endpoint, quinn::Connection), quinn::ConnectionError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone()).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    )));
+    let connecting = endpoint.connect(addr, "localhost").unwrap();
+    Ok((endpoint, within("QUIC handshake", connecting).await?))
+}
+
+async fn connect(addr: SocketAddr, cert: &Cert) -> H3Client {
+    let (endpoint, connection) = try_connect(addr, cert).await.expect("QUIC connection");
+    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(connection.clone()))
+        .await
+        .unwrap();
+    let driver = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    H3Client {
+        _endpoint: endpoint,
+        connection,
+        send,
+        driver,
+        authority: format!("localhost:{}", addr.port()),
+    }
+}
+
+/// A response as the client got it.
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl H3Client {
+    fn request(&self, method: &str, path: &str) -> http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(format!("https://{}{path}", self.authority))
+    }
+
+    /// Sends `req` with `body` (none if empty), reads the whole answer.
+    async fn send(&mut self, req: Request<()>, body: &[u8]) -> Result<Answer, h3::error::StreamError> {
+        let mut stream = self.send.send_request(req).await?;
+        if !body.is_empty() {
+            stream.send_data(Bytes::copy_from_slice(body)).await?;
+        }
+        stream.finish().await?;
+        let response = stream.recv_response().await?;
+        let mut bytes = Vec::new();
+        while let Some(mut chunk) = stream.recv_data().await? {
+            while chunk.has_remaining() {
+                let part = chunk.chunk();
+                bytes.extend_from_slice(part);
+                let n = part.len();
+                chunk.advance(n);
+            }
+        }
+        Ok(Answer {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body: Bytes::from(bytes),
+        })
+    }
+
+    async fn get(&mut self, path: &str) -> Answer {
+        let req = self.request("GET", path).body(()).unwrap();
+        within(path, self.send(req, b"")).await.expect("GET")
+    }
+
+    /// The QUIC connection's end, as the client sees it.
+    async fn closed(&self) -> quinn::ConnectionError {
+        within("QUIC connection closed", self.connection.closed()).await
+    }
+}
+
+fn text(body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::new(Full::new(body.into()))
+}
+
+fn client_of<B>(req: &Request<B>) -> ClientInfo {
+    req.extensions()
+        .get::<ClientInfo>()
+        .expect("ClientInfo in every request")
+        .clone()
+}
+
+#[tokio::test]
+async fn get_sees_the_quic_client_info() {
+    let server = start(Options::default(), false, tower::service_fn(|req: Request<RequestBody>| async move {
+        let client = client_of(&req);
+        let tls = client.tls().expect("TLS details");
+        let peer = req.extensions().get::<PeerAddress>().expect("PeerAddress");
+        let response = Response::builder()
+            // Connection-specific fields are not HTTP/3's: dropped.
+            .header("connection", "keep-alive, x-hop")
+            .header("keep-alive", "timeout=5")
+            .header("x-hop", "1")
+            .header("x-kept", "1");
+        Ok::<_, Infallible>(response.body(Full::new(Bytes::from(format!(
+            "version={:?}\nclient_version={:?}\nremote={}\npeer={}\nlocal={}\nencrypted={}\nunix={}\nprotocol={}\ncipher={} {}\nalpn={}\nsni={}\ncerts={}\n",
+            req.version(),
+            client.http_version(),
+            client.remote_address(),
+            peer.0,
+            client.local_address(),
+            client.is_encrypted(),
+            client.is_unix(),
+            tls.protocol(),
+            tls.cipher_name(),
+            tls.cipher_bits(),
+            String::from_utf8_lossy(tls.alpn_protocol().unwrap_or_default()),
+            tls.server_name().unwrap_or("-"),
+            tls.peer_certificates().len(),
+        )))).unwrap())
+    }))
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    let answer = client.get("/").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.headers.get("x-kept").unwrap(), "1");
+    for hop in ["connection", "keep-alive", "x-hop"] {
+        assert!(answer.headers.get(hop).is_none(), "{hop}: {:?}", answer.headers);
+    }
+    let text = answer.text();
+    let local_port = server.udp.port();
+    for expected in [
+        "version=HTTP/3.0\n".to_string(),
+        "client_version=Some(HTTP/3.0)\n".to_string(),
+        format!("local=127.0.0.1:{local_port}\n"),
+        "encrypted=true\n".to_string(),
+        "unix=false\n".to_string(),
+        "protocol=TLSv1.3\n".to_string(),
+        "cipher=TLS13_AES_128_GCM_SHA256 128\n".to_string(),
+        "alpn=h3\n".to_string(),
+        "sni=localhost\n".to_string(),
+        "certs=0\n".to_string(),
+    ] {
+        assert!(text.contains(&expected), "{expected:?} not in:\n{text}");
+    }
+    // The remote address is the client's UDP socket.
+    let socket = client_socket(&server.handle).await;
+    assert!(text.contains(&format!("remote={socket}\n")), "{text}");
+    assert!(text.contains(&format!("peer={socket}\n")), "{text}");
+    assert_eq!(socket.ip(), std::net::Ipv4Addr::LOCALHOST);
+}
+
+/// The remote address of the one client the server has.
+async fn client_socket(handle: &ServerHandle) -> SocketAddr {
+    let clients = handle.clients();
+    assert_eq!(clients.len(), 1, "{clients:?}");
+    match clients[0].remote_address() {
+        hyper_remote_client::Address::Inet(addr) => *addr,
+        other => panic!("not an IP client: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_remote_port_is_the_client_sockets() {
+    let server = start(Options::default(), false, tower::service_fn(|req: Request<RequestBody>| async move {
+        Ok::<_, Infallible>(text(format!("{:?}", client_of(&req).remote_port())))
+    }))
+    .await;
+    // A client socket of our own, so its port is known.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(server.cert.der.clone()).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    )));
+    let connection = within("handshake", endpoint.connect(server.udp, "localhost").unwrap())
+        .await
+        .unwrap();
+    let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(connection))
+        .await
+        .unwrap();
+    let _drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    let req = Request::get(format!("https://localhost:{}/", server.udp.port()))
+        .body(())
+        .unwrap();
+    let mut stream = send.send_request(req).await.unwrap();
+    stream.finish().await.unwrap();
+    let response = within("response", stream.recv_response()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.recv_data().await.unwrap() {
+        body.extend_from_slice(chunk.chunk());
+    }
+    assert_eq!(String::from_utf8(body).unwrap(), format!("Some({port})"));
+}
+
+#[tokio::test]
+async fn post_with_a_body_reaches_the_handler() {
+    let server = start(Options::default(), false, tower::service_fn(|req: Request<RequestBody>| async move {
+        let (parts, body) = req.into_parts();
+        let bytes = body.collect().await.expect("body").to_bytes();
+        Ok::<_, Infallible>(text(format!("{} {} bytes: {}", parts.method, bytes.len(), String::from_utf8_lossy(&bytes))))
+    }))
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    let req = client
+        .request("POST", "/echo")
+        .header("content-length", "11")
+        .body(())
+        .unwrap();
+    let answer = within("POST", client.send(req, b"hello world")).await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.text(), "POST 11 bytes: hello world");
+    // Without a length too.
+    let req = client.request("PUT", "/echo").body(()).unwrap();
+    let answer = within("PUT", client.send(req, b"abc")).await.unwrap();
+    assert_eq!(answer.text(), "PUT 3 bytes: abc");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_gets_413() {
+    let options = Options::default().with_body_size_limit(16);
+    let server = start(options, false, tower::service_fn(|req: Request<RequestBody>| async move {
+        match req.into_body().collect().await {
+            Ok(bytes) => Ok::<_, Infallible>(text(format!("read {}", bytes.to_bytes().len()))),
+            Err(error) => {
+                let over = error
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some();
+                let mut response = text(format!("limit error: {over}"));
+                *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                Ok(response)
+            }
+        }
+    }))
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    // Announced: the screening answers, the handler never runs.
+    let req = client
+        .request("POST", "/")
+        .header("content-length", "100")
+        .body(())
+        .unwrap();
+    let answer = within("announced", client.send(req, &[b'x'; 100])).await.unwrap();
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer.body, Bytes::new());
+    // Not announced: the body fails past the limit, in the handler.
+    let req = client.request("POST", "/").body(()).unwrap();
+    let answer = within("streamed", client.send(req, &[b'x'; 100])).await.unwrap();
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer.text(), "limit error: true");
+    // Under the limit: read.
+    let req = client.request("POST", "/").body(()).unwrap();
+    let answer = within("small", client.send(req, b"0123456789")).await.unwrap();
+    assert_eq!(answer.text(), "read 10");
+}
+
+/// A handler that tells the test it runs (with its client), then waits to be let go.
+#[derive(Clone)]
+struct Gate {
+    entered: mpsc::UnboundedSender<ClientInfo>,
+    release: Arc<Mutex<mpsc::UnboundedReceiver<()>>>,
+}
+
+fn gate() -> (Gate, mpsc::UnboundedReceiver<ClientInfo>, mpsc::UnboundedSender<()>) {
+    let (entered, entered_rx) = mpsc::unbounded_channel();
+    let (release_tx, release) = mpsc::unbounded_channel();
+    (
+        Gate {
+            entered,
+            release: Arc::new(Mutex::new(release)),
+        },
+        entered_rx,
+        release_tx,
+    )
+}
+
+impl Gate {
+    async fn pass(&self, client: ClientInfo) {
+        let _ = self.entered.send(client);
+        let _ = self.release.lock().await.recv().await;
+    }
+}
+
+#[tokio::test]
+async fn pending_counts_while_a_handler_waits() {
+    let (gate, mut entered, release) = gate();
+    let server = start(Options::default(), false, tower::service_fn(move |req: Request<RequestBody>| {
+        let gate = gate.clone();
+        async move {
+            let client = client_of(&req);
+            let mut body = req.into_body();
+            // The first chunk of the body (if any), then wait.
+            let first = body.frame().await;
+            gate.pass(client).await;
+            let mut n = first
+                .and_then(|frame| frame.ok())
+                .and_then(|frame| frame.into_data().ok())
+                .map_or(0, |data| data.len());
+            while let Some(frame) = body.frame().await {
+                n += frame.ok().and_then(|f| f.into_data().ok()).map_or(0, |d| d.len());
+            }
+            Ok::<_, Infallible>(text(format!("{n}")))
+        }
+    }))
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+
+    // A GET: its response is pending, no body is.
+    let req = client.request("GET", "/").body(()).unwrap();
+    let mut stream = client.send.send_request(req).await.unwrap();
+    stream.finish().await.unwrap();
+    let info = within("handler entered", entered.recv()).await.unwrap();
+    assert_eq!(info.pending_responses(), 1);
+    assert_eq!(info.pending_requests(), 0);
+    assert!(info.is_waiting_on_response());
+    release.send(()).unwrap();
+    let response = within("response", stream.recv_response()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    while within("body", stream.recv_data()).await.unwrap().is_some() {}
+    eventually("response done", || info.pending_responses() == 0).await;
+
+    // A POST whose body is still coming: its body is pending too.
+    let req = client.request("POST", "/").body(()).unwrap();
+    let mut stream = client.send.send_request(req).await.unwrap();
+    stream.send_data(Bytes::from_static(b"first")).await.unwrap();
+    let info = within("handler entered", entered.recv()).await.unwrap();
+    assert_eq!(info.pending_responses(), 1);
+    assert_eq!(info.pending_requests(), 1);
+    assert!(!info.is_waiting_on_response());
+    release.send(()).unwrap();
+    stream.send_data(Bytes::from_static(b"second")).await.unwrap();
+    stream.finish().await.unwrap();
+    let response = within("response", stream.recv_response()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = Vec::new();
+    while let Some(chunk) = within("body", stream.recv_data()).await.unwrap() {
+        body.extend_from_slice(chunk.chunk());
+    }
+    assert_eq!(body, b"11");
+    eventually("all done", || {
+        info.pending_responses() == 0 && info.pending_requests() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn close_from_a_handler_ends_the_connection() {
+    let fired = Arc::new(AtomicUsize::new(0));
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let counter = fired.clone();
+    let server = start(Options::default(), false, tower::service_fn(move |req: Request<RequestBody>| {
+        let counter = counter.clone();
+        let seen_tx = seen_tx.clone();
+        async move {
+            let client = client_of(&req);
+            if req.uri().path() == "/close" {
+                client.on_close(move |_| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                });
+                let _ = seen_tx.send(client.clone());
+                client.close();
+                // A second close changes nothing.
+                client.close();
+                assert_eq!(client.status(), Status::CLOSED_RDWR);
+                // Never answered: the connection is gone.
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, Infallible>(text("open"))
+        }
+    }))
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    assert_eq!(client.get("/").await.text(), "open");
+    let req = client.request("GET", "/close").body(()).unwrap();
+    let result = within("closing request", client.send(req, b"")).await;
+    assert!(result.is_err(), "{result:?}");
+    match client.closed().await {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, quinn::VarInt::from_u32(0x100));
+        }
+        other => panic!("not closed by the server: {other:?}"),
+    }
+    let info = within("the handler's client", seen.recv()).await.unwrap();
+    within("closed()", info.closed()).await;
+    assert_eq!(fired.load(Ordering::SeqCst), 1);
+    assert!(info.is_closed());
+    eventually("unregistered", || server.handle.clients().is_empty()).await;
+    assert_eq!(server.handle.stats().closed, 1);
+    assert_eq!(server.handle.connection_count(), 0);
+}
+
+#[tokio::test]
+async fn the_registry_lists_http3_clients_and_closes_them_by_id() {
+    let server = start(Options::default(), false, tower::service_fn(|_req: Request<RequestBody>| async move {
+        Ok::<_, Infallible>(text("hi"))
+    }))
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    assert_eq!(client.get("/").await.text(), "hi");
+    let clients = server.handle.clients();
+    assert_eq!(clients.len(), 1);
+    let info = &clients[0];
+    assert_eq!(info.http_version(), Some(http::Version::HTTP_3));
+    assert!(info.is_encrypted());
+    assert_eq!(info.status(), Status::OPEN);
+    assert!(info.bytes_read() > 0 && info.bytes_written() > 0, "{info:?}");
+    assert!(server.handle.close(info.id()));
+    match client.closed().await {
+        quinn::ConnectionError::ApplicationClosed(_) => {}
+        other => panic!("not closed by the server: {other:?}"),
+    }
+    within("closed()", info.closed()).await;
+    assert!(server.handle.clients().is_empty());
+    assert!(!server.handle.close(info.id()));
+}
+
+#[tokio::test]
+async fn a_handler_panic_or_error_fails_that_request_only() {
+    let server = start(Options::default(), false, tower::service_fn(|req: Request<RequestBody>| async move {
+        match req.uri().path() {
+            "/panic" => panic!("handler panicked on purpose"),
+            "/error" => Err(std::io::Error::other("handler failed on purpose")),
+            "/body-error" => {
+                // Head sent, then the body fails: the stream must be reset, not finished.
+                let body = http_body_util::StreamBody::new(futures_util::stream::iter(vec![
+                    Ok(http_body::Frame::data(Bytes::from_static(b"partial"))),
+                    Err(std::io::Error::other("body failed")),
+                ]));
+                Ok(Response::new(http_body_util::Either::Right(body)))
+            }
+            _ => Ok(Response::new(http_body_util::Either::Left(Full::new(Bytes::from_static(b"fine"))))),
+        }
+    }))
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    for path in ["/panic", "/error", "/body-error"] {
+        let req = client.request("GET", path).body(()).unwrap();
+        let result = within(path, client.send(req, b"")).await;
+        assert!(result.is_err(), "{path}: answered as if whole: {result:?}");
+        // The connection goes on.
+        assert_eq!(client.get("/").await.text(), "fine", "after {path}");
+    }
+    assert_eq!(server.handle.clients().len(), 1);
+}
+
+#[tokio::test]
+async fn the_connection_limit_is_shared_with_tcp() {
+    let options = Options::default().with_connection_limit(1);
+    let server = start(options, true, tower::service_fn(|_req: Request<RequestBody>| async move {
+        Ok::<_, Infallible>(text("hi"))
+    }))
+    .await;
+    // A TCP connection takes the one slot: QUIC is refused.
+    let tcp = tokio::net::TcpStream::connect(server.tcp.unwrap()).await.unwrap();
+    eventually("TCP admitted", || server.handle.connection_count() == 1).await;
+    let refused = try_connect(server.udp, &server.cert).await;
+    match refused {
+        Err(quinn::ConnectionError::ConnectionClosed(close)) => {
+            assert_eq!(close.error_code, quinn::TransportErrorCode::CONNECTION_REFUSED);
+        }
+        other => panic!("QUIC not refused: {other:?}"),
+    }
+    assert_eq!(server.handle.stats().rejected_connection_limit, 1);
+    drop(tcp);
+    eventually("TCP slot given back", || server.handle.connection_count() == 0).await;
+
+    // And the other way: a QUIC connection takes it, TCP is closed at once.
+    let mut client = connect(server.udp, &server.cert).await;
+    assert_eq!(client.get("/").await.text(), "hi");
+    let mut tcp = tokio::net::TcpStream::connect(server.tcp.unwrap()).await.unwrap();
+    let mut buf = [0u8; 16];
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let read = within("TCP refused", tcp.read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_eq!(server.handle.stats().rejected_connection_limit, 2);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_an_in_flight_request_finish() {
+    let (gate, mut entered, release) = gate();
+    let server = start(Options::default(), false, tower::service_fn(move |req: Request<RequestBody>| {
+        let gate = gate.clone();
+        async move {
+            if req.uri().path() == "/slow" {
+                gate.pass(client_of(&req)).await;
+                return Ok::<_, Infallible>(text("finished"));
+            }
+            Ok(text("quick"))
+        }
+    }))
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    let req = client.request("GET", "/slow").body(()).unwrap();
+    let mut stream = client.send.send_request(req).await.unwrap();
+    stream.finish().await.unwrap();
+    let info = within("handler entered", entered.recv()).await.unwrap();
+    server.handle.graceful_shutdown(Some(Duration::from_secs(10)));
+    // Once the GOAWAY is in effect, new requests are refused (by the server, or by the client
+    // that saw it); until then they are answered.
+    within("GOAWAY", async {
+        loop {
+            let req = client.request("GET", "/probe").body(()).unwrap();
+            if client.send(req, b"").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(!info.is_closed());
+    release.send(()).unwrap();
+    let response = within("response", stream.recv_response()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = Vec::new();
+    while let Some(chunk) = within("body", stream.recv_data()).await.unwrap() {
+        body.extend_from_slice(chunk.chunk());
+    }
+    assert_eq!(body, b"finished");
+    drop(stream);
+    // The client closes once it has its answer (its last SendRequest dropped); the server
+    // then returns.
+    drop(client.send);
+    within("server returned", server.served).await.unwrap();
+    within("closed()", info.closed()).await;
+    assert!(info.is_closed());
+    let _ = within("client driver", client.driver).await;
+}
