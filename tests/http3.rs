@@ -62,8 +62,23 @@ where
     S: hyper_remote_client::layer::Handler<B>,
     B: hyper_remote_client::layer::HandlerBody,
 {
+    start_with(options, with_tcp, |quic| quic, service).await
+}
+
+/// [`start`], with the QUIC listener set up by `setup`.
+async fn start_with<S, B>(
+    options: Options,
+    with_tcp: bool,
+    setup: impl FnOnce(QuicListener) -> QuicListener,
+    service: S,
+) -> Running
+where
+    S: hyper_remote_client::layer::Handler<B>,
+    B: hyper_remote_client::layer::HandlerBody,
+{
     let cert = cert();
     let quic = QuicListener::bind("127.0.0.1:0".parse().unwrap(), quic_config(&cert)).unwrap();
+    let quic = setup(quic);
     let udp = quic.local_addr().unwrap();
     let mut server = Server::new(options).quic(quic);
     let mut tcp = None;
@@ -650,4 +665,106 @@ async fn graceful_shutdown_lets_an_in_flight_request_finish() {
     within("closed()", info.closed()).await;
     assert!(info.is_closed());
     let _ = within("client driver", client.driver).await;
+}
+
+fn hello() -> impl hyper_remote_client::layer::Handler<Full<Bytes>> {
+    tower::service_fn(|req: Request<RequestBody>| async move {
+        Ok::<_, Infallible>(text(format!("hello {}", client_of(&req).id())))
+    })
+}
+
+#[tokio::test]
+async fn a_header_section_over_the_limit_gets_431() {
+    let options = Options::default().with_header_size_limit(1024);
+    let server = start(options, false, hello()).await;
+    let mut client = connect(server.udp, &server.cert).await;
+    let req = client
+        .request("GET", "/")
+        .header("x-big", "y".repeat(4096))
+        .body(())
+        .unwrap();
+    let answer = within("big head", client.send(req, b"")).await.unwrap();
+    assert_eq!(answer.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // The connection goes on.
+    assert!(client.get("/").await.text().starts_with("hello"));
+}
+
+#[tokio::test]
+async fn the_per_ip_limit_applies_to_quic() {
+    let options = Options::default()
+        .with_connections_per_ip(1)
+        .with_per_ip_limit_on_loopback(true);
+    let server = start(options, false, hello()).await;
+    let mut first = connect(server.udp, &server.cert).await;
+    assert!(first.get("/").await.text().starts_with("hello"));
+    match try_connect(server.udp, &server.cert).await {
+        Err(quinn::ConnectionError::ConnectionClosed(close)) => {
+            assert_eq!(close.error_code, quinn::TransportErrorCode::CONNECTION_REFUSED);
+        }
+        other => panic!("second QUIC connection not refused: {other:?}"),
+    }
+    let stats = server.handle.stats();
+    assert_eq!(stats.rejected_per_ip_limit, 1, "{stats:?}");
+    assert_eq!(stats.rejected_connection_limit, 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn retry_validates_addresses_and_serves_as_usual() {
+    let server = start_with(Options::default(), false, |quic| quic.with_retry(true), hello()).await;
+    let mut client = connect(server.udp, &server.cert).await;
+    assert!(client.get("/").await.text().starts_with("hello"));
+    // The Retry round trip is not a connection: one accepted, one client.
+    let stats = server.handle.stats();
+    assert_eq!(stats.accepted, 1, "{stats:?}");
+    assert_eq!(server.handle.clients().len(), 1);
+}
+
+#[tokio::test]
+async fn the_idle_timeout_is_http2_timeout() {
+    let options = Options::default().with_http2_timeout(Duration::from_millis(300));
+    let server = start(options, false, hello()).await;
+    let mut client = connect(server.udp, &server.cert).await;
+    assert!(client.get("/").await.text().starts_with("hello"));
+    let info = server.handle.clients().pop().unwrap();
+    let started = std::time::Instant::now();
+    within("closed by the idle timeout", info.closed()).await;
+    assert!(started.elapsed() >= Duration::from_millis(200), "{:?}", started.elapsed());
+    match client.closed().await {
+        quinn::ConnectionError::TimedOut | quinn::ConnectionError::ApplicationClosed(_) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(server.handle.clients().is_empty());
+}
+
+#[tokio::test]
+async fn a_shutdown_closes_what_remains_at_its_deadline_then_the_endpoint() {
+    let (gate, mut entered, _release) = gate();
+    let options = Options::default().with_shutdown_timeout(Duration::from_millis(300));
+    let server = start(options, false, tower::service_fn(move |req: Request<RequestBody>| {
+        let gate = gate.clone();
+        async move {
+            // Never let go.
+            gate.pass(client_of(&req)).await;
+            std::future::pending::<()>().await;
+            Ok::<_, Infallible>(text("never"))
+        }
+    }))
+    .await;
+    let client = connect(server.udp, &server.cert).await;
+    let req = client.request("GET", "/").body(()).unwrap();
+    let mut send = client.send.clone();
+    let mut stream = send.send_request(req).await.unwrap();
+    stream.finish().await.unwrap();
+    let info = within("handler entered", entered.recv()).await.unwrap();
+    server.handle.graceful_shutdown(Some(Duration::from_millis(300)));
+    within("server returned", server.served).await.unwrap();
+    assert!(info.is_closed());
+    assert!(stream.recv_response().await.is_err());
+    match client.closed().await {
+        quinn::ConnectionError::ApplicationClosed(_) => {}
+        other => panic!("{other:?}"),
+    }
+    // The endpoint is closed: a new connection gets no answer.
+    let late = tokio::time::timeout(Duration::from_millis(500), try_connect(server.udp, &server.cert)).await;
+    assert!(!matches!(late, Ok(Ok(_))), "a new connection was accepted after the shutdown");
 }
