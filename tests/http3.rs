@@ -768,3 +768,87 @@ async fn a_shutdown_closes_what_remains_at_its_deadline_then_the_endpoint() {
     let late = tokio::time::timeout(Duration::from_millis(500), try_connect(server.udp, &server.cert)).await;
     assert!(!matches!(late, Ok(Ok(_))), "a new connection was accepted after the shutdown");
 }
+
+#[tokio::test]
+async fn alt_svc_on_tls_answers_and_the_tcp_tls_config_serves_quic() {
+    use hyper_remote_client::tls::{server_config, ClientAuth, TlsAcceptor};
+    use hyper_util::rt::TokioIo;
+    let cert = cert();
+    // The TCP listeners' configuration as it is (ALPN h2 and http/1.1, TLS 1.2 and 1.3).
+    let config = Arc::new(
+        server_config(vec![cert.der.clone()], cert.key.clone_key(), ClientAuth::None).unwrap(),
+    );
+    let quic = QuicListener::bind("127.0.0.1:0".parse().unwrap(), config.clone()).unwrap();
+    let udp = quic.local_addr().unwrap();
+    let alt_svc = quic.alt_svc().unwrap();
+    assert_eq!(alt_svc, format!("h3=\":{}\"; ma=86400", udp.port()).as_str());
+    let tls_tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls_addr = tls_tcp.local_addr().unwrap();
+    let plain_tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain_addr = plain_tcp.local_addr().unwrap();
+    let server = Server::new(Options::default().with_alt_svc(alt_svc.clone()))
+        .quic(quic)
+        .listener(hyper_remote_client::Listener::tcp(tls_tcp).with_tls(TlsAcceptor::new(config)))
+        .listener(plain_tcp);
+    let handle = server.handle();
+    let _served = tokio::spawn(server.serve(tower::service_fn(|req: Request<RequestBody>| async move {
+        let client = client_of(&req);
+        let tls = client.tls().map(|tls| {
+            format!(
+                "{} {} {:?}",
+                tls.protocol(),
+                tls.cipher_name(),
+                tls.alpn_protocol().map(String::from_utf8_lossy)
+            )
+        });
+        Ok::<_, Infallible>(text(format!("{:?} {tls:?}", req.version())))
+    })));
+    let listening = within("listening", handle.listening()).await;
+    assert!(listening.contains(&hyper_remote_client::Address::Inet(udp)), "{listening:?}");
+
+    // HTTP/3 with that configuration: ALPN h3; the cipher is not known (several suites).
+    let mut h3 = connect(udp, &cert).await;
+    let answer = h3.get("/").await;
+    assert_eq!(answer.text(), "HTTP/3.0 Some(\"TLSv1.3  Some(\\\"h3\\\")\")");
+    assert!(answer.headers.get("alt-svc").is_none(), "{:?}", answer.headers);
+
+    // HTTPS over TCP: advertised.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone()).unwrap();
+    let mut client_tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    client_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(client_tls))
+        .connect(pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let response = within(
+        "HTTPS",
+        sender.send_request(common::h1_req("GET", "/", Bytes::new())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.headers().get("alt-svc"), Some(&alt_svc));
+    let body = common::body_of(response).await;
+    assert!(body.starts_with(b"HTTP/1.1 Some(\"TLSv1.3 TLS13_"), "{body:?}");
+
+    // Plain HTTP: not advertised.
+    let mut plain = common::h1_client(plain_addr).await;
+    let response = within(
+        "HTTP",
+        plain.sender.send_request(common::h1_req("GET", "/", Bytes::new())),
+    )
+    .await
+    .unwrap();
+    assert!(response.headers().get("alt-svc").is_none());
+}

@@ -125,6 +125,15 @@ impl QuicListener {
         self.endpoint.local_addr()
     }
 
+    /// The `Alt-Svc` value that advertises this listener to the clients of the TLS listeners
+    /// on the same host: `h3=":PORT"; ma=86400`. Give it to
+    /// [`Options::with_alt_svc`](crate::Options::with_alt_svc).
+    pub fn alt_svc(&self) -> std::io::Result<http::HeaderValue> {
+        let port = self.local_addr()?.port();
+        http::HeaderValue::try_from(format!("h3=\":{port}\"; ma=86400"))
+            .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))
+    }
+
     /// The cipher suite reported for every connection, if the configuration allows one only.
     pub(crate) fn cipher(&self) -> Option<(&str, u16)> {
         self.cipher.as_ref().map(|(name, bits)| (name.as_str(), *bits))
