@@ -852,3 +852,90 @@ async fn alt_svc_on_tls_answers_and_the_tcp_tls_config_serves_quic() {
     .unwrap();
     assert!(response.headers().get("alt-svc").is_none());
 }
+
+/// The inspector (examples/serve.rs), built with `http3`: `--https ADDR` also serves HTTP/3 on
+/// UDP at the same address, and `GET /` tells HTTP/3.0 and the QUIC details.
+#[tokio::test]
+async fn the_inspector_serves_http3_beside_https() {
+    use rustls::pki_types::pem::PemObject;
+    let inspector = common::example::Example::start("serve", &["--https", "127.0.0.1:0"]).await;
+    let https: SocketAddr = inspector
+        .first_line
+        .strip_prefix("listening on https://")
+        .unwrap_or_else(|| panic!("first line: {:?}", inspector.first_line))
+        .trim()
+        .parse()
+        .unwrap();
+    let mut udp = None;
+    let ca = loop {
+        let line = within("inspector lines", inspector.next_line()).await;
+        assert!(!line.is_empty(), "the inspector stopped printing before its CA line");
+        if let Some(addr) = line.strip_prefix("HTTP/3 on udp://") {
+            udp = Some(addr.trim().parse::<SocketAddr>().unwrap());
+        }
+        if let Some((_, path)) = line.split_once("its CA: ") {
+            break std::path::PathBuf::from(path.trim());
+        }
+    };
+    let udp = udp.expect("an `HTTP/3 on udp://` line before the CA line");
+    assert_eq!(udp, https, "HTTP/3 at the HTTPS address");
+    let ca = Cert {
+        der: pki_types::CertificateDer::from_pem_file(&ca).unwrap(),
+        // Not used: the client only trusts the CA.
+        key: cert().key,
+    };
+    let mut client = connect(udp, &ca).await;
+    let answer = client.get("/").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let json: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(json["http_version"], "HTTP/3.0", "{json}");
+    assert_eq!(json["is_encrypted"], true, "{json}");
+    assert_eq!(json["crypto"]["protocol"], "TLSv1.3", "{json}");
+    assert_eq!(json["crypto"]["alpn_protocol"], "h3", "{json}");
+    assert_eq!(json["crypto"]["server_name"], "localhost", "{json}");
+    assert_eq!(json["quic"]["peer_port"], json["remote_port"], "{json}");
+    assert_eq!(json["local_port"], udp.port(), "{json}");
+}
+
+/// Another HTTP/3 stack than quinn + h3: aioquic's, with tests/aioquic/h3get.py. Runs where
+/// Python has aioquic (`H3_PYTHON` names the interpreter; default `python3`); says so and
+/// passes elsewhere.
+#[tokio::test]
+async fn an_aioquic_client_gets_an_answer() {
+    let python = std::env::var("H3_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let has_aioquic = std::process::Command::new(&python)
+        .args(["-c", "import aioquic"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !has_aioquic {
+        eprintln!("skipped: no aioquic for {python} (pip install aioquic, or set H3_PYTHON)");
+        return;
+    }
+    let server = start(Options::default(), false, tower::service_fn(|req: Request<RequestBody>| async move {
+        let client = client_of(&req);
+        Ok::<_, Infallible>(text(format!(
+            "{:?} from port {:?} alpn {:?}",
+            req.version(),
+            client.remote_port(),
+            client.tls().and_then(|tls| tls.alpn_protocol()).map(String::from_utf8_lossy),
+        )))
+    }))
+    .await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/aioquic/h3get.py");
+    let output = within(
+        "aioquic",
+        tokio::process::Command::new(&python)
+            .args([script, "127.0.0.1", &server.udp.port().to_string(), "/"])
+            .output(),
+    )
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains(":status: 200"), "{stdout}");
+    assert!(stdout.contains("HTTP/3.0 from port Some("), "{stdout}");
+    assert!(stdout.contains("alpn Some(\"h3\")"), "{stdout}");
+    // The client closed with H3_NO_ERROR: the server lets go of it.
+    eventually("client gone", || server.handle.clients().is_empty()).await;
+    assert_eq!(server.handle.stats().closed, 1);
+}
