@@ -939,3 +939,14 @@ async fn an_aioquic_client_gets_an_answer() {
     eventually("client gone", || server.handle.clients().is_empty()).await;
     assert_eq!(server.handle.stats().closed, 1);
 }
+
+#[tokio::test]
+async fn detach_says_http3_cannot_be_detached() {
+    let server = start(Options::default(), false, tower::service_fn(|mut req: Request<RequestBody>| async move {
+        let error = hyper_remote_client::detach(&mut req).await.err();
+        Ok::<_, Infallible>(text(format!("{error:?}")))
+    }))
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    assert_eq!(client.get("/").await.text(), "Some(Http3)");
+}

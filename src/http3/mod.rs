@@ -51,8 +51,9 @@
 //! - [`bytes_read`](crate::ClientInfo::bytes_read) / [`bytes_written`](crate::ClientInfo::bytes_written):
 //!   UDP payload bytes (QUIC headers and encryption included), updated as requests come and at
 //!   the end.
-//! - Not over HTTP/3: [`detach`](crate::detach) (no HTTP/1 upgrade; extended CONNECT and
-//!   WebTransport are not offered), the HTTP/1 and HTTP/2 clocks (the QUIC idle timeout stands
+//! - Not over HTTP/3: [`detach`](crate::detach) (it returns
+//!   [`DetachError::Http3`](crate::DetachError::Http3): extended CONNECT and WebTransport are not
+//!   offered), the HTTP/1 and HTTP/2 clocks (the QUIC idle timeout stands
 //!   for them), the minimum data rates.
 //!
 //! # The server loop
