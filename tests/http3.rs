@@ -136,7 +136,8 @@ async fn connect(addr: SocketAddr, cert: &Cert) -> H3Client {
     let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(connection.clone()))
         .await
         .unwrap();
-    let driver = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    let driver =
+        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
     H3Client {
         _endpoint: endpoint,
         connection,
@@ -168,7 +169,11 @@ impl H3Client {
     }
 
     /// Sends `req` with `body` (none if empty), reads the whole answer.
-    async fn send(&mut self, req: Request<()>, body: &[u8]) -> Result<Answer, h3::error::StreamError> {
+    async fn send(
+        &mut self,
+        req: Request<()>,
+        body: &[u8],
+    ) -> Result<Answer, h3::error::StreamError> {
         let mut stream = self.send.send_request(req).await?;
         if !body.is_empty() {
             stream.send_data(Bytes::copy_from_slice(body)).await?;
@@ -248,7 +253,11 @@ async fn get_sees_the_quic_client_info() {
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.headers.get("x-kept").unwrap(), "1");
     for hop in ["connection", "keep-alive", "x-hop"] {
-        assert!(answer.headers.get(hop).is_none(), "{hop}: {:?}", answer.headers);
+        assert!(
+            answer.headers.get(hop).is_none(),
+            "{hop}: {:?}",
+            answer.headers
+        );
     }
     let text = answer.text();
     let local_port = server.udp.port();
@@ -285,9 +294,13 @@ async fn client_socket(handle: &ServerHandle) -> SocketAddr {
 
 #[tokio::test]
 async fn the_remote_port_is_the_client_sockets() {
-    let server = start(Options::default(), false, tower::service_fn(|req: Request<RequestBody>| async move {
-        Ok::<_, Infallible>(text(format!("{:?}", client_of(&req).remote_port())))
-    }))
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(|req: Request<RequestBody>| async move {
+            Ok::<_, Infallible>(text(format!("{:?}", client_of(&req).remote_port())))
+        }),
+    )
     .await;
     // A client socket of our own, so its port is known.
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -312,13 +325,17 @@ async fn the_remote_port_is_the_client_sockets() {
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
     )));
-    let connection = within("handshake", endpoint.connect(server.udp, "localhost").unwrap())
-        .await
-        .unwrap();
+    let connection = within(
+        "handshake",
+        endpoint.connect(server.udp, "localhost").unwrap(),
+    )
+    .await
+    .unwrap();
     let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(connection))
         .await
         .unwrap();
-    let _drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    let _drive =
+        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
     let req = Request::get(format!("https://localhost:{}/", server.udp.port()))
         .body(())
         .unwrap();
@@ -335,11 +352,20 @@ async fn the_remote_port_is_the_client_sockets() {
 
 #[tokio::test]
 async fn post_with_a_body_reaches_the_handler() {
-    let server = start(Options::default(), false, tower::service_fn(|req: Request<RequestBody>| async move {
-        let (parts, body) = req.into_parts();
-        let bytes = body.collect().await.expect("body").to_bytes();
-        Ok::<_, Infallible>(text(format!("{} {} bytes: {}", parts.method, bytes.len(), String::from_utf8_lossy(&bytes))))
-    }))
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(|req: Request<RequestBody>| async move {
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect().await.expect("body").to_bytes();
+            Ok::<_, Infallible>(text(format!(
+                "{} {} bytes: {}",
+                parts.method,
+                bytes.len(),
+                String::from_utf8_lossy(&bytes)
+            )))
+        }),
+    )
     .await;
     let mut client = connect(server.udp, &server.cert).await;
     let req = client
@@ -347,7 +373,9 @@ async fn post_with_a_body_reaches_the_handler() {
         .header("content-length", "11")
         .body(())
         .unwrap();
-    let answer = within("POST", client.send(req, b"hello world")).await.unwrap();
+    let answer = within("POST", client.send(req, b"hello world"))
+        .await
+        .unwrap();
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.text(), "POST 11 bytes: hello world");
     // Without a length too.
@@ -359,19 +387,23 @@ async fn post_with_a_body_reaches_the_handler() {
 #[tokio::test]
 async fn a_body_over_the_limit_gets_413() {
     let options = Options::default().with_body_size_limit(16);
-    let server = start(options, false, tower::service_fn(|req: Request<RequestBody>| async move {
-        match req.into_body().collect().await {
-            Ok(bytes) => Ok::<_, Infallible>(text(format!("read {}", bytes.to_bytes().len()))),
-            Err(error) => {
-                let over = error
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some();
-                let mut response = text(format!("limit error: {over}"));
-                *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-                Ok(response)
+    let server = start(
+        options,
+        false,
+        tower::service_fn(|req: Request<RequestBody>| async move {
+            match req.into_body().collect().await {
+                Ok(bytes) => Ok::<_, Infallible>(text(format!("read {}", bytes.to_bytes().len()))),
+                Err(error) => {
+                    let over = error
+                        .downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some();
+                    let mut response = text(format!("limit error: {over}"));
+                    *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                    Ok(response)
+                }
             }
-        }
-    }))
+        }),
+    )
     .await;
     let mut client = connect(server.udp, &server.cert).await;
     // Announced: the screening answers, the handler never runs.
@@ -380,17 +412,23 @@ async fn a_body_over_the_limit_gets_413() {
         .header("content-length", "100")
         .body(())
         .unwrap();
-    let answer = within("announced", client.send(req, &[b'x'; 100])).await.unwrap();
+    let answer = within("announced", client.send(req, &[b'x'; 100]))
+        .await
+        .unwrap();
     assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(answer.body, Bytes::new());
     // Not announced: the body fails past the limit, in the handler.
     let req = client.request("POST", "/").body(()).unwrap();
-    let answer = within("streamed", client.send(req, &[b'x'; 100])).await.unwrap();
+    let answer = within("streamed", client.send(req, &[b'x'; 100]))
+        .await
+        .unwrap();
     assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(answer.text(), "limit error: true");
     // Under the limit: read.
     let req = client.request("POST", "/").body(()).unwrap();
-    let answer = within("small", client.send(req, b"0123456789")).await.unwrap();
+    let answer = within("small", client.send(req, b"0123456789"))
+        .await
+        .unwrap();
     assert_eq!(answer.text(), "read 10");
 }
 
@@ -401,7 +439,11 @@ struct Gate {
     release: Arc<Mutex<mpsc::UnboundedReceiver<()>>>,
 }
 
-fn gate() -> (Gate, mpsc::UnboundedReceiver<ClientInfo>, mpsc::UnboundedSender<()>) {
+fn gate() -> (
+    Gate,
+    mpsc::UnboundedReceiver<ClientInfo>,
+    mpsc::UnboundedSender<()>,
+) {
     let (entered, entered_rx) = mpsc::unbounded_channel();
     let (release_tx, release) = mpsc::unbounded_channel();
     (
@@ -424,24 +466,31 @@ impl Gate {
 #[tokio::test]
 async fn pending_counts_while_a_handler_waits() {
     let (gate, mut entered, release) = gate();
-    let server = start(Options::default(), false, tower::service_fn(move |req: Request<RequestBody>| {
-        let gate = gate.clone();
-        async move {
-            let client = client_of(&req);
-            let mut body = req.into_body();
-            // The first chunk of the body (if any), then wait.
-            let first = body.frame().await;
-            gate.pass(client).await;
-            let mut n = first
-                .and_then(|frame| frame.ok())
-                .and_then(|frame| frame.into_data().ok())
-                .map_or(0, |data| data.len());
-            while let Some(frame) = body.frame().await {
-                n += frame.ok().and_then(|f| f.into_data().ok()).map_or(0, |d| d.len());
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(move |req: Request<RequestBody>| {
+            let gate = gate.clone();
+            async move {
+                let client = client_of(&req);
+                let mut body = req.into_body();
+                // The first chunk of the body (if any), then wait.
+                let first = body.frame().await;
+                gate.pass(client).await;
+                let mut n = first
+                    .and_then(|frame| frame.ok())
+                    .and_then(|frame| frame.into_data().ok())
+                    .map_or(0, |data| data.len());
+                while let Some(frame) = body.frame().await {
+                    n += frame
+                        .ok()
+                        .and_then(|f| f.into_data().ok())
+                        .map_or(0, |d| d.len());
+                }
+                Ok::<_, Infallible>(text(format!("{n}")))
             }
-            Ok::<_, Infallible>(text(format!("{n}")))
-        }
-    }))
+        }),
+    )
     .await;
     let mut client = connect(server.udp, &server.cert).await;
 
@@ -462,13 +511,19 @@ async fn pending_counts_while_a_handler_waits() {
     // A POST whose body is still coming: its body is pending too.
     let req = client.request("POST", "/").body(()).unwrap();
     let mut stream = client.send.send_request(req).await.unwrap();
-    stream.send_data(Bytes::from_static(b"first")).await.unwrap();
+    stream
+        .send_data(Bytes::from_static(b"first"))
+        .await
+        .unwrap();
     let info = within("handler entered", entered.recv()).await.unwrap();
     assert_eq!(info.pending_responses(), 1);
     assert_eq!(info.pending_requests(), 1);
     assert!(!info.is_waiting_on_response());
     release.send(()).unwrap();
-    stream.send_data(Bytes::from_static(b"second")).await.unwrap();
+    stream
+        .send_data(Bytes::from_static(b"second"))
+        .await
+        .unwrap();
     stream.finish().await.unwrap();
     let response = within("response", stream.recv_response()).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -488,26 +543,30 @@ async fn close_from_a_handler_ends_the_connection() {
     let fired = Arc::new(AtomicUsize::new(0));
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let counter = fired.clone();
-    let server = start(Options::default(), false, tower::service_fn(move |req: Request<RequestBody>| {
-        let counter = counter.clone();
-        let seen_tx = seen_tx.clone();
-        async move {
-            let client = client_of(&req);
-            if req.uri().path() == "/close" {
-                client.on_close(move |_| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                });
-                let _ = seen_tx.send(client.clone());
-                client.close();
-                // A second close changes nothing.
-                client.close();
-                assert_eq!(client.status(), Status::CLOSED_RDWR);
-                // Never answered: the connection is gone.
-                std::future::pending::<()>().await;
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(move |req: Request<RequestBody>| {
+            let counter = counter.clone();
+            let seen_tx = seen_tx.clone();
+            async move {
+                let client = client_of(&req);
+                if req.uri().path() == "/close" {
+                    client.on_close(move |_| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    });
+                    let _ = seen_tx.send(client.clone());
+                    client.close();
+                    // A second close changes nothing.
+                    client.close();
+                    assert_eq!(client.status(), Status::CLOSED_RDWR);
+                    // Never answered: the connection is gone.
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, Infallible>(text("open"))
             }
-            Ok::<_, Infallible>(text("open"))
-        }
-    }))
+        }),
+    )
     .await;
     let mut client = connect(server.udp, &server.cert).await;
     assert_eq!(client.get("/").await.text(), "open");
@@ -531,9 +590,13 @@ async fn close_from_a_handler_ends_the_connection() {
 
 #[tokio::test]
 async fn the_registry_lists_http3_clients_and_closes_them_by_id() {
-    let server = start(Options::default(), false, tower::service_fn(|_req: Request<RequestBody>| async move {
-        Ok::<_, Infallible>(text("hi"))
-    }))
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(
+            |_req: Request<RequestBody>| async move { Ok::<_, Infallible>(text("hi")) },
+        ),
+    )
     .await;
     let mut client = connect(server.udp, &server.cert).await;
     assert_eq!(client.get("/").await.text(), "hi");
@@ -543,7 +606,10 @@ async fn the_registry_lists_http3_clients_and_closes_them_by_id() {
     assert_eq!(info.http_version(), Some(http::Version::HTTP_3));
     assert!(info.is_encrypted());
     assert_eq!(info.status(), Status::OPEN);
-    assert!(info.bytes_read() > 0 && info.bytes_written() > 0, "{info:?}");
+    assert!(
+        info.bytes_read() > 0 && info.bytes_written() > 0,
+        "{info:?}"
+    );
     assert!(server.handle.close(info.id()));
     match client.closed().await {
         quinn::ConnectionError::ApplicationClosed(_) => {}
@@ -556,21 +622,27 @@ async fn the_registry_lists_http3_clients_and_closes_them_by_id() {
 
 #[tokio::test]
 async fn a_handler_panic_or_error_fails_that_request_only() {
-    let server = start(Options::default(), false, tower::service_fn(|req: Request<RequestBody>| async move {
-        match req.uri().path() {
-            "/panic" => panic!("handler panicked on purpose"),
-            "/error" => Err(std::io::Error::other("handler failed on purpose")),
-            "/body-error" => {
-                // Head sent, then the body fails: the stream must be reset, not finished.
-                let body = http_body_util::StreamBody::new(futures_util::stream::iter(vec![
-                    Ok(http_body::Frame::data(Bytes::from_static(b"partial"))),
-                    Err(std::io::Error::other("body failed")),
-                ]));
-                Ok(Response::new(http_body_util::Either::Right(body)))
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(|req: Request<RequestBody>| async move {
+            match req.uri().path() {
+                "/panic" => panic!("handler panicked on purpose"),
+                "/error" => Err(std::io::Error::other("handler failed on purpose")),
+                "/body-error" => {
+                    // Head sent, then the body fails: the stream must be reset, not finished.
+                    let body = http_body_util::StreamBody::new(futures_util::stream::iter(vec![
+                        Ok(http_body::Frame::data(Bytes::from_static(b"partial"))),
+                        Err(std::io::Error::other("body failed")),
+                    ]));
+                    Ok(Response::new(http_body_util::Either::Right(body)))
+                }
+                _ => Ok(Response::new(http_body_util::Either::Left(Full::new(
+                    Bytes::from_static(b"fine"),
+                )))),
             }
-            _ => Ok(Response::new(http_body_util::Either::Left(Full::new(Bytes::from_static(b"fine"))))),
-        }
-    }))
+        }),
+    )
     .await;
     let mut client = connect(server.udp, &server.cert).await;
     for path in ["/panic", "/error", "/body-error"] {
@@ -586,28 +658,42 @@ async fn a_handler_panic_or_error_fails_that_request_only() {
 #[tokio::test]
 async fn the_connection_limit_is_shared_with_tcp() {
     let options = Options::default().with_connection_limit(1);
-    let server = start(options, true, tower::service_fn(|_req: Request<RequestBody>| async move {
-        Ok::<_, Infallible>(text("hi"))
-    }))
+    let server = start(
+        options,
+        true,
+        tower::service_fn(
+            |_req: Request<RequestBody>| async move { Ok::<_, Infallible>(text("hi")) },
+        ),
+    )
     .await;
     // A TCP connection takes the one slot: QUIC is refused.
-    let tcp = tokio::net::TcpStream::connect(server.tcp.unwrap()).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(server.tcp.unwrap())
+        .await
+        .unwrap();
     eventually("TCP admitted", || server.handle.connection_count() == 1).await;
     let refused = try_connect(server.udp, &server.cert).await;
     match refused {
         Err(quinn::ConnectionError::ConnectionClosed(close)) => {
-            assert_eq!(close.error_code, quinn::TransportErrorCode::CONNECTION_REFUSED);
+            assert_eq!(
+                close.error_code,
+                quinn::TransportErrorCode::CONNECTION_REFUSED
+            );
         }
         other => panic!("QUIC not refused: {other:?}"),
     }
     assert_eq!(server.handle.stats().rejected_connection_limit, 1);
     drop(tcp);
-    eventually("TCP slot given back", || server.handle.connection_count() == 0).await;
+    eventually("TCP slot given back", || {
+        server.handle.connection_count() == 0
+    })
+    .await;
 
     // And the other way: a QUIC connection takes it, TCP is closed at once.
     let mut client = connect(server.udp, &server.cert).await;
     assert_eq!(client.get("/").await.text(), "hi");
-    let mut tcp = tokio::net::TcpStream::connect(server.tcp.unwrap()).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(server.tcp.unwrap())
+        .await
+        .unwrap();
     let mut buf = [0u8; 16];
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -619,23 +705,29 @@ async fn the_connection_limit_is_shared_with_tcp() {
 #[tokio::test]
 async fn graceful_shutdown_lets_an_in_flight_request_finish() {
     let (gate, mut entered, release) = gate();
-    let server = start(Options::default(), false, tower::service_fn(move |req: Request<RequestBody>| {
-        let gate = gate.clone();
-        async move {
-            if req.uri().path() == "/slow" {
-                gate.pass(client_of(&req)).await;
-                return Ok::<_, Infallible>(text("finished"));
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(move |req: Request<RequestBody>| {
+            let gate = gate.clone();
+            async move {
+                if req.uri().path() == "/slow" {
+                    gate.pass(client_of(&req)).await;
+                    return Ok::<_, Infallible>(text("finished"));
+                }
+                Ok(text("quick"))
             }
-            Ok(text("quick"))
-        }
-    }))
+        }),
+    )
     .await;
     let mut client = connect(server.udp, &server.cert).await;
     let req = client.request("GET", "/slow").body(()).unwrap();
     let mut stream = client.send.send_request(req).await.unwrap();
     stream.finish().await.unwrap();
     let info = within("handler entered", entered.recv()).await.unwrap();
-    server.handle.graceful_shutdown(Some(Duration::from_secs(10)));
+    server
+        .handle
+        .graceful_shutdown(Some(Duration::from_secs(10)));
     // Once the GOAWAY is in effect, new requests are refused (by the server, or by the client
     // that saw it); until then they are answered.
     within("GOAWAY", async {
@@ -699,7 +791,10 @@ async fn the_per_ip_limit_applies_to_quic() {
     assert!(first.get("/").await.text().starts_with("hello"));
     match try_connect(server.udp, &server.cert).await {
         Err(quinn::ConnectionError::ConnectionClosed(close)) => {
-            assert_eq!(close.error_code, quinn::TransportErrorCode::CONNECTION_REFUSED);
+            assert_eq!(
+                close.error_code,
+                quinn::TransportErrorCode::CONNECTION_REFUSED
+            );
         }
         other => panic!("second QUIC connection not refused: {other:?}"),
     }
@@ -710,7 +805,13 @@ async fn the_per_ip_limit_applies_to_quic() {
 
 #[tokio::test]
 async fn retry_validates_addresses_and_serves_as_usual() {
-    let server = start_with(Options::default(), false, |quic| quic.with_retry(true), hello()).await;
+    let server = start_with(
+        Options::default(),
+        false,
+        |quic| quic.with_retry(true),
+        hello(),
+    )
+    .await;
     let mut client = connect(server.udp, &server.cert).await;
     assert!(client.get("/").await.text().starts_with("hello"));
     // The Retry round trip is not a connection: one accepted, one client.
@@ -728,7 +829,11 @@ async fn the_idle_timeout_is_http2_timeout() {
     let info = server.handle.clients().pop().unwrap();
     let started = std::time::Instant::now();
     within("closed by the idle timeout", info.closed()).await;
-    assert!(started.elapsed() >= Duration::from_millis(200), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
     match client.closed().await {
         quinn::ConnectionError::TimedOut | quinn::ConnectionError::ApplicationClosed(_) => {}
         other => panic!("{other:?}"),
@@ -740,15 +845,19 @@ async fn the_idle_timeout_is_http2_timeout() {
 async fn a_shutdown_closes_what_remains_at_its_deadline_then_the_endpoint() {
     let (gate, mut entered, _release) = gate();
     let options = Options::default().with_shutdown_timeout(Duration::from_millis(300));
-    let server = start(options, false, tower::service_fn(move |req: Request<RequestBody>| {
-        let gate = gate.clone();
-        async move {
-            // Never let go.
-            gate.pass(client_of(&req)).await;
-            std::future::pending::<()>().await;
-            Ok::<_, Infallible>(text("never"))
-        }
-    }))
+    let server = start(
+        options,
+        false,
+        tower::service_fn(move |req: Request<RequestBody>| {
+            let gate = gate.clone();
+            async move {
+                // Never let go.
+                gate.pass(client_of(&req)).await;
+                std::future::pending::<()>().await;
+                Ok::<_, Infallible>(text("never"))
+            }
+        }),
+    )
     .await;
     let client = connect(server.udp, &server.cert).await;
     let req = client.request("GET", "/").body(()).unwrap();
@@ -756,7 +865,9 @@ async fn a_shutdown_closes_what_remains_at_its_deadline_then_the_endpoint() {
     let mut stream = send.send_request(req).await.unwrap();
     stream.finish().await.unwrap();
     let info = within("handler entered", entered.recv()).await.unwrap();
-    server.handle.graceful_shutdown(Some(Duration::from_millis(300)));
+    server
+        .handle
+        .graceful_shutdown(Some(Duration::from_millis(300)));
     within("server returned", server.served).await.unwrap();
     assert!(info.is_closed());
     assert!(stream.recv_response().await.is_err());
@@ -765,8 +876,15 @@ async fn a_shutdown_closes_what_remains_at_its_deadline_then_the_endpoint() {
         other => panic!("{other:?}"),
     }
     // The endpoint is closed: a new connection gets no answer.
-    let late = tokio::time::timeout(Duration::from_millis(500), try_connect(server.udp, &server.cert)).await;
-    assert!(!matches!(late, Ok(Ok(_))), "a new connection was accepted after the shutdown");
+    let late = tokio::time::timeout(
+        Duration::from_millis(500),
+        try_connect(server.udp, &server.cert),
+    )
+    .await;
+    assert!(
+        !matches!(late, Ok(Ok(_))),
+        "a new connection was accepted after the shutdown"
+    );
 }
 
 #[tokio::test]
@@ -776,12 +894,20 @@ async fn alt_svc_on_tls_answers_and_the_tcp_tls_config_serves_quic() {
     let cert = cert();
     // The TCP listeners' configuration as it is (ALPN h2 and http/1.1, TLS 1.2 and 1.3).
     let config = Arc::new(
-        server_config(vec![cert.der.clone()], cert.key.clone_key(), ClientAuth::None).unwrap(),
+        server_config(
+            vec![cert.der.clone()],
+            cert.key.clone_key(),
+            ClientAuth::None,
+        )
+        .unwrap(),
     );
     let quic = QuicListener::bind("127.0.0.1:0".parse().unwrap(), config.clone()).unwrap();
     let udp = quic.local_addr().unwrap();
     let alt_svc = quic.alt_svc().unwrap();
-    assert_eq!(alt_svc, format!("h3=\":{}\"; ma=86400", udp.port()).as_str());
+    assert_eq!(
+        alt_svc,
+        format!("h3=\":{}\"; ma=86400", udp.port()).as_str()
+    );
     let tls_tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tls_addr = tls_tcp.local_addr().unwrap();
     let plain_tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -791,26 +917,38 @@ async fn alt_svc_on_tls_answers_and_the_tcp_tls_config_serves_quic() {
         .listener(hyper_remote_client::Listener::tcp(tls_tcp).with_tls(TlsAcceptor::new(config)))
         .listener(plain_tcp);
     let handle = server.handle();
-    let _served = tokio::spawn(server.serve(tower::service_fn(|req: Request<RequestBody>| async move {
-        let client = client_of(&req);
-        let tls = client.tls().map(|tls| {
-            format!(
-                "{} {} {:?}",
-                tls.protocol(),
-                tls.cipher_name(),
-                tls.alpn_protocol().map(String::from_utf8_lossy)
-            )
-        });
-        Ok::<_, Infallible>(text(format!("{:?} {tls:?}", req.version())))
-    })));
+    let _served = tokio::spawn(server.serve(tower::service_fn(
+        |req: Request<RequestBody>| async move {
+            let client = client_of(&req);
+            let tls = client.tls().map(|tls| {
+                format!(
+                    "{} {} {:?}",
+                    tls.protocol(),
+                    tls.cipher_name(),
+                    tls.alpn_protocol().map(String::from_utf8_lossy)
+                )
+            });
+            Ok::<_, Infallible>(text(format!("{:?} {tls:?}", req.version())))
+        },
+    )));
     let listening = within("listening", handle.listening()).await;
-    assert!(listening.contains(&hyper_remote_client::Address::Inet(udp)), "{listening:?}");
+    assert!(
+        listening.contains(&hyper_remote_client::Address::Inet(udp)),
+        "{listening:?}"
+    );
 
     // HTTP/3 with that configuration: ALPN h3; the cipher is not known (several suites).
     let mut h3 = connect(udp, &cert).await;
     let answer = h3.get("/").await;
-    assert_eq!(answer.text(), "HTTP/3.0 Some(\"TLSv1.3  Some(\\\"h3\\\")\")");
-    assert!(answer.headers.get("alt-svc").is_none(), "{:?}", answer.headers);
+    assert_eq!(
+        answer.text(),
+        "HTTP/3.0 Some(\"TLSv1.3  Some(\\\"h3\\\")\")"
+    );
+    assert!(
+        answer.headers.get("alt-svc").is_none(),
+        "{:?}",
+        answer.headers
+    );
 
     // HTTPS over TCP: advertised.
     let mut roots = rustls::RootCertStore::empty();
@@ -840,13 +978,18 @@ async fn alt_svc_on_tls_answers_and_the_tcp_tls_config_serves_quic() {
     .unwrap();
     assert_eq!(response.headers().get("alt-svc"), Some(&alt_svc));
     let body = common::body_of(response).await;
-    assert!(body.starts_with(b"HTTP/1.1 Some(\"TLSv1.3 TLS13_"), "{body:?}");
+    assert!(
+        body.starts_with(b"HTTP/1.1 Some(\"TLSv1.3 TLS13_"),
+        "{body:?}"
+    );
 
     // Plain HTTP: not advertised.
     let mut plain = common::h1_client(plain_addr).await;
     let response = within(
         "HTTP",
-        plain.sender.send_request(common::h1_req("GET", "/", Bytes::new())),
+        plain
+            .sender
+            .send_request(common::h1_req("GET", "/", Bytes::new())),
     )
     .await
     .unwrap();
@@ -869,7 +1012,10 @@ async fn the_inspector_serves_http3_beside_https() {
     let mut udp = None;
     let ca = loop {
         let line = within("inspector lines", inspector.next_line()).await;
-        assert!(!line.is_empty(), "the inspector stopped printing before its CA line");
+        assert!(
+            !line.is_empty(),
+            "the inspector stopped printing before its CA line"
+        );
         if let Some(addr) = line.strip_prefix("HTTP/3 on udp://") {
             udp = Some(addr.trim().parse::<SocketAddr>().unwrap());
         }
@@ -911,15 +1057,22 @@ async fn an_aioquic_client_gets_an_answer() {
         eprintln!("skipped: no aioquic for {python} (pip install aioquic, or set H3_PYTHON)");
         return;
     }
-    let server = start(Options::default(), false, tower::service_fn(|req: Request<RequestBody>| async move {
-        let client = client_of(&req);
-        Ok::<_, Infallible>(text(format!(
-            "{:?} from port {:?} alpn {:?}",
-            req.version(),
-            client.remote_port(),
-            client.tls().and_then(|tls| tls.alpn_protocol()).map(String::from_utf8_lossy),
-        )))
-    }))
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(|req: Request<RequestBody>| async move {
+            let client = client_of(&req);
+            Ok::<_, Infallible>(text(format!(
+                "{:?} from port {:?} alpn {:?}",
+                req.version(),
+                client.remote_port(),
+                client
+                    .tls()
+                    .and_then(|tls| tls.alpn_protocol())
+                    .map(String::from_utf8_lossy),
+            )))
+        }),
+    )
     .await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/aioquic/h3get.py");
     let output = within(
@@ -931,7 +1084,11 @@ async fn an_aioquic_client_gets_an_answer() {
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains(":status: 200"), "{stdout}");
     assert!(stdout.contains("HTTP/3.0 from port Some("), "{stdout}");
     assert!(stdout.contains("alpn Some(\"h3\")"), "{stdout}");
@@ -942,10 +1099,14 @@ async fn an_aioquic_client_gets_an_answer() {
 
 #[tokio::test]
 async fn detach_says_http3_cannot_be_detached() {
-    let server = start(Options::default(), false, tower::service_fn(|mut req: Request<RequestBody>| async move {
-        let error = hyper_remote_client::detach(&mut req).await.err();
-        Ok::<_, Infallible>(text(format!("{error:?}")))
-    }))
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(|mut req: Request<RequestBody>| async move {
+            let error = hyper_remote_client::detach(&mut req).await.err();
+            Ok::<_, Infallible>(text(format!("{error:?}")))
+        }),
+    )
     .await;
     let mut client = connect(server.udp, &server.cert).await;
     assert_eq!(client.get("/").await.text(), "Some(Http3)");

@@ -29,7 +29,10 @@ impl QuicBody {
     /// already: a request whose stream ended with its headers (a `GET`) then has an empty body,
     /// which [`is_end_stream`](Body::is_end_stream) tells, so it is not counted as a pending
     /// request body (as hyper tells for HTTP/2 from `END_STREAM`).
-    pub(crate) fn new(recv: RequestStream<h3_quinn::RecvStream, Bytes>, length: Option<u64>) -> Self {
+    pub(crate) fn new(
+        recv: RequestStream<h3_quinn::RecvStream, Bytes>,
+        length: Option<u64>,
+    ) -> Self {
         let mut body = QuicBody {
             recv,
             peeked: None,
@@ -44,7 +47,10 @@ impl QuicBody {
         body
     }
 
-    fn poll_stream(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_stream(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.done {
             return Poll::Ready(None);
         }

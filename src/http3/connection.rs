@@ -9,7 +9,7 @@ use http::Version;
 use tokio::task::JoinSet;
 use tracing::{debug, Instrument};
 
-use crate::client::{CloseGuard, ClientInfo, ClientInfoBuilder, TlsInfo};
+use crate::client::{ClientInfo, ClientInfoBuilder, CloseGuard, TlsInfo};
 use crate::layer::{Handler, HandlerBody, Serve};
 
 /// How a QUIC connection ended.
@@ -72,7 +72,11 @@ pub(crate) fn client_info(
 
 /// Serves HTTP/3 on `connection` until it ends. The client's `on_close` callbacks run when
 /// this returns (the connection is closed by then).
-pub(crate) async fn serve<S, B>(connection: quinn::Connection, client: ClientInfo, service: S) -> End
+pub(crate) async fn serve<S, B>(
+    connection: quinn::Connection,
+    client: ClientInfo,
+    service: S,
+) -> End
 where
     S: Handler<B>,
     B: HandlerBody,

@@ -136,7 +136,9 @@ impl QuicListener {
 
     /// The cipher suite reported for every connection, if the configuration allows one only.
     pub(crate) fn cipher(&self) -> Option<(&str, u16)> {
-        self.cipher.as_ref().map(|(name, bits)| (name.as_str(), *bits))
+        self.cipher
+            .as_ref()
+            .map(|(name, bits)| (name.as_str(), *bits))
     }
 
     /// The quinn server configuration under `options`.

@@ -86,7 +86,9 @@ where
 {
     let (mut parts, body) = response.into_parts();
     strip_connection_headers(&mut parts.headers);
-    stream.send_response(Response::from_parts(parts, ())).await?;
+    stream
+        .send_response(Response::from_parts(parts, ()))
+        .await?;
     let mut body = std::pin::pin!(body);
     loop {
         let frame = match body.frame().await {
@@ -97,7 +99,9 @@ where
         match frame.into_data() {
             Ok(mut data) => {
                 if data.has_remaining() {
-                    stream.send_data(data.copy_to_bytes(data.remaining())).await?;
+                    stream
+                        .send_data(data.copy_to_bytes(data.remaining()))
+                        .await?;
                 }
             }
             Err(frame) => {

@@ -10,7 +10,7 @@ use super::admission::Slot;
 use super::stats::Counters;
 use super::{accept_unless_paused, Acceptor};
 use crate::client::ClientInfo;
-use crate::http3::{QuicListener, End};
+use crate::http3::{End, QuicListener};
 use crate::remote::{Handler, HandlerBody};
 
 /// Stops new handshakes on an endpoint when the accept loop ends (a shutdown aborts it), while
