@@ -1111,3 +1111,35 @@ async fn detach_says_http3_cannot_be_detached() {
     let mut client = connect(server.udp, &server.cert).await;
     assert_eq!(client.get("/").await.text(), "Some(Http3)");
 }
+
+#[tokio::test]
+async fn no_body_goes_with_head_204_or_304_answers() {
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(|req: Request<RequestBody>| async move {
+            let mut response = text("a body");
+            match req.uri().path() {
+                "/204" => *response.status_mut() = StatusCode::NO_CONTENT,
+                "/304" => *response.status_mut() = StatusCode::NOT_MODIFIED,
+                _ => {}
+            }
+            Ok::<_, Infallible>(response)
+        }),
+    )
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    let req = client.request("HEAD", "/").body(()).unwrap();
+    let answer = within("HEAD", client.send(req, b"")).await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, Bytes::new());
+    for (path, status) in [
+        ("/204", StatusCode::NO_CONTENT),
+        ("/304", StatusCode::NOT_MODIFIED),
+    ] {
+        let answer = client.get(path).await;
+        assert_eq!(answer.status, status);
+        assert_eq!(answer.body, Bytes::new(), "{path}");
+    }
+    assert_eq!(client.get("/").await.text(), "a body");
+}

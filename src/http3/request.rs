@@ -5,7 +5,7 @@ use bytes::{Buf, Bytes};
 use h3::error::Code;
 use h3::server::{RequestResolver, RequestStream};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, Response, Version};
+use http::{HeaderMap, Method, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tracing::debug;
@@ -60,6 +60,7 @@ pub(crate) async fn serve<S, B>(
         .get(CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
+    let head = req.method() == Method::HEAD;
     let mut req = req.map(|()| QuicBody::new(recv, length));
     *req.version_mut() = Version::HTTP_3;
     req.extensions_mut()
@@ -71,24 +72,36 @@ pub(crate) async fn serve<S, B>(
             return;
         }
     };
-    if let Err(error) = respond(&mut sending.stream, response).await {
+    if let Err(error) = respond(&mut sending.stream, response, head).await {
         debug!(%error, "HTTP/3: response not sent: stream reset");
         return;
     }
     sending.finished = true;
 }
 
-/// Sends `response` (head, body, trailers) and finishes the stream.
-async fn respond<B>(stream: &mut SendStream, response: Response<B>) -> Result<(), crate::BoxError>
+/// Sends `response` (head, body, trailers) and finishes the stream. No body goes with the
+/// answer to a `HEAD`, nor with a 204 or a 304 (RFC 9110 §6.4.1), as hyper does.
+async fn respond<B>(
+    stream: &mut SendStream,
+    response: Response<B>,
+    head: bool,
+) -> Result<(), crate::BoxError>
 where
     B: Body,
     B::Error: Into<crate::BoxError>,
 {
     let (mut parts, body) = response.into_parts();
     strip_connection_headers(&mut parts.headers);
+    let bodiless =
+        head || parts.status == StatusCode::NO_CONTENT || parts.status == StatusCode::NOT_MODIFIED;
     stream
         .send_response(Response::from_parts(parts, ()))
         .await?;
+    if bodiless {
+        drop(body);
+        stream.finish().await?;
+        return Ok(());
+    }
     let mut body = std::pin::pin!(body);
     loop {
         let frame = match body.frame().await {
