@@ -1143,3 +1143,113 @@ async fn no_body_goes_with_head_204_or_304_answers() {
     }
     assert_eq!(client.get("/").await.text(), "a body");
 }
+
+/// A client that moves to another UDP socket (connection migration): `ClientInfo` keeps the
+/// handshake's address, the request's `PeerAddress` tells the new one.
+#[tokio::test]
+async fn a_migrated_client_is_seen_at_its_new_address() {
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(|req: Request<RequestBody>| async move {
+            let client = client_of(&req);
+            let peer = req.extensions().get::<PeerAddress>().expect("PeerAddress");
+            Ok::<_, Infallible>(text(format!("{} {}", client.remote_address(), peer.0)))
+        }),
+    )
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    let before = client._endpoint.local_addr().unwrap();
+    assert_eq!(client.get("/").await.text(), format!("{before} {before}"));
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let after = socket.local_addr().unwrap();
+    client._endpoint.rebind(socket).unwrap();
+    // The server follows once it has seen (and validated) the new path.
+    let mut answer = String::new();
+    for _ in 0..50 {
+        answer = client.get("/").await.text();
+        if answer == format!("{before} {after}") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(answer, format!("{before} {after}"));
+}
+
+#[tokio::test]
+async fn client_certificates_reach_client_info() {
+    use hyper_remote_client::tls::ClientAuth;
+    // A CA, a server certificate and a client certificate it signed.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "test CA");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let leaf = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        (
+            cert.der().clone(),
+            pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+    };
+    let (server_cert, server_key) = leaf("localhost");
+    let (client_cert, client_key) = leaf("client.test");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let config = hyper_remote_client::http3::server_config(
+        vec![server_cert],
+        server_key,
+        ClientAuth::Require(roots.clone()),
+    )
+    .unwrap();
+    let quic = QuicListener::bind("127.0.0.1:0".parse().unwrap(), Arc::new(config)).unwrap();
+    let udp = quic.local_addr().unwrap();
+    let server = Server::new(Options::default()).quic(quic);
+    let _served = tokio::spawn(server.serve(tower::service_fn(
+        |req: Request<RequestBody>| async move {
+            let client = client_of(&req);
+            let certs = client.tls().map(|tls| tls.peer_certificates().to_vec());
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
+                certs.unwrap_or_default().concat(),
+            ))))
+        },
+    )));
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(vec![client_cert.clone()], client_key)
+    .unwrap();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    )));
+    let connection = within("handshake", endpoint.connect(udp, "localhost").unwrap())
+        .await
+        .unwrap();
+    let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(connection))
+        .await
+        .unwrap();
+    let _drive =
+        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    let req = Request::get(format!("https://localhost:{}/", udp.port()))
+        .body(())
+        .unwrap();
+    let mut stream = send.send_request(req).await.unwrap();
+    stream.finish().await.unwrap();
+    let response = within("response", stream.recv_response()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = Vec::new();
+    while let Some(chunk) = within("body", stream.recv_data()).await.unwrap() {
+        body.extend_from_slice(chunk.chunk());
+    }
+    assert_eq!(body, client_cert.as_ref(), "the client's certificate, DER");
+}

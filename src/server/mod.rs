@@ -128,11 +128,13 @@ impl std::fmt::Debug for Shared {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
+        let mut debug = f.debug_struct("Server");
+        debug
             .field("options", &self.options)
-            .field("listeners", &self.listeners)
-            .field("shared", &self.shared)
-            .finish_non_exhaustive()
+            .field("listeners", &self.listeners);
+        #[cfg(feature = "http3")]
+        debug.field("quic", &self.quic);
+        debug.field("shared", &self.shared).finish_non_exhaustive()
     }
 }
 
