@@ -1253,3 +1253,40 @@ async fn client_certificates_reach_client_info() {
     }
     assert_eq!(body, client_cert.as_ref(), "the client's certificate, DER");
 }
+
+/// Bodies larger than QUIC's flow-control windows, both ways: the answer waits for the peer
+/// to read, and arrives whole.
+#[tokio::test]
+async fn large_bodies_both_ways() {
+    const SIZE: usize = 4 << 20;
+    let options = Options::default().with_body_size_limit(SIZE);
+    let server = start(
+        options,
+        false,
+        tower::service_fn(|req: Request<RequestBody>| async move {
+            if req.method() == http::Method::POST {
+                let body = req.into_body().collect().await.expect("body").to_bytes();
+                let sum: u64 = body.iter().map(|&b| u64::from(b)).sum();
+                return Ok::<_, Infallible>(text(format!("{} {sum}", body.len())));
+            }
+            let body: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+            Ok(text(body))
+        }),
+    )
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    let answer = within("big GET", async { client.get("/big").await }).await;
+    assert_eq!(answer.body.len(), SIZE);
+    assert!(answer
+        .body
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == (i % 251) as u8));
+    let upload: Vec<u8> = (0..SIZE).map(|i| (i % 7) as u8).collect();
+    let sum: u64 = upload.iter().map(|&b| u64::from(b)).sum();
+    let req = client.request("POST", "/").body(()).unwrap();
+    let answer = within("big POST", client.send(req, &upload)).await.unwrap();
+    assert_eq!(answer.text(), format!("{SIZE} {sum}"));
+    let info = server.handle.clients().pop().unwrap();
+    assert!(info.bytes_read() > SIZE as u64, "{}", info.bytes_read());
+}

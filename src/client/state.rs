@@ -224,10 +224,19 @@ impl State {
     }
 
     pub(crate) fn bytes_read(&self) -> u64 {
+        #[cfg(feature = "http3")]
+        if let Some(quic) = self.quic.get() {
+            // HTTP/3: the QUIC connection's UDP payload bytes, as of now.
+            return quic.stats().udp_rx.bytes;
+        }
         self.bytes_read.load(Ordering::Relaxed)
     }
 
     pub(crate) fn bytes_written(&self) -> u64 {
+        #[cfg(feature = "http3")]
+        if let Some(quic) = self.quic.get() {
+            return quic.stats().udp_tx.bytes;
+        }
         self.bytes_written.load(Ordering::Relaxed)
     }
 

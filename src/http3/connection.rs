@@ -119,7 +119,6 @@ where
         tokio::select! {
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
-                    count_bytes(&client, &connection);
                     let request = super::request::serve(
                         resolver,
                         Serve::new(service.clone(), client.clone()),
@@ -155,17 +154,6 @@ where
     drop(requests);
     drop(h3);
     super::close_now(&connection);
-    count_bytes(&client, &connection);
     debug!(?end, "HTTP/3 connection ended");
     end
-}
-
-/// The connection's UDP payload bytes so far, into the client's byte counts.
-fn count_bytes(client: &ClientInfo, connection: &quinn::Connection) {
-    let stats = connection.stats();
-    let state = client.state();
-    let read = stats.udp_rx.bytes.saturating_sub(state.bytes_read());
-    let written = stats.udp_tx.bytes.saturating_sub(state.bytes_written());
-    state.read(usize::try_from(read).unwrap_or(usize::MAX));
-    state.written(usize::try_from(written).unwrap_or(usize::MAX));
 }

@@ -49,8 +49,8 @@
 //!   clients retry), then the connection closes once the client closes it (at most
 //!   [`Options::shutdown_timeout`](crate::Options::shutdown_timeout) later).
 //! - [`bytes_read`](crate::ClientInfo::bytes_read) / [`bytes_written`](crate::ClientInfo::bytes_written):
-//!   UDP payload bytes (QUIC headers and encryption included), updated as requests come and at
-//!   the end.
+//!   the QUIC connection's UDP payload bytes so far (QUIC headers, encryption and
+//!   retransmissions included), read live from quinn.
 //! - Not over HTTP/3: [`detach`](crate::detach) (it returns
 //!   [`DetachError::Http3`](crate::DetachError::Http3): extended CONNECT and WebTransport are not
 //!   offered), the HTTP/1 and HTTP/2 clocks (the QUIC idle timeout stands
