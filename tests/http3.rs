@@ -1290,3 +1290,47 @@ async fn large_bodies_both_ways() {
     let info = server.handle.clients().pop().unwrap();
     assert!(info.bytes_read() > SIZE as u64, "{}", info.bytes_read());
 }
+
+/// `concurrent_stream_limit` is QUIC's limit of request streams: over it, a client waits.
+#[tokio::test]
+async fn the_concurrent_stream_limit_holds_requests_back() {
+    let (gate, mut entered, release) = gate();
+    let options = Options::default().with_concurrent_stream_limit(1);
+    let server = start(
+        options,
+        false,
+        tower::service_fn(move |req: Request<RequestBody>| {
+            let gate = gate.clone();
+            async move {
+                gate.pass(client_of(&req)).await;
+                Ok::<_, Infallible>(text(req.uri().path().to_owned()))
+            }
+        }),
+    )
+    .await;
+    let client = connect(server.udp, &server.cert).await;
+    let mut first_send = client.send.clone();
+    let mut second_send = client.send.clone();
+    let first = client.request("GET", "/first").body(()).unwrap();
+    let second = client.request("GET", "/second").body(()).unwrap();
+    let first = tokio::spawn(async move {
+        let mut stream = first_send.send_request(first).await.unwrap();
+        stream.finish().await.unwrap();
+        stream.recv_response().await.unwrap().status()
+    });
+    let info = within("first handler", entered.recv()).await.unwrap();
+    let second = tokio::spawn(async move {
+        let mut stream = second_send.send_request(second).await.unwrap();
+        stream.finish().await.unwrap();
+        stream.recv_response().await.unwrap().status()
+    });
+    // No event tells that a stream is *not* opened: a bounded wait instead.
+    let early = tokio::time::timeout(Duration::from_millis(300), entered.recv()).await;
+    assert!(early.is_err(), "a second stream was opened over the limit");
+    assert_eq!(info.pending_responses(), 1);
+    release.send(()).unwrap();
+    assert_eq!(within("first", first).await.unwrap(), StatusCode::OK);
+    within("second handler", entered.recv()).await.unwrap();
+    release.send(()).unwrap();
+    assert_eq!(within("second", second).await.unwrap(), StatusCode::OK);
+}

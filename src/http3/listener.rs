@@ -69,7 +69,8 @@ impl std::fmt::Debug for QuicListener {
 
 impl QuicListener {
     /// Binds a UDP socket at `address` for HTTP/3 with the rustls configuration `tls` (see
-    /// above). Call it inside a tokio runtime.
+    /// above). Call it inside a tokio runtime (outside one it fails with
+    /// [`QuicListenerError::Io`]).
     pub fn bind(
         address: SocketAddr,
         tls: Arc<rustls::ServerConfig>,
@@ -82,6 +83,11 @@ impl QuicListener {
         socket: std::net::UdpSocket,
         tls: Arc<rustls::ServerConfig>,
     ) -> Result<QuicListener, QuicListenerError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(QuicListenerError::Io(std::io::Error::other(
+                "QuicListener: no tokio runtime (bind it inside one)",
+            )));
+        }
         let cipher = only_suite(&tls);
         let mut tls = (*tls).clone();
         tls.alpn_protocols = vec![b"h3".to_vec()];
@@ -172,4 +178,45 @@ fn only_suite(tls: &rustls::ServerConfig) -> Option<(String, u16)> {
     let name = suite.suite().as_str()?.to_owned();
     let bits = crate::tls::cipher_bits(&name);
     Some((name, bits))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_and_cert() -> (
+        rustls::pki_types::CertificateDer<'static>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ) {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
+            rustls::pki_types::PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()),
+        );
+        (certified.cert.der().clone(), key)
+    }
+
+    /// The TCP listeners' kind of configuration: several TLS 1.3 suites.
+    fn tcp_config() -> Arc<rustls::ServerConfig> {
+        let (cert, key) = key_and_cert();
+        let config =
+            crate::tls::server_config(vec![cert], key, crate::tls::ClientAuth::None).unwrap();
+        Arc::new(config)
+    }
+
+    #[test]
+    fn outside_a_runtime_bind_fails_instead_of_panicking() {
+        let error = QuicListener::bind("127.0.0.1:0".parse().unwrap(), tcp_config()).unwrap_err();
+        assert!(matches!(error, QuicListenerError::Io(_)), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_cipher_is_reported_only_when_one_suite_is_allowed() {
+        let several = QuicListener::bind("127.0.0.1:0".parse().unwrap(), tcp_config()).unwrap();
+        assert_eq!(several.cipher(), None);
+        let (cert, key) = key_and_cert();
+        let one =
+            crate::http3::server_config(vec![cert], key, crate::tls::ClientAuth::None).unwrap();
+        let one = QuicListener::bind("127.0.0.1:0".parse().unwrap(), Arc::new(one)).unwrap();
+        assert_eq!(one.cipher(), Some(("TLS13_AES_128_GCM_SHA256", 128)));
+    }
 }
