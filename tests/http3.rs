@@ -1041,6 +1041,28 @@ async fn the_inspector_serves_http3_beside_https() {
     assert_eq!(json["crypto"]["server_name"], "localhost", "{json}");
     assert_eq!(json["quic"]["peer_port"], json["remote_port"], "{json}");
     assert_eq!(json["local_port"], udp.port(), "{json}");
+    // Metrics: the request over HTTP/3, the QUIC handshake as a TLS 1.3 one (no TCP client
+    // came: these are the QUIC connection's).
+    let metrics = client.get("/metrics").await.text();
+    let has = |name: &str, label: &str| {
+        metrics
+            .lines()
+            .any(|line| line.starts_with(name) && line.contains(label))
+    };
+    assert!(
+        has(
+            "http_server_request_duration_seconds_count",
+            "network_protocol_version=\"3\""
+        ),
+        "{metrics}"
+    );
+    assert!(
+        has(
+            "hyper_remote_client_tls_handshake_duration_seconds_count",
+            "tls_protocol_version=\"1.3\""
+        ),
+        "{metrics}"
+    );
 }
 
 /// Another HTTP/3 stack than quinn + h3: aioquic's, with tests/aioquic/h3get.py. Runs where

@@ -90,6 +90,9 @@ impl Acceptor {
         B: HandlerBody,
     {
         let mut forced = self.shared.forced.subscribe();
+        // The TLS handshake metrics, as for TCP (cut by a shutdown: `cancelled`).
+        #[cfg(feature = "metrics")]
+        let metric = crate::telemetry::Handshake::start();
         let handshake = async {
             match self.options.tls_setup_timeout() {
                 Some(timeout) => tokio::time::timeout(timeout, incoming).await.ok(),
@@ -101,13 +104,21 @@ impl Acceptor {
             _ = forced.wait_for(|forced| *forced) => return,
         };
         let connection = match connection {
-            Some(Ok(connection)) => connection,
+            Some(Ok(connection)) => {
+                #[cfg(feature = "metrics")]
+                metric.succeeded("TLSv1.3");
+                connection
+            }
             Some(Err(error)) => {
+                #[cfg(feature = "metrics")]
+                metric.failed("error");
                 Counters::add(&self.shared.counters.tls_handshake_failures);
                 debug!(%remote, %error, "QUIC handshake failed");
                 return;
             }
             None => {
+                #[cfg(feature = "metrics")]
+                metric.failed("timeout");
                 Counters::add(&self.shared.counters.tls_handshake_timeouts);
                 debug!(%remote, "QUIC handshake timed out");
                 return;
