@@ -454,7 +454,8 @@ async fn run(args: Args) -> Result<(), Failed> {
     // A UDP port that is taken costs HTTP/3 only, with a warning.
     let quic = match (&acceptor, https_addr) {
         (Some(acceptor), Some(addr)) if !taking_over(&args) => {
-            match hyper_remote_client::http3::QuicListener::bind(addr, acceptor.config()) {
+            // The acceptor's configuration, and its reloads (SIGHUP).
+            match hyper_remote_client::http3::QuicListener::bind_acceptor(addr, acceptor) {
                 Ok(quic) => Some(quic),
                 Err(error) => {
                     eprintln!("warning: --https {addr}: no HTTP/3 (UDP): {error}");

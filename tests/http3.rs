@@ -1356,3 +1356,48 @@ async fn the_concurrent_stream_limit_holds_requests_back() {
     release.send(()).unwrap();
     assert_eq!(within("second", second).await.unwrap(), StatusCode::OK);
 }
+
+/// `bind_acceptor`: a certificate reloaded into the TCP listener's acceptor is the one new
+/// QUIC connections get; a connection already open keeps its own.
+#[tokio::test]
+async fn a_reloaded_certificate_reaches_new_quic_connections() {
+    use hyper_remote_client::tls::{server_config, ClientAuth, TlsAcceptor};
+    let first = cert();
+    let second = cert();
+    let config = |cert: &Cert| {
+        Arc::new(
+            server_config(
+                vec![cert.der.clone()],
+                cert.key.clone_key(),
+                ClientAuth::None,
+            )
+            .unwrap(),
+        )
+    };
+    let acceptor = TlsAcceptor::new(config(&first));
+    let quic = QuicListener::bind_acceptor("127.0.0.1:0".parse().unwrap(), &acceptor).unwrap();
+    let udp = quic.local_addr().unwrap();
+    let server = Server::new(Options::default()).quic(quic);
+    let handle = server.handle();
+    let _served = tokio::spawn(server.serve(hello()));
+    within("listening", handle.listening()).await;
+    let server_cert = |connection: &quinn::Connection| {
+        connection
+            .peer_identity()
+            .and_then(|identity| {
+                identity
+                    .downcast::<Vec<pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .map(|chain| chain[0].clone())
+            .expect("the server's certificate")
+    };
+    let mut before = connect(udp, &first).await;
+    assert_eq!(server_cert(&before.connection), first.der);
+    acceptor.reload(config(&second));
+    let mut after = connect(udp, &second).await;
+    assert_eq!(server_cert(&after.connection), second.der);
+    assert!(after.get("/").await.text().starts_with("hello"));
+    // The connection made before goes on with its own.
+    assert!(before.get("/").await.text().starts_with("hello"));
+}

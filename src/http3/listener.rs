@@ -1,9 +1,10 @@
 //! [`QuicListener`]: a UDP socket a [`Server`](crate::Server) serves HTTP/3 on.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::options::Options;
+use crate::tls::TlsAcceptor;
 
 /// Why a [`QuicListener`] could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +25,8 @@ pub enum QuicListenerError {
 ///
 /// The TLS configuration is the one of your TCP listeners, as it is: a copy is made for QUIC
 /// with ALPN `h3` only and no 0-RTT (early data); certificates, client authentication and
-/// SNI resolution are the same. QUIC always runs TLS 1.3.
+/// SNI resolution are the same. QUIC always runs TLS 1.3. Made with
+/// [`bind_acceptor`](Self::bind_acceptor), it follows a [`TlsAcceptor`]'s reloads.
 ///
 /// The QUIC transport follows the [`Options`] of the server:
 ///
@@ -51,17 +53,58 @@ pub enum QuicListenerError {
 /// ```
 pub struct QuicListener {
     pub(crate) endpoint: quinn::Endpoint,
+    /// The TLS configuration new connections get, made from `source`'s current one.
+    tls: Mutex<QuicTls>,
+    /// Where a reloaded configuration comes from, if anywhere.
+    source: Option<TlsAcceptor>,
+    retry: bool,
+}
+
+/// The QUIC side of a rustls configuration.
+#[derive(Clone)]
+pub(crate) struct QuicTls {
+    /// The rustls configuration it was made from (to tell a reload).
+    from: Arc<rustls::ServerConfig>,
     crypto: Arc<quinn::crypto::rustls::QuicServerConfig>,
     /// The suite [`TlsInfo`](crate::TlsInfo) reports, when the configuration allows one only.
     cipher: Option<(String, u16)>,
-    retry: bool,
+}
+
+impl QuicTls {
+    /// A copy of `tls` for QUIC: ALPN `h3`, no 0-RTT.
+    fn new(tls: Arc<rustls::ServerConfig>) -> Result<QuicTls, QuicListenerError> {
+        let cipher = only_suite(&tls);
+        let mut copy = (*tls).clone();
+        copy.alpn_protocols = vec![b"h3".to_vec()];
+        // QUIC allows 0 or u32::MAX; 0-RTT requests could be replayed.
+        copy.max_early_data_size = 0;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(copy)
+            .map_err(|error| QuicListenerError::Tls(error.to_string()))?;
+        Ok(QuicTls {
+            from: tls,
+            crypto: Arc::new(crypto),
+            cipher,
+        })
+    }
+
+    /// Whether both were made from the same rustls configuration.
+    pub(crate) fn same(&self, other: &QuicTls) -> bool {
+        Arc::ptr_eq(&self.from, &other.from)
+    }
+
+    /// The cipher suite reported for its connections, if the configuration allows one only.
+    pub(crate) fn cipher(&self) -> Option<(&str, u16)> {
+        self.cipher
+            .as_ref()
+            .map(|(name, bits)| (name.as_str(), *bits))
+    }
 }
 
 impl std::fmt::Debug for QuicListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QuicListener")
             .field("local_addr", &self.endpoint.local_addr().ok())
-            .field("cipher", &self.cipher)
+            .field("reloads", &self.source.is_some())
             .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
@@ -78,6 +121,19 @@ impl QuicListener {
         QuicListener::from_socket(std::net::UdpSocket::bind(address)?, tls)
     }
 
+    /// [`bind`](Self::bind) with the configuration of a TCP listener's [`TlsAcceptor`], and
+    /// its reloads ([`TlsAcceptor::reload`] and the `reload_from_*` methods): each new QUIC
+    /// connection gets the configuration the acceptor has then (connections already open keep
+    /// theirs), as a new TCP handshake does.
+    pub fn bind_acceptor(
+        address: SocketAddr,
+        acceptor: &TlsAcceptor,
+    ) -> Result<QuicListener, QuicListenerError> {
+        let mut listener = QuicListener::bind(address, acceptor.config())?;
+        listener.source = Some(acceptor.clone());
+        Ok(listener)
+    }
+
     /// [`bind`](Self::bind) on a UDP socket you bound yourself.
     pub fn from_socket(
         socket: std::net::UdpSocket,
@@ -88,13 +144,7 @@ impl QuicListener {
                 "QuicListener: no tokio runtime (bind it inside one)",
             )));
         }
-        let cipher = only_suite(&tls);
-        let mut tls = (*tls).clone();
-        tls.alpn_protocols = vec![b"h3".to_vec()];
-        // QUIC allows 0 or u32::MAX; 0-RTT requests could be replayed.
-        tls.max_early_data_size = 0;
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-            .map_err(|error| QuicListenerError::Tls(error.to_string()))?;
+        let tls = QuicTls::new(tls)?;
         // No server configuration until the server serves: the options are not known yet, and
         // a handshake must not start before there is an accept loop.
         let endpoint = quinn::Endpoint::new(
@@ -105,8 +155,8 @@ impl QuicListener {
         )?;
         Ok(QuicListener {
             endpoint,
-            crypto: Arc::new(crypto),
-            cipher,
+            tls: Mutex::new(tls),
+            source: None,
             retry: false,
         })
     }
@@ -140,15 +190,27 @@ impl QuicListener {
             .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))
     }
 
-    /// The cipher suite reported for every connection, if the configuration allows one only.
-    pub(crate) fn cipher(&self) -> Option<(&str, u16)> {
-        self.cipher
-            .as_ref()
-            .map(|(name, bits)| (name.as_str(), *bits))
+    /// The TLS configuration for a new connection: the acceptor's current one (made anew
+    /// after a reload, once), or the one given.
+    pub(crate) fn tls(&self) -> QuicTls {
+        let mut tls = self.tls.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(source) = &self.source {
+            let current = source.config();
+            if !Arc::ptr_eq(&current, &tls.from) {
+                match QuicTls::new(current) {
+                    Ok(reloaded) => *tls = reloaded,
+                    // The old configuration stays in use, as a reload that fails leaves it.
+                    Err(error) => {
+                        tracing::warn!(%error, "QUIC: the reloaded TLS configuration cannot serve QUIC");
+                    }
+                }
+            }
+        }
+        tls.clone()
     }
 
-    /// The quinn server configuration under `options`.
-    pub(crate) fn server_config(&self, options: &Options) -> quinn::ServerConfig {
+    /// The quinn server configuration under `options`, with `tls`.
+    pub(crate) fn server_config(&self, tls: &QuicTls, options: &Options) -> quinn::ServerConfig {
         let mut transport = quinn::TransportConfig::default();
         let idle = options
             .http2_timeout()
@@ -158,7 +220,7 @@ impl QuicListener {
             .max_concurrent_bidi_streams(quinn::VarInt::from_u32(options.concurrent_stream_limit()))
             // The peer's control and QPACK streams, and some room for grease.
             .max_concurrent_uni_streams(quinn::VarInt::from_u32(8));
-        let mut config = quinn::ServerConfig::with_crypto(self.crypto.clone());
+        let mut config = quinn::ServerConfig::with_crypto(tls.crypto.clone());
         config.transport_config(Arc::new(transport));
         config
     }
@@ -212,11 +274,11 @@ mod tests {
     #[tokio::test]
     async fn the_cipher_is_reported_only_when_one_suite_is_allowed() {
         let several = QuicListener::bind("127.0.0.1:0".parse().unwrap(), tcp_config()).unwrap();
-        assert_eq!(several.cipher(), None);
+        assert_eq!(several.tls().cipher(), None);
         let (cert, key) = key_and_cert();
         let one =
             crate::http3::server_config(vec![cert], key, crate::tls::ClientAuth::None).unwrap();
         let one = QuicListener::bind("127.0.0.1:0".parse().unwrap(), Arc::new(one)).unwrap();
-        assert_eq!(one.cipher(), Some(("TLS13_AES_128_GCM_SHA256", 128)));
+        assert_eq!(one.tls().cipher(), Some(("TLS13_AES_128_GCM_SHA256", 128)));
     }
 }

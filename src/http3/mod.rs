@@ -78,6 +78,7 @@ mod listener;
 mod request;
 
 pub(crate) use connection::{client_info, serve, End};
+pub(crate) use listener::QuicTls;
 pub use listener::{QuicListener, QuicListenerError};
 
 /// The peer's address when the request came, in every HTTP/3 request's extensions. It differs

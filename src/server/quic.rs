@@ -10,7 +10,7 @@ use super::admission::Slot;
 use super::stats::Counters;
 use super::{accept_unless_paused, Acceptor};
 use crate::client::ClientInfo;
-use crate::http3::{End, QuicListener};
+use crate::http3::{End, QuicListener, QuicTls};
 use crate::remote::{Handler, HandlerBody};
 
 /// Stops new handshakes on an endpoint when the accept loop ends (a shutdown aborts it), while
@@ -31,9 +31,10 @@ impl Acceptor {
     {
         let this = Arc::new(self);
         let endpoint = listener.endpoint.clone();
-        endpoint.set_server_config(Some(listener.server_config(&this.options)));
+        let mut tls = listener.tls();
+        let mut config = Arc::new(listener.server_config(&tls, &this.options));
+        endpoint.set_server_config(Some((*config).clone()));
         let _stop = StopHandshakes(endpoint.clone());
-        let listener = Arc::new(listener);
         let local = endpoint.local_addr().ok();
         let mut paused = this.shared.paused.subscribe();
         loop {
@@ -64,11 +65,19 @@ impl Acceptor {
                 incoming.refuse();
                 continue;
             };
+            // A reloaded certificate (`bind_acceptor`) serves this handshake and the next ones
+            // (an `Incoming` keeps the configuration of its arrival otherwise).
+            let now = listener.tls();
+            if !now.same(&tls) {
+                tls = now;
+                config = Arc::new(listener.server_config(&tls, &this.options));
+                endpoint.set_server_config(Some((*config).clone()));
+            }
             tokio::spawn(this.clone().serve_quic(
                 incoming,
                 remote,
                 local,
-                listener.clone(),
+                (config.clone(), tls.clone()),
                 slot,
                 service.clone(),
             ));
@@ -82,21 +91,29 @@ impl Acceptor {
         incoming: quinn::Incoming,
         remote: SocketAddr,
         local: SocketAddr,
-        listener: Arc<QuicListener>,
+        (config, tls): (Arc<quinn::ServerConfig>, QuicTls),
         slot: Slot,
         service: S,
     ) where
         S: Handler<B>,
         B: HandlerBody,
     {
+        let connecting = match incoming.accept_with(config) {
+            Ok(connecting) => connecting,
+            Err(error) => {
+                Counters::add(&self.shared.counters.tls_handshake_failures);
+                debug!(%remote, %error, "QUIC connection refused");
+                return;
+            }
+        };
         let mut forced = self.shared.forced.subscribe();
         // The TLS handshake metrics, as for TCP (cut by a shutdown: `cancelled`).
         #[cfg(feature = "metrics")]
         let metric = crate::telemetry::Handshake::start();
         let handshake = async {
             match self.options.tls_setup_timeout() {
-                Some(timeout) => tokio::time::timeout(timeout, incoming).await.ok(),
-                None => Some(incoming.await),
+                Some(timeout) => tokio::time::timeout(timeout, connecting).await.ok(),
+                None => Some(connecting.await),
             }
         };
         let connection = tokio::select! {
@@ -125,8 +142,8 @@ impl Acceptor {
             }
         };
         let builder = ClientInfo::builder(remote, local).options(self.options.clone());
-        let info = crate::http3::client_info(builder, &connection, listener.cipher());
-        drop(listener);
+        let info = crate::http3::client_info(builder, &connection, tls.cipher());
+        drop(tls);
         let span = crate::remote::connection_span(&info);
         span.record("protocol", "h3");
         self.register(&info, slot);
