@@ -8,6 +8,8 @@
 //! curl -v http://127.0.0.1:8080/close                     # the handler closes the connection
 //! curl -s 'http://127.0.0.1:8080/slow?ms=2000'            # a response that takes 2 s
 //! curl -s http://127.0.0.1:8080/metrics                   # Prometheus text format
+//! # built with --features http3, --https also serves HTTP/3 on UDP at the same address (and
+//! # the HTTPS answers advertise it with Alt-Svc): curl --http3-only, or any HTTP/3 client.
 //! # --http, --https and --unix choose the listeners: with none of them, HTTP on 127.0.0.1:8080
 //! # and HTTPS on 127.0.0.1:8443; with any of them, only the addresses given (HOST:PORT: an IP
 //! # address, [::1]:PORT, or a name resolved at start, such as localhost:8080).
@@ -446,7 +448,36 @@ async fn run(args: Args) -> Result<(), Failed> {
         Some(listener) => Some(listener.local_addr().context("--https")?),
         None => None,
     };
-    let mut server = Server::new(args.options());
+    // HTTP/3 on UDP at the HTTPS address, with the same certificate (not on a takeover: the
+    // old inspector keeps its UDP socket until it exits).
+    #[cfg(feature = "http3")]
+    // A UDP port that is taken costs HTTP/3 only, with a warning.
+    let quic = match (&acceptor, https_addr) {
+        (Some(acceptor), Some(addr)) if !taking_over(&args) => {
+            // The acceptor's configuration, and its reloads (SIGHUP).
+            match hyper_remote_client::http3::QuicListener::bind_acceptor(addr, acceptor) {
+                Ok(quic) => Some(quic),
+                Err(error) => {
+                    eprintln!("warning: --https {addr}: no HTTP/3 (UDP): {error}");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    #[allow(unused_mut)]
+    let mut options = args.options();
+    #[cfg(feature = "http3")]
+    if let Some(quic) = &quic {
+        options = options.with_alt_svc(quic.alt_svc().context("--https (UDP)")?);
+    }
+    let mut server = Server::new(options);
+    #[cfg(feature = "http3")]
+    let quic_addr = quic.as_ref().and_then(|quic| quic.local_addr().ok());
+    #[cfg(feature = "http3")]
+    if let Some(quic) = quic {
+        server = server.quic(quic);
+    }
     for http in sockets.http {
         server = server.listener(Listener::tcp(http).with_proxy_protocol(proxy.clone()));
     }
@@ -494,6 +525,10 @@ async fn run(args: Args) -> Result<(), Failed> {
     }
     if let Some(https_addr) = https_addr {
         println!("listening on https://{https_addr}");
+    }
+    #[cfg(feature = "http3")]
+    if let Some(quic_addr) = quic_addr {
+        println!("HTTP/3 on udp://{quic_addr}");
     }
     if let (Some(ca), Some(https_addr)) = (&generated_ca, https_addr) {
         println!(
@@ -1028,7 +1063,22 @@ async fn route(
         return Ok(upgrade_to_echo(&mut req));
     }
     Ok(match (req.method(), req.uri().path()) {
-        (&Method::GET, "/") => json_response(client_json(&client, Some(req.version()))),
+        (&Method::GET, "/") => {
+            #[allow(unused_mut)]
+            let mut json = client_json(&client, Some(req.version()));
+            #[cfg(feature = "http3")]
+            if let Some(peer) = req
+                .extensions()
+                .get::<hyper_remote_client::http3::PeerAddress>()
+            {
+                // The QUIC details: the peer's address now (a migrated connection's new one).
+                json["quic"] = json!({
+                    "peer_address": peer.0.ip().to_string(),
+                    "peer_port": peer.0.port(),
+                });
+            }
+            json_response(json)
+        }
         (&Method::POST, "/echo") => match req.into_body().collect().await {
             Ok(body) => Response::new(Full::new(body.to_bytes())),
             Err(error) if error.is::<LengthLimitError>() => {

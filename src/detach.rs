@@ -26,6 +26,10 @@ pub enum DetachError {
     /// HTTP/2 multiplexes many requests on one connection: it cannot be handed over.
     #[error("an HTTP/2 connection cannot be detached")]
     Http2,
+    /// HTTP/3 (QUIC) has no upgrade to hand a connection over with; extended CONNECT and
+    /// WebTransport are not offered.
+    #[error("an HTTP/3 connection cannot be detached (extended CONNECT and WebTransport are not offered)")]
+    Http3,
     /// hyper did not upgrade: the response was not `101` (or `2xx` to `CONNECT`), or the
     /// connection ended first.
     #[error("the connection was not upgraded: {0}")]
@@ -71,6 +75,7 @@ pub fn detach<B>(req: &mut Request<B>) -> OnDetach {
         Some(_) if req.version() == Version::HTTP_2 && req.method() != Method::CONNECT => {
             Err(DetachError::Http2)
         }
+        Some(_) if req.version() == Version::HTTP_3 => Err(DetachError::Http3),
         Some(client) => Ok((client, hyper::upgrade::on(req))),
     };
     OnDetach { state: Some(state) }

@@ -18,6 +18,8 @@ pub mod driver;
 mod extract;
 #[cfg(unix)]
 mod handover;
+#[cfg(feature = "http3")]
+pub mod http3;
 mod io;
 pub mod layer;
 mod lifecycle;

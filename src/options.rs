@@ -43,6 +43,7 @@ pub struct Options {
     http2_inline_streams: bool,
     http2_buffered_response_limit: usize,
     upgrade_probation: Duration,
+    alt_svc: Option<http::HeaderValue>,
 }
 
 impl Default for Options {
@@ -75,6 +76,7 @@ impl Default for Options {
             http2_inline_streams: true,
             http2_buffered_response_limit: 4 << 20,
             upgrade_probation: Duration::from_secs(5),
+            alt_svc: None,
         }
     }
 }
@@ -252,6 +254,22 @@ impl Options {
     /// Sets [`shutdown_timeout`](Self::shutdown_timeout).
     pub fn with_shutdown_timeout(mut self, value: Duration) -> Self {
         self.shutdown_timeout = value;
+        self
+    }
+
+    /// The `Alt-Svc` header (RFC 7838) put on the HTTP/1.1 and HTTP/2 answers of TLS
+    /// connections that do not carry one already, to advertise HTTP/3: e.g.
+    /// `h3=":443"; ma=86400` (with the `http3` feature,
+    /// [`QuicListener::alt_svc`](crate::http3::QuicListener::alt_svc) gives the value for its
+    /// port). Default none. Not sent on plain connections (a browser takes an alternative only
+    /// from an `https` origin) nor on HTTP/3 answers.
+    pub fn alt_svc(&self) -> Option<&http::HeaderValue> {
+        self.alt_svc.as_ref()
+    }
+
+    /// Sets [`alt_svc`](Self::alt_svc).
+    pub fn with_alt_svc(mut self, value: impl Into<Option<http::HeaderValue>>) -> Self {
+        self.alt_svc = value.into();
         self
     }
 

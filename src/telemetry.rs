@@ -13,7 +13,7 @@
 //! | [`CONNECTION_DURATION`] | histogram | s | | [`Server`](crate::Server) |
 //! | [`REJECTED_CONNECTIONS`] | counter | connections | `reason`: `connection_limit`, `per_ip_limit`, `proxy_protocol`, `acceptor` | [`Server`](crate::Server) |
 //! | [`UPGRADED_CONNECTIONS`] | counter | connections | | [`RemoteClient`](crate::RemoteClient) (a connection handed over after `101` / `CONNECT`) |
-//! | [`TLS_HANDSHAKE_DURATION`] | histogram | s | `tls.protocol.version`, or `error.type` (`timeout`, `error`) | [`TlsAcceptor`](crate::tls::TlsAcceptor) |
+//! | [`TLS_HANDSHAKE_DURATION`] | histogram | s | `tls.protocol.version`, or `error.type` (`timeout`, `error`) | [`TlsAcceptor`](crate::tls::TlsAcceptor), and QUIC handshakes (feature `http3`) |
 //! | [`ACTIVE_TLS_HANDSHAKES`] | gauge | handshakes | | [`TlsAcceptor`](crate::tls::TlsAcceptor) |
 //! | [`TIMEOUTS`] | counter | connections | `phase`: `idle`, `request_head`, `request_body`, `response`, `half_close`, `detached`, `tls_handshake` | [`RemoteClient`](crate::RemoteClient), [`TlsAcceptor`](crate::tls::TlsAcceptor) |
 //! | [`HANDED_OVER_CONNECTIONS`] | counter | connections | | [`Server`](crate::Server) (an idle connection moved to the process replacing this one) |

@@ -152,9 +152,23 @@ pub fn server_config(
 fn config_builder(
     client_auth: ClientAuth,
 ) -> Result<ConfigBuilder<ServerConfig, WantsServerCert>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    config_builder_with(
+        rustls::crypto::ring::default_provider(),
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+        client_auth,
+    )
+}
+
+/// [`config_builder`] with another provider and protocol versions (HTTP/3's: TLS 1.3, one
+/// suite).
+pub(crate) fn config_builder_with(
+    provider: rustls::crypto::CryptoProvider,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    client_auth: ClientAuth,
+) -> Result<ConfigBuilder<ServerConfig, WantsServerCert>, rustls::Error> {
+    let provider = Arc::new(provider);
+    let builder =
+        ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
     let verifier = |roots: RootCertStore| {
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
     };
@@ -766,7 +780,7 @@ fn session_info(conn: &ServerConnection) -> TlsInfo {
 }
 
 /// The key size of a cipher suite, from its IANA name.
-fn cipher_bits(name: &str) -> u16 {
+pub(crate) fn cipher_bits(name: &str) -> u16 {
     if name.contains("AES_128") {
         128
     } else if name.contains("AES_256") || name.contains("CHACHA20") {

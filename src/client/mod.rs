@@ -450,8 +450,8 @@ impl ClientInfo {
         self.status() == Status::CLOSED_RDWR
     }
 
-    /// The HTTP version the connection speaks: `HTTP_2`, or the version of the latest HTTP/1
-    /// request (`HTTP_11`, `HTTP_10`). `None` until it is known.
+    /// The HTTP version the connection speaks: `HTTP_2` (or `HTTP_3` over QUIC), or the
+    /// version of the latest HTTP/1 request (`HTTP_11`, `HTTP_10`). `None` until it is known.
     pub fn http_version(&self) -> Option<http::Version> {
         self.inner.state.version()
     }
@@ -522,7 +522,7 @@ impl ClientInfo {
     /// Over HTTP/1, the answers already produced for earlier pipelined requests are written
     /// first (within the response clock's allowance), then the socket is closed. Over HTTP/2
     /// the connection is cut at once; use [`shutdown`](Self::shutdown) to let the other
-    /// streams finish.
+    /// streams finish. Over HTTP/3 (feature `http3`), CONNECTION_CLOSE is sent at once.
     ///
     /// The [`on_close`](Self::on_close) callbacks run once the socket is closed: right after
     /// this for a connection being served, when user code drops the stream for a detached one

@@ -131,6 +131,10 @@ pub(crate) struct State {
     /// The request metrics' handles of this connection.
     #[cfg(feature = "metrics")]
     pub(crate) metrics: crate::telemetry::Handles,
+    /// HTTP/3: the QUIC connection, which `close()` closes at once (CONNECTION_CLOSE), as it
+    /// shuts an exported socket down: no task needs to poll for it.
+    #[cfg(feature = "http3")]
+    quic: std::sync::OnceLock<quinn::Connection>,
 }
 
 impl Default for State {
@@ -162,6 +166,8 @@ impl Default for State {
             unread_body: AtomicBool::new(false),
             #[cfg(feature = "metrics")]
             metrics: crate::telemetry::Handles::default(),
+            #[cfg(feature = "http3")]
+            quic: std::sync::OnceLock::new(),
         }
     }
 }
@@ -218,10 +224,19 @@ impl State {
     }
 
     pub(crate) fn bytes_read(&self) -> u64 {
+        #[cfg(feature = "http3")]
+        if let Some(quic) = self.quic.get() {
+            // HTTP/3: the QUIC connection's UDP payload bytes, as of now.
+            return quic.stats().udp_rx.bytes;
+        }
         self.bytes_read.load(Ordering::Relaxed)
     }
 
     pub(crate) fn bytes_written(&self) -> u64 {
+        #[cfg(feature = "http3")]
+        if let Some(quic) = self.quic.get() {
+            return quic.stats().udp_tx.bytes;
+        }
         self.bytes_written.load(Ordering::Relaxed)
     }
 
@@ -255,6 +270,7 @@ impl State {
             1 => Some(Version::HTTP_10),
             2 => Some(Version::HTTP_11),
             3 => Some(Version::HTTP_2),
+            4 => Some(Version::HTTP_3),
             _ => None,
         }
     }
@@ -295,6 +311,7 @@ impl State {
             Version::HTTP_10 | Version::HTTP_09 => 1,
             Version::HTTP_11 => 2,
             Version::HTTP_2 => 3,
+            Version::HTTP_3 => 4,
             _ => 0,
         };
         if self.version.load(Ordering::Relaxed) != code {
@@ -585,7 +602,20 @@ impl State {
         if let Some(socket) = self.lock_export_socket().as_ref() {
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
+        #[cfg(feature = "http3")]
+        if let Some(quic) = self.quic.get() {
+            crate::http3::close_now(quic);
+        }
         true
+    }
+
+    /// HTTP/3: the QUIC connection `close()` closes (closed at once if `close()` came first).
+    #[cfg(feature = "http3")]
+    pub(crate) fn set_quic(&self, connection: quinn::Connection) {
+        let connection = self.quic.get_or_init(|| connection);
+        if self.is_closing() {
+            crate::http3::close_now(connection);
+        }
     }
 
     /// Marks the graceful shutdown and wakes the serving task.

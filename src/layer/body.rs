@@ -18,10 +18,13 @@ pin_project! {
     /// `http_body_util::LengthLimitError` (axum answers that with 413; over HTTP/1 the
     /// connection is closed after the response). The request counts as pending until the body
     /// has been read to the end, has failed, or is dropped.
+    ///
+    /// With the `http3` feature, an HTTP/3 request's body is a `RequestBody` too (the same
+    /// type, so one service serves both): it reads the QUIC stream.
     #[derive(Debug)]
     pub struct RequestBody<B = Incoming> {
         #[pin]
-        inner: Limited<B>,
+        inner: Limited<Source<B>>,
         guard: Option<RequestGuard>,
     }
 }
@@ -29,8 +32,102 @@ pin_project! {
 impl<B> RequestBody<B> {
     pub(crate) fn new(body: B, limit: usize, guard: Option<RequestGuard>) -> Self {
         RequestBody {
-            inner: Limited::new(body, limit),
+            inner: Limited::new(Source::Conn { body }, limit),
             guard,
+        }
+    }
+
+    /// An HTTP/3 request's body.
+    #[cfg(feature = "http3")]
+    pub(crate) fn quic(
+        body: Box<std::sync::Mutex<dyn QuicFrames<B>>>,
+        limit: usize,
+        guard: Option<RequestGuard>,
+    ) -> Self {
+        RequestBody {
+            inner: Limited::new(Source::Quic { body }, limit),
+            guard,
+        }
+    }
+}
+
+/// The frames of an HTTP/3 request body, as a body of `B`'s data (implemented for
+/// `hyper::body::Incoming`'s, `Bytes`, with the `http3` feature).
+pub(crate) trait QuicFrames<B>: Send {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>>
+    where
+        B: Body;
+
+    fn is_end_stream(&self) -> bool;
+
+    fn size_hint(&self) -> SizeHint;
+}
+
+pin_project! {
+    /// Where a request body comes from: hyper's connection, or (HTTP/3) a QUIC stream (in a
+    /// `Mutex`, never contended: polled through `&mut`, so that the body stays `Sync` as
+    /// hyper's is). Without the `http3` feature, `Quic` is never made.
+    #[project = SourceProj]
+    #[cfg_attr(not(feature = "http3"), allow(dead_code))]
+    pub(crate) enum Source<B> {
+        Conn { #[pin] body: B },
+        Quic { body: Box<std::sync::Mutex<dyn QuicFrames<B>>> },
+    }
+}
+
+impl<B: std::fmt::Debug> std::fmt::Debug for Source<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Conn { body } => body.fmt(f),
+            Source::Quic { .. } => f.write_str("QuicBody"),
+        }
+    }
+}
+
+impl<B> Body for Source<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.project() {
+            SourceProj::Conn { body } => body.poll_frame(cx).map_err(Into::into),
+            SourceProj::Quic { body } => body
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .poll_frame(cx),
+        }
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Conn { body } => body.is_end_stream(),
+            Source::Quic { body } => body
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_end_stream(),
+        }
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Conn { body } => body.size_hint(),
+            Source::Quic { body } => body
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .size_hint(),
         }
     }
 }
@@ -195,5 +292,16 @@ impl<B: Body> Body for ResponseBody<B> {
         self.inner
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Handlers may hold a request body across threads, as hyper's own (the HTTP/3 source
+    /// included).
+    #[test]
+    fn request_body_is_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<super::RequestBody>();
     }
 }

@@ -2,7 +2,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::header::{HeaderValue, CONNECTION};
+use http::header::{HeaderValue, ALT_SVC, CONNECTION};
 use http::{Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
@@ -115,6 +115,7 @@ where
                 let mut response = ready!(future.poll(cx))?;
                 if let Some(guard) = guard.as_mut() {
                     guard.set_status(response.status());
+                    alt_svc(guard, &mut response);
                     let state = guard.client().state();
                     if upgrade.exports(response.status()) {
                         // hyper hands the connection over once this response is written.
@@ -132,12 +133,29 @@ where
                 ))
             }
             KindProj::Local { response, guard } => {
-                let response = response.take().map(|boxed| *boxed).unwrap_or_default();
+                let mut response = response.take().map(|boxed| *boxed).unwrap_or_default();
                 if let Some(guard) = guard.as_mut() {
                     guard.set_status(response.status());
+                    alt_svc(guard, &mut response);
                 }
                 Poll::Ready(Ok(response.map(|()| ResponseBody::empty(guard.take()))))
             }
         }
+    }
+}
+
+/// Puts [`Options::alt_svc`](crate::Options::alt_svc) on an answer over TLS (HTTP/1.1 or
+/// HTTP/2), unless the service set one.
+#[inline]
+fn alt_svc<B>(guard: &ResponseGuard, response: &mut Response<B>) {
+    let client = guard.client();
+    let Some(value) = client.options().alt_svc() else {
+        return;
+    };
+    if client.is_encrypted()
+        && client.http_version() != Some(http::Version::HTTP_3)
+        && !response.headers().contains_key(ALT_SVC)
+    {
+        response.headers_mut().insert(ALT_SVC, value.clone());
     }
 }

@@ -55,7 +55,31 @@ where
     type Future = ServeFuture<S, S::Future>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        match prepare(&self.client, req) {
+        self.forward(prepare(&self.client, req, RequestBody::new))
+    }
+}
+
+impl<S, B> Serve<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body,
+{
+    /// Serves an HTTP/3 request: the same counting, screening and injection as hyper's
+    /// requests get, and the same service.
+    #[cfg(feature = "http3")]
+    pub(crate) fn call_quic<Q>(&self, req: Request<Q>) -> ServeFuture<S, S::Future>
+    where
+        Q: Body + super::body::QuicFrames<Incoming> + 'static,
+    {
+        self.forward(prepare(&self.client, req, |body, limit, guard| {
+            RequestBody::quic(Box::new(std::sync::Mutex::new(body)), limit, guard)
+        }))
+    }
+
+    /// Hands a prepared request to the service (or answers it).
+    fn forward(&self, prepared: Prepared<Incoming>) -> ServeFuture<S, S::Future> {
+        match prepared {
             Prepared::Local(response, guard) => ServeFuture::Called {
                 response: ResponseFuture::local(response, guard),
             },
@@ -121,7 +145,11 @@ enum Prepared<B> {
 /// Counts the request as handed over (its response pending, and its body if it has one),
 /// answers it if it must not reach the service, and otherwise gives it its [`ClientInfo`],
 /// its body limit and its guards.
-fn prepare<B: Body>(client: &ClientInfo, req: Request<B>) -> Prepared<B> {
+fn prepare<B: Body, T>(
+    client: &ClientInfo,
+    req: Request<B>,
+    into_body: impl FnOnce(B, usize, Option<RequestGuard>) -> RequestBody<T>,
+) -> Prepared<T> {
     let state = client.state();
     let with_body = !req.body().is_end_stream();
     let http2 = req.version() >= Version::HTTP_2;
@@ -142,7 +170,7 @@ fn prepare<B: Body>(client: &ClientInfo, req: Request<B>) -> Prepared<B> {
     }
     let (mut parts, body) = req.into_parts();
     inject(client, &mut parts.extensions);
-    let body = RequestBody::new(body, options.body_size_limit(), request_guard);
+    let body = into_body(body, options.body_size_limit(), request_guard);
     Prepared::Forward(Request::from_parts(parts, body), response_guard, upgrade)
 }
 

@@ -3,6 +3,8 @@
 
 mod admission;
 mod listener;
+#[cfg(feature = "http3")]
+mod quic;
 mod registry;
 mod stats;
 #[cfg(unix)]
@@ -81,6 +83,11 @@ pub struct Server {
     options: Arc<Options>,
     drivers: Arc<dyn HttpDriverFactory>,
     listeners: Vec<Listener>,
+    /// HTTP/3 listeners, and their endpoints once served (closed at the end of `serve`).
+    #[cfg(feature = "http3")]
+    quic: Vec<crate::http3::QuicListener>,
+    #[cfg(feature = "http3")]
+    quic_endpoints: Vec<quinn::Endpoint>,
     shared: Arc<Shared>,
     /// Where a new process may take the listeners over.
     #[cfg(unix)]
@@ -122,11 +129,13 @@ impl std::fmt::Debug for Shared {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
+        let mut debug = f.debug_struct("Server");
+        debug
             .field("options", &self.options)
-            .field("listeners", &self.listeners)
-            .field("shared", &self.shared)
-            .finish_non_exhaustive()
+            .field("listeners", &self.listeners);
+        #[cfg(feature = "http3")]
+        debug.field("quic", &self.quic);
+        debug.field("shared", &self.shared).finish_non_exhaustive()
     }
 }
 
@@ -264,6 +273,10 @@ impl Server {
             options,
             drivers,
             listeners: Vec::new(),
+            #[cfg(feature = "http3")]
+            quic: Vec::new(),
+            #[cfg(feature = "http3")]
+            quic_endpoints: Vec::new(),
             #[cfg(unix)]
             upgrade: None,
             #[cfg(unix)]
@@ -346,6 +359,15 @@ impl Server {
     /// Adds a listener (a `TcpListener`, a `UnixListener`, or a [`Listener`] with TLS).
     pub fn listener(mut self, listener: impl Into<Listener>) -> Server {
         self.listeners.push(listener.into());
+        self
+    }
+
+    /// Adds an HTTP/3 listener (a UDP socket): its connections are served with the same
+    /// service and options as the others, under the same admission limits (one count for TCP
+    /// and QUIC), listed in the same registry. See [`http3`](crate::http3).
+    #[cfg(feature = "http3")]
+    pub fn quic(mut self, listener: crate::http3::QuicListener) -> Server {
+        self.quic.push(listener);
         self
     }
 
@@ -444,6 +466,8 @@ impl Server {
         if !drained {
             self.drain_connections(&mut shutdown).await;
         }
+        #[cfg(feature = "http3")]
+        self.close_quic().await;
         #[cfg(unix)]
         drop(receiving);
         #[cfg(unix)]
@@ -467,8 +491,28 @@ impl Server {
                 Box::pin(self.acceptor().run(listener, service.clone()));
             loops.push(run);
         }
+        #[cfg(feature = "http3")]
+        for listener in std::mem::take(&mut self.quic) {
+            if let Ok(address) = listener.local_addr() {
+                addresses.push(Address::Inet(address));
+            }
+            self.quic_endpoints.push(listener.endpoint.clone());
+            let run: Pin<Box<dyn Future<Output = ()> + Send>> =
+                Box::pin(self.acceptor().accept_quic(listener, service.clone()));
+            loops.push(run);
+        }
         self.shared.listening.send_replace(Some(addresses));
         Accepting { loops }
+    }
+
+    /// Closes the HTTP/3 endpoints (their connections are closed by now) and waits, briefly,
+    /// for their last packets to go out.
+    #[cfg(feature = "http3")]
+    async fn close_quic(&mut self) {
+        for endpoint in std::mem::take(&mut self.quic_endpoints) {
+            endpoint.close(quinn::VarInt::from_u32(0x100), b"shutdown");
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        }
     }
 
     fn acceptor(&self) -> Acceptor {
@@ -585,12 +629,12 @@ struct Accepting {
 }
 
 impl Accepting {
-    /// Runs the loops (they end only when dropped).
+    /// Runs the loops until they are dropped (a loop that ends, an HTTP/3 endpoint closed,
+    /// is let go).
     async fn run(&mut self) -> std::convert::Infallible {
         std::future::poll_fn(|cx| {
-            for accept in &mut self.loops {
-                let _ = accept.as_mut().poll(cx);
-            }
+            self.loops
+                .retain_mut(|accept| accept.as_mut().poll(cx).is_pending());
             Poll::Pending
         })
         .await
@@ -854,6 +898,25 @@ impl Acceptor {
     {
         let info = client.client().clone();
         let span = crate::remote::connection_span(&info);
+        self.register(&info, slot);
+        async move {
+            debug!("accepted");
+            let reason = client
+                .serve(
+                    &*self.drivers,
+                    service,
+                    movable.then_some(&self.shared.handover),
+                )
+                .await;
+            self.count_end(&info, &reason);
+            debug!(?reason, "connection ended");
+        }
+        .in_span(span)
+    }
+
+    /// Puts a client into the registry (shut down or closed at once if the server is), and
+    /// gives its slot back when it closes.
+    fn register(&self, info: &ClientInfo, slot: Slot) {
         let shared = self.shared.clone();
         info.on_close(move |client| {
             shared.registry.remove(client.id());
@@ -868,49 +931,41 @@ impl Acceptor {
             // connection limit.
             drop(slot);
         });
-        match self.shared.registry.insert(&info) {
+        match self.shared.registry.insert(info) {
             registry::State::Running => {}
             registry::State::ShuttingDown => info.shutdown(),
             registry::State::Forced => info.close(),
         }
-        async move {
-            debug!("accepted");
-            let reason = client
-                .serve(
-                    &*self.drivers,
-                    service,
-                    movable.then_some(&self.shared.handover),
-                )
-                .await;
-            let counters = &self.shared.counters;
-            if let CloseReason::Timeout(kind) = &reason {
-                let by_phase = match kind {
-                    TimeoutKind::Idle => &counters.idle_timeouts,
-                    TimeoutKind::RequestHead => &counters.request_head_timeouts,
-                    TimeoutKind::RequestBody => &counters.request_body_timeouts,
-                    TimeoutKind::Response => &counters.response_timeouts,
-                    TimeoutKind::HalfClose => &counters.half_close_timeouts,
-                };
-                Counters::add(by_phase);
-                let by_protocol = if info.http_version() == Some(http::Version::HTTP_2) {
-                    &counters.http2_timeouts
-                } else {
-                    &counters.http1_timeouts
-                };
-                Counters::add(by_protocol);
-            }
-            if let CloseReason::HandedOver = &reason {
-                Counters::add(&counters.handed_over);
-                #[cfg(feature = "metrics")]
-                metrics::counter!(crate::telemetry::HANDED_OVER_CONNECTIONS).increment(1);
-            }
-            // Counted from the same flag as `exported_closed`, whatever the close reason.
-            if info.is_exported() {
-                Counters::add(&counters.exported);
-            }
-            debug!(?reason, "connection ended");
+    }
+
+    /// Counts how a connection ended.
+    fn count_end(&self, info: &ClientInfo, reason: &CloseReason) {
+        let counters = &self.shared.counters;
+        if let CloseReason::Timeout(kind) = reason {
+            let by_phase = match kind {
+                TimeoutKind::Idle => &counters.idle_timeouts,
+                TimeoutKind::RequestHead => &counters.request_head_timeouts,
+                TimeoutKind::RequestBody => &counters.request_body_timeouts,
+                TimeoutKind::Response => &counters.response_timeouts,
+                TimeoutKind::HalfClose => &counters.half_close_timeouts,
+            };
+            Counters::add(by_phase);
+            let by_protocol = if info.http_version() == Some(http::Version::HTTP_2) {
+                &counters.http2_timeouts
+            } else {
+                &counters.http1_timeouts
+            };
+            Counters::add(by_protocol);
         }
-        .in_span(span)
+        if let CloseReason::HandedOver = reason {
+            Counters::add(&counters.handed_over);
+            #[cfg(feature = "metrics")]
+            metrics::counter!(crate::telemetry::HANDED_OVER_CONNECTIONS).increment(1);
+        }
+        // Counted from the same flag as `exported_closed`, whatever the close reason.
+        if info.is_exported() {
+            Counters::add(&counters.exported);
+        }
     }
 }
 

@@ -1,0 +1,1407 @@
+//! HTTP/3 (feature `http3`): a real quinn + h3 client over UDP on 127.0.0.1 against a `Server`
+//! with a `QuicListener`: the `ClientInfo` of its requests, bodies and limits, pending counts,
+//! close from a handler and by id, admission shared with TCP, graceful shutdown.
+#![cfg(feature = "http3")]
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use common::{eventually, within};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_remote_client::http3::{PeerAddress, QuicListener};
+use hyper_remote_client::tls::rustls::{self, pki_types};
+use hyper_remote_client::{ClientInfo, Options, RequestBody, Server, ServerHandle, Status};
+use tokio::sync::{mpsc, Mutex};
+
+/// A self-signed certificate for `localhost`.
+struct Cert {
+    der: pki_types::CertificateDer<'static>,
+    key: pki_types::PrivateKeyDer<'static>,
+}
+
+fn cert() -> Cert {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    Cert {
+        der: certified.cert.der().clone(),
+        key: pki_types::PrivateKeyDer::Pkcs8(pki_types::PrivatePkcs8KeyDer::from(
+            certified.key_pair.serialize_der(),
+        )),
+    }
+}
+
+/// The HTTP/3 configuration of the crate (one TLS 1.3 suite: the cipher is known).
+fn quic_config(cert: &Cert) -> Arc<rustls::ServerConfig> {
+    Arc::new(
+        hyper_remote_client::http3::server_config(
+            vec![cert.der.clone()],
+            cert.key.clone_key(),
+            hyper_remote_client::tls::ClientAuth::None,
+        )
+        .unwrap(),
+    )
+}
+
+/// A running server with one QUIC listener (and, if asked, one TCP listener).
+struct Running {
+    handle: ServerHandle,
+    udp: SocketAddr,
+    tcp: Option<SocketAddr>,
+    cert: Cert,
+    served: tokio::task::JoinHandle<()>,
+}
+
+async fn start<S, B>(options: Options, with_tcp: bool, service: S) -> Running
+where
+    S: hyper_remote_client::layer::Handler<B>,
+    B: hyper_remote_client::layer::HandlerBody,
+{
+    start_with(options, with_tcp, |quic| quic, service).await
+}
+
+/// [`start`], with the QUIC listener set up by `setup`.
+async fn start_with<S, B>(
+    options: Options,
+    with_tcp: bool,
+    setup: impl FnOnce(QuicListener) -> QuicListener,
+    service: S,
+) -> Running
+where
+    S: hyper_remote_client::layer::Handler<B>,
+    B: hyper_remote_client::layer::HandlerBody,
+{
+    let cert = cert();
+    let quic = QuicListener::bind("127.0.0.1:0".parse().unwrap(), quic_config(&cert)).unwrap();
+    let quic = setup(quic);
+    let udp = quic.local_addr().unwrap();
+    let mut server = Server::new(options).quic(quic);
+    let mut tcp = None;
+    if with_tcp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        tcp = Some(listener.local_addr().unwrap());
+        server = server.listener(listener);
+    }
+    let handle = server.handle();
+    let served = tokio::spawn(server.serve(service));
+    within("listening", handle.listening()).await;
+    Running {
+        handle,
+        udp,
+        tcp,
+        cert,
+        served,
+    }
+}
+
+/// An HTTP/3 client: one QUIC connection, and the h3 driver polled on a task.
+struct H3Client {
+    /// Kept with its connection.
+    _endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    driver: tokio::task::JoinHandle<h3::error::ConnectionError>,
+    authority: String,
+}
+
+async fn try_connect(
+    addr: SocketAddr,
+    cert: &Cert,
+) -> Result<(quinn::Endpoint, quinn::Connection), quinn::ConnectionError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone()).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    )));
+    let connecting = endpoint.connect(addr, "localhost").unwrap();
+    Ok((endpoint, within("QUIC handshake", connecting).await?))
+}
+
+async fn connect(addr: SocketAddr, cert: &Cert) -> H3Client {
+    let (endpoint, connection) = try_connect(addr, cert).await.expect("QUIC connection");
+    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(connection.clone()))
+        .await
+        .unwrap();
+    let driver =
+        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    H3Client {
+        _endpoint: endpoint,
+        connection,
+        send,
+        driver,
+        authority: format!("localhost:{}", addr.port()),
+    }
+}
+
+/// A response as the client got it.
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl H3Client {
+    fn request(&self, method: &str, path: &str) -> http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(format!("https://{}{path}", self.authority))
+    }
+
+    /// Sends `req` with `body` (none if empty), reads the whole answer.
+    async fn send(
+        &mut self,
+        req: Request<()>,
+        body: &[u8],
+    ) -> Result<Answer, h3::error::StreamError> {
+        let mut stream = self.send.send_request(req).await?;
+        if !body.is_empty() {
+            stream.send_data(Bytes::copy_from_slice(body)).await?;
+        }
+        stream.finish().await?;
+        let response = stream.recv_response().await?;
+        let mut bytes = Vec::new();
+        while let Some(mut chunk) = stream.recv_data().await? {
+            while chunk.has_remaining() {
+                let part = chunk.chunk();
+                bytes.extend_from_slice(part);
+                let n = part.len();
+                chunk.advance(n);
+            }
+        }
+        Ok(Answer {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body: Bytes::from(bytes),
+        })
+    }
+
+    async fn get(&mut self, path: &str) -> Answer {
+        let req = self.request("GET", path).body(()).unwrap();
+        within(path, self.send(req, b"")).await.expect("GET")
+    }
+
+    /// The QUIC connection's end, as the client sees it.
+    async fn closed(&self) -> quinn::ConnectionError {
+        within("QUIC connection closed", self.connection.closed()).await
+    }
+}
+
+fn text(body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::new(Full::new(body.into()))
+}
+
+fn client_of<B>(req: &Request<B>) -> ClientInfo {
+    req.extensions()
+        .get::<ClientInfo>()
+        .expect("ClientInfo in every request")
+        .clone()
+}
+
+#[tokio::test]
+async fn get_sees_the_quic_client_info() {
+    let server = start(Options::default(), false, tower::service_fn(|req: Request<RequestBody>| async move {
+        let client = client_of(&req);
+        let tls = client.tls().expect("TLS details");
+        let peer = req.extensions().get::<PeerAddress>().expect("PeerAddress");
+        let response = Response::builder()
+            // Connection-specific fields are not HTTP/3's: dropped.
+            .header("connection", "keep-alive, x-hop")
+            .header("keep-alive", "timeout=5")
+            .header("x-hop", "1")
+            .header("x-kept", "1");
+        Ok::<_, Infallible>(response.body(Full::new(Bytes::from(format!(
+            "version={:?}\nclient_version={:?}\nremote={}\npeer={}\nlocal={}\nencrypted={}\nunix={}\nprotocol={}\ncipher={} {}\nalpn={}\nsni={}\ncerts={}\n",
+            req.version(),
+            client.http_version(),
+            client.remote_address(),
+            peer.0,
+            client.local_address(),
+            client.is_encrypted(),
+            client.is_unix(),
+            tls.protocol(),
+            tls.cipher_name(),
+            tls.cipher_bits(),
+            String::from_utf8_lossy(tls.alpn_protocol().unwrap_or_default()),
+            tls.server_name().unwrap_or("-"),
+            tls.peer_certificates().len(),
+        )))).unwrap())
+    }))
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    let answer = client.get("/").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.headers.get("x-kept").unwrap(), "1");
+    for hop in ["connection", "keep-alive", "x-hop"] {
+        assert!(
+            answer.headers.get(hop).is_none(),
+            "{hop}: {:?}",
+            answer.headers
+        );
+    }
+    let text = answer.text();
+    let local_port = server.udp.port();
+    for expected in [
+        "version=HTTP/3.0\n".to_string(),
+        "client_version=Some(HTTP/3.0)\n".to_string(),
+        format!("local=127.0.0.1:{local_port}\n"),
+        "encrypted=true\n".to_string(),
+        "unix=false\n".to_string(),
+        "protocol=TLSv1.3\n".to_string(),
+        "cipher=TLS13_AES_128_GCM_SHA256 128\n".to_string(),
+        "alpn=h3\n".to_string(),
+        "sni=localhost\n".to_string(),
+        "certs=0\n".to_string(),
+    ] {
+        assert!(text.contains(&expected), "{expected:?} not in:\n{text}");
+    }
+    // The remote address is the client's UDP socket.
+    let socket = client_socket(&server.handle).await;
+    assert!(text.contains(&format!("remote={socket}\n")), "{text}");
+    assert!(text.contains(&format!("peer={socket}\n")), "{text}");
+    assert_eq!(socket.ip(), std::net::Ipv4Addr::LOCALHOST);
+}
+
+/// The remote address of the one client the server has.
+async fn client_socket(handle: &ServerHandle) -> SocketAddr {
+    let clients = handle.clients();
+    assert_eq!(clients.len(), 1, "{clients:?}");
+    match clients[0].remote_address() {
+        hyper_remote_client::Address::Inet(addr) => *addr,
+        other => panic!("not an IP client: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_remote_port_is_the_client_sockets() {
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(|req: Request<RequestBody>| async move {
+            Ok::<_, Infallible>(text(format!("{:?}", client_of(&req).remote_port())))
+        }),
+    )
+    .await;
+    // A client socket of our own, so its port is known.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(server.cert.der.clone()).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    )));
+    let connection = within(
+        "handshake",
+        endpoint.connect(server.udp, "localhost").unwrap(),
+    )
+    .await
+    .unwrap();
+    let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(connection))
+        .await
+        .unwrap();
+    let _drive =
+        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    let req = Request::get(format!("https://localhost:{}/", server.udp.port()))
+        .body(())
+        .unwrap();
+    let mut stream = send.send_request(req).await.unwrap();
+    stream.finish().await.unwrap();
+    let response = within("response", stream.recv_response()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.recv_data().await.unwrap() {
+        body.extend_from_slice(chunk.chunk());
+    }
+    assert_eq!(String::from_utf8(body).unwrap(), format!("Some({port})"));
+}
+
+#[tokio::test]
+async fn post_with_a_body_reaches_the_handler() {
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(|req: Request<RequestBody>| async move {
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect().await.expect("body").to_bytes();
+            Ok::<_, Infallible>(text(format!(
+                "{} {} bytes: {}",
+                parts.method,
+                bytes.len(),
+                String::from_utf8_lossy(&bytes)
+            )))
+        }),
+    )
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    let req = client
+        .request("POST", "/echo")
+        .header("content-length", "11")
+        .body(())
+        .unwrap();
+    let answer = within("POST", client.send(req, b"hello world"))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.text(), "POST 11 bytes: hello world");
+    // Without a length too.
+    let req = client.request("PUT", "/echo").body(()).unwrap();
+    let answer = within("PUT", client.send(req, b"abc")).await.unwrap();
+    assert_eq!(answer.text(), "PUT 3 bytes: abc");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_gets_413() {
+    let options = Options::default().with_body_size_limit(16);
+    let server = start(
+        options,
+        false,
+        tower::service_fn(|req: Request<RequestBody>| async move {
+            match req.into_body().collect().await {
+                Ok(bytes) => Ok::<_, Infallible>(text(format!("read {}", bytes.to_bytes().len()))),
+                Err(error) => {
+                    let over = error
+                        .downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some();
+                    let mut response = text(format!("limit error: {over}"));
+                    *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                    Ok(response)
+                }
+            }
+        }),
+    )
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    // Announced: the screening answers, the handler never runs.
+    let req = client
+        .request("POST", "/")
+        .header("content-length", "100")
+        .body(())
+        .unwrap();
+    let answer = within("announced", client.send(req, &[b'x'; 100]))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer.body, Bytes::new());
+    // Not announced: the body fails past the limit, in the handler.
+    let req = client.request("POST", "/").body(()).unwrap();
+    let answer = within("streamed", client.send(req, &[b'x'; 100]))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer.text(), "limit error: true");
+    // Under the limit: read.
+    let req = client.request("POST", "/").body(()).unwrap();
+    let answer = within("small", client.send(req, b"0123456789"))
+        .await
+        .unwrap();
+    assert_eq!(answer.text(), "read 10");
+}
+
+/// A handler that tells the test it runs (with its client), then waits to be let go.
+#[derive(Clone)]
+struct Gate {
+    entered: mpsc::UnboundedSender<ClientInfo>,
+    release: Arc<Mutex<mpsc::UnboundedReceiver<()>>>,
+}
+
+fn gate() -> (
+    Gate,
+    mpsc::UnboundedReceiver<ClientInfo>,
+    mpsc::UnboundedSender<()>,
+) {
+    let (entered, entered_rx) = mpsc::unbounded_channel();
+    let (release_tx, release) = mpsc::unbounded_channel();
+    (
+        Gate {
+            entered,
+            release: Arc::new(Mutex::new(release)),
+        },
+        entered_rx,
+        release_tx,
+    )
+}
+
+impl Gate {
+    async fn pass(&self, client: ClientInfo) {
+        let _ = self.entered.send(client);
+        let _ = self.release.lock().await.recv().await;
+    }
+}
+
+#[tokio::test]
+async fn pending_counts_while_a_handler_waits() {
+    let (gate, mut entered, release) = gate();
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(move |req: Request<RequestBody>| {
+            let gate = gate.clone();
+            async move {
+                let client = client_of(&req);
+                let mut body = req.into_body();
+                // The first chunk of the body (if any), then wait.
+                let first = body.frame().await;
+                gate.pass(client).await;
+                let mut n = first
+                    .and_then(|frame| frame.ok())
+                    .and_then(|frame| frame.into_data().ok())
+                    .map_or(0, |data| data.len());
+                while let Some(frame) = body.frame().await {
+                    n += frame
+                        .ok()
+                        .and_then(|f| f.into_data().ok())
+                        .map_or(0, |d| d.len());
+                }
+                Ok::<_, Infallible>(text(format!("{n}")))
+            }
+        }),
+    )
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+
+    // A GET: its response is pending, no body is.
+    let req = client.request("GET", "/").body(()).unwrap();
+    let mut stream = client.send.send_request(req).await.unwrap();
+    stream.finish().await.unwrap();
+    let info = within("handler entered", entered.recv()).await.unwrap();
+    assert_eq!(info.pending_responses(), 1);
+    assert_eq!(info.pending_requests(), 0);
+    assert!(info.is_waiting_on_response());
+    release.send(()).unwrap();
+    let response = within("response", stream.recv_response()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    while within("body", stream.recv_data()).await.unwrap().is_some() {}
+    eventually("response done", || info.pending_responses() == 0).await;
+
+    // A POST whose body is still coming: its body is pending too.
+    let req = client.request("POST", "/").body(()).unwrap();
+    let mut stream = client.send.send_request(req).await.unwrap();
+    stream
+        .send_data(Bytes::from_static(b"first"))
+        .await
+        .unwrap();
+    let info = within("handler entered", entered.recv()).await.unwrap();
+    assert_eq!(info.pending_responses(), 1);
+    assert_eq!(info.pending_requests(), 1);
+    assert!(!info.is_waiting_on_response());
+    release.send(()).unwrap();
+    stream
+        .send_data(Bytes::from_static(b"second"))
+        .await
+        .unwrap();
+    stream.finish().await.unwrap();
+    let response = within("response", stream.recv_response()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = Vec::new();
+    while let Some(chunk) = within("body", stream.recv_data()).await.unwrap() {
+        body.extend_from_slice(chunk.chunk());
+    }
+    assert_eq!(body, b"11");
+    eventually("all done", || {
+        info.pending_responses() == 0 && info.pending_requests() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn close_from_a_handler_ends_the_connection() {
+    let fired = Arc::new(AtomicUsize::new(0));
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let counter = fired.clone();
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(move |req: Request<RequestBody>| {
+            let counter = counter.clone();
+            let seen_tx = seen_tx.clone();
+            async move {
+                let client = client_of(&req);
+                if req.uri().path() == "/close" {
+                    client.on_close(move |_| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    });
+                    let _ = seen_tx.send(client.clone());
+                    client.close();
+                    // A second close changes nothing.
+                    client.close();
+                    assert_eq!(client.status(), Status::CLOSED_RDWR);
+                    // Never answered: the connection is gone.
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, Infallible>(text("open"))
+            }
+        }),
+    )
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    assert_eq!(client.get("/").await.text(), "open");
+    let req = client.request("GET", "/close").body(()).unwrap();
+    let result = within("closing request", client.send(req, b"")).await;
+    assert!(result.is_err(), "{result:?}");
+    match client.closed().await {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, quinn::VarInt::from_u32(0x100));
+        }
+        other => panic!("not closed by the server: {other:?}"),
+    }
+    let info = within("the handler's client", seen.recv()).await.unwrap();
+    within("closed()", info.closed()).await;
+    assert_eq!(fired.load(Ordering::SeqCst), 1);
+    assert!(info.is_closed());
+    eventually("unregistered", || server.handle.clients().is_empty()).await;
+    assert_eq!(server.handle.stats().closed, 1);
+    assert_eq!(server.handle.connection_count(), 0);
+}
+
+#[tokio::test]
+async fn the_registry_lists_http3_clients_and_closes_them_by_id() {
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(
+            |_req: Request<RequestBody>| async move { Ok::<_, Infallible>(text("hi")) },
+        ),
+    )
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    assert_eq!(client.get("/").await.text(), "hi");
+    let clients = server.handle.clients();
+    assert_eq!(clients.len(), 1);
+    let info = &clients[0];
+    assert_eq!(info.http_version(), Some(http::Version::HTTP_3));
+    assert!(info.is_encrypted());
+    assert_eq!(info.status(), Status::OPEN);
+    assert!(
+        info.bytes_read() > 0 && info.bytes_written() > 0,
+        "{info:?}"
+    );
+    assert!(server.handle.close(info.id()));
+    match client.closed().await {
+        quinn::ConnectionError::ApplicationClosed(_) => {}
+        other => panic!("not closed by the server: {other:?}"),
+    }
+    within("closed()", info.closed()).await;
+    assert!(server.handle.clients().is_empty());
+    assert!(!server.handle.close(info.id()));
+}
+
+#[tokio::test]
+async fn a_handler_panic_or_error_fails_that_request_only() {
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(|req: Request<RequestBody>| async move {
+            match req.uri().path() {
+                "/panic" => panic!("handler panicked on purpose"),
+                "/error" => Err(std::io::Error::other("handler failed on purpose")),
+                "/body-error" => {
+                    // Head sent, then the body fails: the stream must be reset, not finished.
+                    let body = http_body_util::StreamBody::new(futures_util::stream::iter(vec![
+                        Ok(http_body::Frame::data(Bytes::from_static(b"partial"))),
+                        Err(std::io::Error::other("body failed")),
+                    ]));
+                    Ok(Response::new(http_body_util::Either::Right(body)))
+                }
+                _ => Ok(Response::new(http_body_util::Either::Left(Full::new(
+                    Bytes::from_static(b"fine"),
+                )))),
+            }
+        }),
+    )
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    for path in ["/panic", "/error", "/body-error"] {
+        let req = client.request("GET", path).body(()).unwrap();
+        let result = within(path, client.send(req, b"")).await;
+        assert!(result.is_err(), "{path}: answered as if whole: {result:?}");
+        // The connection goes on.
+        assert_eq!(client.get("/").await.text(), "fine", "after {path}");
+    }
+    assert_eq!(server.handle.clients().len(), 1);
+}
+
+#[tokio::test]
+async fn the_connection_limit_is_shared_with_tcp() {
+    let options = Options::default().with_connection_limit(1);
+    let server = start(
+        options,
+        true,
+        tower::service_fn(
+            |_req: Request<RequestBody>| async move { Ok::<_, Infallible>(text("hi")) },
+        ),
+    )
+    .await;
+    // A TCP connection takes the one slot: QUIC is refused.
+    let tcp = tokio::net::TcpStream::connect(server.tcp.unwrap())
+        .await
+        .unwrap();
+    eventually("TCP admitted", || server.handle.connection_count() == 1).await;
+    let refused = try_connect(server.udp, &server.cert).await;
+    match refused {
+        Err(quinn::ConnectionError::ConnectionClosed(close)) => {
+            assert_eq!(
+                close.error_code,
+                quinn::TransportErrorCode::CONNECTION_REFUSED
+            );
+        }
+        other => panic!("QUIC not refused: {other:?}"),
+    }
+    assert_eq!(server.handle.stats().rejected_connection_limit, 1);
+    drop(tcp);
+    eventually("TCP slot given back", || {
+        server.handle.connection_count() == 0
+    })
+    .await;
+
+    // And the other way: a QUIC connection takes it, TCP is closed at once.
+    let mut client = connect(server.udp, &server.cert).await;
+    assert_eq!(client.get("/").await.text(), "hi");
+    let mut tcp = tokio::net::TcpStream::connect(server.tcp.unwrap())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let read = within("TCP refused", tcp.read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_eq!(server.handle.stats().rejected_connection_limit, 2);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_an_in_flight_request_finish() {
+    let (gate, mut entered, release) = gate();
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(move |req: Request<RequestBody>| {
+            let gate = gate.clone();
+            async move {
+                if req.uri().path() == "/slow" {
+                    gate.pass(client_of(&req)).await;
+                    return Ok::<_, Infallible>(text("finished"));
+                }
+                Ok(text("quick"))
+            }
+        }),
+    )
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    let req = client.request("GET", "/slow").body(()).unwrap();
+    let mut stream = client.send.send_request(req).await.unwrap();
+    stream.finish().await.unwrap();
+    let info = within("handler entered", entered.recv()).await.unwrap();
+    server
+        .handle
+        .graceful_shutdown(Some(Duration::from_secs(10)));
+    // Once the GOAWAY is in effect, new requests are refused (by the server, or by the client
+    // that saw it); until then they are answered.
+    within("GOAWAY", async {
+        loop {
+            let req = client.request("GET", "/probe").body(()).unwrap();
+            if client.send(req, b"").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(!info.is_closed());
+    release.send(()).unwrap();
+    let response = within("response", stream.recv_response()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = Vec::new();
+    while let Some(chunk) = within("body", stream.recv_data()).await.unwrap() {
+        body.extend_from_slice(chunk.chunk());
+    }
+    assert_eq!(body, b"finished");
+    drop(stream);
+    // The client closes once it has its answer (its last SendRequest dropped); the server
+    // then returns.
+    drop(client.send);
+    within("server returned", server.served).await.unwrap();
+    within("closed()", info.closed()).await;
+    assert!(info.is_closed());
+    let _ = within("client driver", client.driver).await;
+}
+
+fn hello() -> impl hyper_remote_client::layer::Handler<Full<Bytes>> {
+    tower::service_fn(|req: Request<RequestBody>| async move {
+        Ok::<_, Infallible>(text(format!("hello {}", client_of(&req).id())))
+    })
+}
+
+#[tokio::test]
+async fn a_header_section_over_the_limit_gets_431() {
+    let options = Options::default().with_header_size_limit(1024);
+    let server = start(options, false, hello()).await;
+    let mut client = connect(server.udp, &server.cert).await;
+    let req = client
+        .request("GET", "/")
+        .header("x-big", "y".repeat(4096))
+        .body(())
+        .unwrap();
+    let answer = within("big head", client.send(req, b"")).await.unwrap();
+    assert_eq!(answer.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // The connection goes on.
+    assert!(client.get("/").await.text().starts_with("hello"));
+}
+
+#[tokio::test]
+async fn the_per_ip_limit_applies_to_quic() {
+    let options = Options::default()
+        .with_connections_per_ip(1)
+        .with_per_ip_limit_on_loopback(true);
+    let server = start(options, false, hello()).await;
+    let mut first = connect(server.udp, &server.cert).await;
+    assert!(first.get("/").await.text().starts_with("hello"));
+    match try_connect(server.udp, &server.cert).await {
+        Err(quinn::ConnectionError::ConnectionClosed(close)) => {
+            assert_eq!(
+                close.error_code,
+                quinn::TransportErrorCode::CONNECTION_REFUSED
+            );
+        }
+        other => panic!("second QUIC connection not refused: {other:?}"),
+    }
+    let stats = server.handle.stats();
+    assert_eq!(stats.rejected_per_ip_limit, 1, "{stats:?}");
+    assert_eq!(stats.rejected_connection_limit, 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn retry_validates_addresses_and_serves_as_usual() {
+    let server = start_with(
+        Options::default(),
+        false,
+        |quic| quic.with_retry(true),
+        hello(),
+    )
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    assert!(client.get("/").await.text().starts_with("hello"));
+    // The Retry round trip is not a connection: one accepted, one client.
+    let stats = server.handle.stats();
+    assert_eq!(stats.accepted, 1, "{stats:?}");
+    assert_eq!(server.handle.clients().len(), 1);
+}
+
+#[tokio::test]
+async fn the_idle_timeout_is_http2_timeout() {
+    let options = Options::default().with_http2_timeout(Duration::from_millis(300));
+    let server = start(options, false, hello()).await;
+    let mut client = connect(server.udp, &server.cert).await;
+    assert!(client.get("/").await.text().starts_with("hello"));
+    let info = server.handle.clients().pop().unwrap();
+    let started = std::time::Instant::now();
+    within("closed by the idle timeout", info.closed()).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+    match client.closed().await {
+        quinn::ConnectionError::TimedOut | quinn::ConnectionError::ApplicationClosed(_) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(server.handle.clients().is_empty());
+}
+
+#[tokio::test]
+async fn a_shutdown_closes_what_remains_at_its_deadline_then_the_endpoint() {
+    let (gate, mut entered, _release) = gate();
+    let options = Options::default().with_shutdown_timeout(Duration::from_millis(300));
+    let server = start(
+        options,
+        false,
+        tower::service_fn(move |req: Request<RequestBody>| {
+            let gate = gate.clone();
+            async move {
+                // Never let go.
+                gate.pass(client_of(&req)).await;
+                std::future::pending::<()>().await;
+                Ok::<_, Infallible>(text("never"))
+            }
+        }),
+    )
+    .await;
+    let client = connect(server.udp, &server.cert).await;
+    let req = client.request("GET", "/").body(()).unwrap();
+    let mut send = client.send.clone();
+    let mut stream = send.send_request(req).await.unwrap();
+    stream.finish().await.unwrap();
+    let info = within("handler entered", entered.recv()).await.unwrap();
+    server
+        .handle
+        .graceful_shutdown(Some(Duration::from_millis(300)));
+    within("server returned", server.served).await.unwrap();
+    assert!(info.is_closed());
+    assert!(stream.recv_response().await.is_err());
+    match client.closed().await {
+        quinn::ConnectionError::ApplicationClosed(_) => {}
+        other => panic!("{other:?}"),
+    }
+    // The endpoint is closed: a new connection gets no answer.
+    let late = tokio::time::timeout(
+        Duration::from_millis(500),
+        try_connect(server.udp, &server.cert),
+    )
+    .await;
+    assert!(
+        !matches!(late, Ok(Ok(_))),
+        "a new connection was accepted after the shutdown"
+    );
+}
+
+#[tokio::test]
+async fn alt_svc_on_tls_answers_and_the_tcp_tls_config_serves_quic() {
+    use hyper_remote_client::tls::{server_config, ClientAuth, TlsAcceptor};
+    use hyper_util::rt::TokioIo;
+    let cert = cert();
+    // The TCP listeners' configuration as it is (ALPN h2 and http/1.1, TLS 1.2 and 1.3).
+    let config = Arc::new(
+        server_config(
+            vec![cert.der.clone()],
+            cert.key.clone_key(),
+            ClientAuth::None,
+        )
+        .unwrap(),
+    );
+    let quic = QuicListener::bind("127.0.0.1:0".parse().unwrap(), config.clone()).unwrap();
+    let udp = quic.local_addr().unwrap();
+    let alt_svc = quic.alt_svc().unwrap();
+    assert_eq!(
+        alt_svc,
+        format!("h3=\":{}\"; ma=86400", udp.port()).as_str()
+    );
+    let tls_tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls_addr = tls_tcp.local_addr().unwrap();
+    let plain_tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain_addr = plain_tcp.local_addr().unwrap();
+    let server = Server::new(Options::default().with_alt_svc(alt_svc.clone()))
+        .quic(quic)
+        .listener(hyper_remote_client::Listener::tcp(tls_tcp).with_tls(TlsAcceptor::new(config)))
+        .listener(plain_tcp);
+    let handle = server.handle();
+    let _served = tokio::spawn(server.serve(tower::service_fn(
+        |req: Request<RequestBody>| async move {
+            let client = client_of(&req);
+            let tls = client.tls().map(|tls| {
+                format!(
+                    "{} {} {:?}",
+                    tls.protocol(),
+                    tls.cipher_name(),
+                    tls.alpn_protocol().map(String::from_utf8_lossy)
+                )
+            });
+            Ok::<_, Infallible>(text(format!("{:?} {tls:?}", req.version())))
+        },
+    )));
+    let listening = within("listening", handle.listening()).await;
+    assert!(
+        listening.contains(&hyper_remote_client::Address::Inet(udp)),
+        "{listening:?}"
+    );
+
+    // HTTP/3 with that configuration: ALPN h3; the cipher is not known (several suites).
+    let mut h3 = connect(udp, &cert).await;
+    let answer = h3.get("/").await;
+    assert_eq!(
+        answer.text(),
+        "HTTP/3.0 Some(\"TLSv1.3  Some(\\\"h3\\\")\")"
+    );
+    assert!(
+        answer.headers.get("alt-svc").is_none(),
+        "{:?}",
+        answer.headers
+    );
+
+    // HTTPS over TCP: advertised.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone()).unwrap();
+    let mut client_tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    client_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(client_tls))
+        .connect(pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let response = within(
+        "HTTPS",
+        sender.send_request(common::h1_req("GET", "/", Bytes::new())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.headers().get("alt-svc"), Some(&alt_svc));
+    let body = common::body_of(response).await;
+    assert!(
+        body.starts_with(b"HTTP/1.1 Some(\"TLSv1.3 TLS13_"),
+        "{body:?}"
+    );
+
+    // Plain HTTP: not advertised.
+    let mut plain = common::h1_client(plain_addr).await;
+    let response = within(
+        "HTTP",
+        plain
+            .sender
+            .send_request(common::h1_req("GET", "/", Bytes::new())),
+    )
+    .await
+    .unwrap();
+    assert!(response.headers().get("alt-svc").is_none());
+}
+
+/// The inspector (examples/serve.rs), built with `http3`: `--https ADDR` also serves HTTP/3 on
+/// UDP at the same address, and `GET /` tells HTTP/3.0 and the QUIC details.
+#[tokio::test]
+async fn the_inspector_serves_http3_beside_https() {
+    use rustls::pki_types::pem::PemObject;
+    let inspector = common::example::Example::start("serve", &["--https", "127.0.0.1:0"]).await;
+    let https: SocketAddr = inspector
+        .first_line
+        .strip_prefix("listening on https://")
+        .unwrap_or_else(|| panic!("first line: {:?}", inspector.first_line))
+        .trim()
+        .parse()
+        .unwrap();
+    let mut udp = None;
+    let ca = loop {
+        let line = within("inspector lines", inspector.next_line()).await;
+        assert!(
+            !line.is_empty(),
+            "the inspector stopped printing before its CA line"
+        );
+        if let Some(addr) = line.strip_prefix("HTTP/3 on udp://") {
+            udp = Some(addr.trim().parse::<SocketAddr>().unwrap());
+        }
+        if let Some((_, path)) = line.split_once("its CA: ") {
+            break std::path::PathBuf::from(path.trim());
+        }
+    };
+    let udp = udp.expect("an `HTTP/3 on udp://` line before the CA line");
+    assert_eq!(udp, https, "HTTP/3 at the HTTPS address");
+    let ca = Cert {
+        der: pki_types::CertificateDer::from_pem_file(&ca).unwrap(),
+        // Not used: the client only trusts the CA.
+        key: cert().key,
+    };
+    let mut client = connect(udp, &ca).await;
+    let answer = client.get("/").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let json: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(json["http_version"], "HTTP/3.0", "{json}");
+    assert_eq!(json["is_encrypted"], true, "{json}");
+    assert_eq!(json["crypto"]["protocol"], "TLSv1.3", "{json}");
+    assert_eq!(json["crypto"]["alpn_protocol"], "h3", "{json}");
+    assert_eq!(json["crypto"]["server_name"], "localhost", "{json}");
+    assert_eq!(json["quic"]["peer_port"], json["remote_port"], "{json}");
+    assert_eq!(json["local_port"], udp.port(), "{json}");
+    // Metrics: the request over HTTP/3, the QUIC handshake as a TLS 1.3 one (no TCP client
+    // came: these are the QUIC connection's).
+    let metrics = client.get("/metrics").await.text();
+    let has = |name: &str, label: &str| {
+        metrics
+            .lines()
+            .any(|line| line.starts_with(name) && line.contains(label))
+    };
+    assert!(
+        has(
+            "http_server_request_duration_seconds_count",
+            "network_protocol_version=\"3\""
+        ),
+        "{metrics}"
+    );
+    assert!(
+        has(
+            "hyper_remote_client_tls_handshake_duration_seconds_count",
+            "tls_protocol_version=\"1.3\""
+        ),
+        "{metrics}"
+    );
+}
+
+/// Another HTTP/3 stack than quinn + h3: aioquic's, with tests/aioquic/h3get.py. Runs where
+/// Python has aioquic (`H3_PYTHON` names the interpreter; default `python3`); says so and
+/// passes elsewhere.
+#[tokio::test]
+async fn an_aioquic_client_gets_an_answer() {
+    let python = std::env::var("H3_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let has_aioquic = std::process::Command::new(&python)
+        .args(["-c", "import aioquic"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !has_aioquic {
+        assert!(
+            std::env::var_os("H3_REQUIRE_AIOQUIC").is_none(),
+            "H3_REQUIRE_AIOQUIC is set, but {python} has no aioquic"
+        );
+        eprintln!("skipped: no aioquic for {python} (pip install aioquic, or set H3_PYTHON)");
+        return;
+    }
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(|req: Request<RequestBody>| async move {
+            let client = client_of(&req);
+            Ok::<_, Infallible>(text(format!(
+                "{:?} from port {:?} alpn {:?}",
+                req.version(),
+                client.remote_port(),
+                client
+                    .tls()
+                    .and_then(|tls| tls.alpn_protocol())
+                    .map(String::from_utf8_lossy),
+            )))
+        }),
+    )
+    .await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/aioquic/h3get.py");
+    let output = within(
+        "aioquic",
+        tokio::process::Command::new(&python)
+            .args([script, "127.0.0.1", &server.udp.port().to_string(), "/"])
+            .output(),
+    )
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains(":status: 200"), "{stdout}");
+    assert!(stdout.contains("HTTP/3.0 from port Some("), "{stdout}");
+    assert!(stdout.contains("alpn Some(\"h3\")"), "{stdout}");
+    // The client closed with H3_NO_ERROR: the server lets go of it.
+    eventually("client gone", || server.handle.clients().is_empty()).await;
+    assert_eq!(server.handle.stats().closed, 1);
+}
+
+#[tokio::test]
+async fn detach_says_http3_cannot_be_detached() {
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(|mut req: Request<RequestBody>| async move {
+            let error = hyper_remote_client::detach(&mut req).await.err();
+            Ok::<_, Infallible>(text(format!("{error:?}")))
+        }),
+    )
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    assert_eq!(client.get("/").await.text(), "Some(Http3)");
+}
+
+#[tokio::test]
+async fn no_body_goes_with_head_204_or_304_answers() {
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(|req: Request<RequestBody>| async move {
+            let mut response = text("a body");
+            match req.uri().path() {
+                "/204" => *response.status_mut() = StatusCode::NO_CONTENT,
+                "/304" => *response.status_mut() = StatusCode::NOT_MODIFIED,
+                _ => {}
+            }
+            Ok::<_, Infallible>(response)
+        }),
+    )
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    let req = client.request("HEAD", "/").body(()).unwrap();
+    let answer = within("HEAD", client.send(req, b"")).await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, Bytes::new());
+    for (path, status) in [
+        ("/204", StatusCode::NO_CONTENT),
+        ("/304", StatusCode::NOT_MODIFIED),
+    ] {
+        let answer = client.get(path).await;
+        assert_eq!(answer.status, status);
+        assert_eq!(answer.body, Bytes::new(), "{path}");
+    }
+    assert_eq!(client.get("/").await.text(), "a body");
+}
+
+/// A client that moves to another UDP socket (connection migration): `ClientInfo` keeps the
+/// handshake's address, the request's `PeerAddress` tells the new one.
+#[tokio::test]
+async fn a_migrated_client_is_seen_at_its_new_address() {
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(|req: Request<RequestBody>| async move {
+            let client = client_of(&req);
+            let peer = req.extensions().get::<PeerAddress>().expect("PeerAddress");
+            Ok::<_, Infallible>(text(format!("{} {}", client.remote_address(), peer.0)))
+        }),
+    )
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    let before = client._endpoint.local_addr().unwrap();
+    assert_eq!(client.get("/").await.text(), format!("{before} {before}"));
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let after = socket.local_addr().unwrap();
+    client._endpoint.rebind(socket).unwrap();
+    // The server follows once it has seen (and validated) the new path.
+    let mut answer = String::new();
+    for _ in 0..50 {
+        answer = client.get("/").await.text();
+        if answer == format!("{before} {after}") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(answer, format!("{before} {after}"));
+}
+
+#[tokio::test]
+async fn client_certificates_reach_client_info() {
+    use hyper_remote_client::tls::ClientAuth;
+    // A CA, a server certificate and a client certificate it signed.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "test CA");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let leaf = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        (
+            cert.der().clone(),
+            pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+    };
+    let (server_cert, server_key) = leaf("localhost");
+    let (client_cert, client_key) = leaf("client.test");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let config = hyper_remote_client::http3::server_config(
+        vec![server_cert],
+        server_key,
+        ClientAuth::Require(roots.clone()),
+    )
+    .unwrap();
+    let quic = QuicListener::bind("127.0.0.1:0".parse().unwrap(), Arc::new(config)).unwrap();
+    let udp = quic.local_addr().unwrap();
+    let server = Server::new(Options::default()).quic(quic);
+    let _served = tokio::spawn(server.serve(tower::service_fn(
+        |req: Request<RequestBody>| async move {
+            let client = client_of(&req);
+            let certs = client.tls().map(|tls| tls.peer_certificates().to_vec());
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
+                certs.unwrap_or_default().concat(),
+            ))))
+        },
+    )));
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(vec![client_cert.clone()], client_key)
+    .unwrap();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    )));
+    let connection = within("handshake", endpoint.connect(udp, "localhost").unwrap())
+        .await
+        .unwrap();
+    let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(connection))
+        .await
+        .unwrap();
+    let _drive =
+        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    let req = Request::get(format!("https://localhost:{}/", udp.port()))
+        .body(())
+        .unwrap();
+    let mut stream = send.send_request(req).await.unwrap();
+    stream.finish().await.unwrap();
+    let response = within("response", stream.recv_response()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = Vec::new();
+    while let Some(chunk) = within("body", stream.recv_data()).await.unwrap() {
+        body.extend_from_slice(chunk.chunk());
+    }
+    assert_eq!(body, client_cert.as_ref(), "the client's certificate, DER");
+}
+
+/// Bodies larger than QUIC's flow-control windows, both ways: the answer waits for the peer
+/// to read, and arrives whole.
+#[tokio::test]
+async fn large_bodies_both_ways() {
+    const SIZE: usize = 4 << 20;
+    let options = Options::default().with_body_size_limit(SIZE);
+    let server = start(
+        options,
+        false,
+        tower::service_fn(|req: Request<RequestBody>| async move {
+            if req.method() == http::Method::POST {
+                let body = req.into_body().collect().await.expect("body").to_bytes();
+                let sum: u64 = body.iter().map(|&b| u64::from(b)).sum();
+                return Ok::<_, Infallible>(text(format!("{} {sum}", body.len())));
+            }
+            let body: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+            Ok(text(body))
+        }),
+    )
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    let answer = within("big GET", async { client.get("/big").await }).await;
+    assert_eq!(answer.body.len(), SIZE);
+    assert!(answer
+        .body
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == (i % 251) as u8));
+    let upload: Vec<u8> = (0..SIZE).map(|i| (i % 7) as u8).collect();
+    let sum: u64 = upload.iter().map(|&b| u64::from(b)).sum();
+    let req = client.request("POST", "/").body(()).unwrap();
+    let answer = within("big POST", client.send(req, &upload)).await.unwrap();
+    assert_eq!(answer.text(), format!("{SIZE} {sum}"));
+    let info = server.handle.clients().pop().unwrap();
+    assert!(info.bytes_read() > SIZE as u64, "{}", info.bytes_read());
+}
+
+/// `concurrent_stream_limit` is QUIC's limit of request streams: over it, a client waits.
+#[tokio::test]
+async fn the_concurrent_stream_limit_holds_requests_back() {
+    let (gate, mut entered, release) = gate();
+    let options = Options::default().with_concurrent_stream_limit(1);
+    let server = start(
+        options,
+        false,
+        tower::service_fn(move |req: Request<RequestBody>| {
+            let gate = gate.clone();
+            async move {
+                gate.pass(client_of(&req)).await;
+                Ok::<_, Infallible>(text(req.uri().path().to_owned()))
+            }
+        }),
+    )
+    .await;
+    let client = connect(server.udp, &server.cert).await;
+    let mut first_send = client.send.clone();
+    let mut second_send = client.send.clone();
+    let first = client.request("GET", "/first").body(()).unwrap();
+    let second = client.request("GET", "/second").body(()).unwrap();
+    let first = tokio::spawn(async move {
+        let mut stream = first_send.send_request(first).await.unwrap();
+        stream.finish().await.unwrap();
+        stream.recv_response().await.unwrap().status()
+    });
+    let info = within("first handler", entered.recv()).await.unwrap();
+    let second = tokio::spawn(async move {
+        let mut stream = second_send.send_request(second).await.unwrap();
+        stream.finish().await.unwrap();
+        stream.recv_response().await.unwrap().status()
+    });
+    // No event tells that a stream is *not* opened: a bounded wait instead.
+    let early = tokio::time::timeout(Duration::from_millis(300), entered.recv()).await;
+    assert!(early.is_err(), "a second stream was opened over the limit");
+    assert_eq!(info.pending_responses(), 1);
+    release.send(()).unwrap();
+    assert_eq!(within("first", first).await.unwrap(), StatusCode::OK);
+    within("second handler", entered.recv()).await.unwrap();
+    release.send(()).unwrap();
+    assert_eq!(within("second", second).await.unwrap(), StatusCode::OK);
+}
+
+/// `bind_acceptor`: a certificate reloaded into the TCP listener's acceptor is the one new
+/// QUIC connections get; a connection already open keeps its own.
+#[tokio::test]
+async fn a_reloaded_certificate_reaches_new_quic_connections() {
+    use hyper_remote_client::tls::{server_config, ClientAuth, TlsAcceptor};
+    let first = cert();
+    let second = cert();
+    let config = |cert: &Cert| {
+        Arc::new(
+            server_config(
+                vec![cert.der.clone()],
+                cert.key.clone_key(),
+                ClientAuth::None,
+            )
+            .unwrap(),
+        )
+    };
+    let acceptor = TlsAcceptor::new(config(&first));
+    let quic = QuicListener::bind_acceptor("127.0.0.1:0".parse().unwrap(), &acceptor).unwrap();
+    let udp = quic.local_addr().unwrap();
+    let server = Server::new(Options::default()).quic(quic);
+    let handle = server.handle();
+    let _served = tokio::spawn(server.serve(hello()));
+    within("listening", handle.listening()).await;
+    let server_cert = |connection: &quinn::Connection| {
+        connection
+            .peer_identity()
+            .and_then(|identity| {
+                identity
+                    .downcast::<Vec<pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .map(|chain| chain[0].clone())
+            .expect("the server's certificate")
+    };
+    let mut before = connect(udp, &first).await;
+    assert_eq!(server_cert(&before.connection), first.der);
+    acceptor.reload(config(&second));
+    let mut after = connect(udp, &second).await;
+    assert_eq!(server_cert(&after.connection), second.der);
+    assert!(after.get("/").await.text().starts_with("hello"));
+    // The connection made before goes on with its own.
+    assert!(before.get("/").await.text().starts_with("hello"));
+}
