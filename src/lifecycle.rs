@@ -260,8 +260,12 @@ impl<'a> Watch<'a> {
                 // Registered with this task, not gone off: it wakes the task when it does.
                 return Poll::Pending;
             }
+            // A task out of its coop budget gets `Pending` from the timer without the timer
+            // taking its waker (tokio wakes the task to poll again instead): only a poll made
+            // with budget left registered the waker.
+            let registers = tokio::task::coop::has_budget_remaining();
             if self.sleep.as_mut().poll(cx).is_pending() {
-                self.timer_waker = Some(cx.waker().clone());
+                self.timer_waker = registers.then(|| cx.waker().clone());
                 return Poll::Pending;
             }
             self.armed = None;
@@ -316,6 +320,9 @@ impl<'a> Watch<'a> {
         let restarted = snap.requests != self.requests;
         self.requests = snap.requests;
         let phase = if busy {
+            // The bytes of the requests being served are theirs: only bytes that come after
+            // the last look in this phase begin a new request head.
+            self.read_base = snap.bytes_read;
             Phase::Service
         } else if !restarted
             && self.protocol == Protocol::Http1

@@ -407,3 +407,61 @@ async fn extreme_timeouts_neither_spin_nor_overflow() {
         let _ = h.next_client().await;
     }
 }
+
+/// A response body that spends its task's whole coop budget before it gives its one frame.
+struct BudgetSpender(Option<Bytes>);
+
+impl Body for BudgetSpender {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        while tokio::task::coop::has_budget_remaining() {
+            match tokio::task::coop::poll_proceed(cx) {
+                Poll::Ready(restore) => restore.made_progress(),
+                Poll::Pending => break,
+            }
+        }
+        Poll::Ready(self.0.take().map(|data| Ok(Frame::data(data))))
+    }
+}
+
+/// After a response slower than the idle timeout, the connection is idle (not reading a head):
+/// the idle clock, armed anew when the response ends, closes it, and says so (before issue 24's
+/// fix the watch counted the served request's own bytes as a new head: `RequestHead`). The body
+/// spends the task's coop budget, in which case tokio's timer answers `Pending` without taking
+/// the task's waker: the watch must not take that for a registration (it does not here; this
+/// test did not reproduce that case, whose fix is by reading tokio's timer).
+#[tokio::test]
+async fn idle_clock_runs_out_after_a_response_that_spent_the_coop_budget() {
+    let mut h = serve(
+        short_options(),
+        tower::service_fn(|_req: Request<RequestBody>| async move {
+            // Longer than the idle timeout armed at the connection's start: that timer goes
+            // off during the handler, so the clock is armed anew when the response ends.
+            tokio::time::sleep(TIMEOUT * 2).await;
+            Ok::<_, Infallible>(Response::new(BudgetSpender(Some(Bytes::from_static(
+                b"spent",
+            )))))
+        }),
+    )
+    .await;
+    let mut stream = connect(h.addr).await;
+    let client = h.next_client().await;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (bytes, _) = until_closed(&mut stream).await;
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("spent"), "{text}");
+    let reason = h.reason_of(client.id().get()).await;
+    assert!(
+        matches!(reason, CloseReason::Timeout(TimeoutKind::Idle)),
+        "{reason:?}"
+    );
+}
