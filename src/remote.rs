@@ -419,7 +419,10 @@ fn reason(event: Event) -> CloseReason {
 /// The span a connection is served in: see [`RemoteClient::start`].
 pub(crate) fn connection_span(client: &ClientInfo) -> tracing::Span {
     use tracing::field::Empty;
+    // A root span, wherever the accept loop runs (inside `Server::serve`'s future, which may
+    // be awaited in a span of the caller's).
     let span = tracing::info_span!(
+        parent: None,
         "client",
         id = %client.id(),
         remote = %client.remote_address(),
