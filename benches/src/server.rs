@@ -142,7 +142,9 @@ pub fn main() {
             .block_on(actix(addr))
             .expect("actix server");
         #[cfg(not(feature = "actix"))]
-        eprintln!("actix is in bench-actix: cargo build --release --features actix --bin bench-actix");
+        eprintln!(
+            "actix is in bench-actix: cargo build --release --features actix --bin bench-actix"
+        );
         return;
     }
 
@@ -331,7 +333,7 @@ impl<F: FnOnce() -> T, T> std::future::Future for Spin<F> {
 
 /// hyper-remote-client's `Server` with default options.
 async fn crate_server(listener: TcpListener, tls: bool, inline_streams: bool) {
-    use hyper_remote_client::{Listener, Options, Server, tls::TlsAcceptor};
+    use hyper_remote_client::{tls::TlsAcceptor, Listener, Options, Server};
     let listener = Listener::tcp(listener);
     let listener = if tls {
         listener.with_tls(TlsAcceptor::new(tls_config()))

@@ -62,22 +62,13 @@ fn main() {
                     if arrival == "connect" {
                         return Ok(streams.into_iter().map(Held::Socket).collect());
                     }
-                    let mut held = Vec::with_capacity(count);
-                    let mut pending = JoinSet::new();
-                    let mut streams = streams.into_iter();
-                    loop {
-                        while pending.len() < 50 {
-                            let Some(stream) = streams.next() else { break };
-                            pending.spawn(request_owned(proto == "h2", addr.clone(), stream));
-                        }
-                        match pending.join_next().await {
-                            Some(Ok(Ok(h))) => held.push(h),
-                            Some(Ok(Err(e))) => return Err(e),
-                            Some(Err(e)) => return Err(e.to_string()),
-                            None => break,
-                        }
-                    }
-                    Ok(held)
+                    let h2 = proto == "h2";
+                    fifty_at_a_time(
+                        streams
+                            .into_iter()
+                            .map(|stream| request_owned(h2, addr.clone(), stream)),
+                    )
+                    .await
                 }
                 other => Err(format!("unknown BENCH_ARRIVAL {other:?}")),
             }
@@ -115,13 +106,21 @@ async fn open(
     count: usize,
     source: Option<std::net::IpAddr>,
 ) -> Result<Vec<Held>, String> {
-    let mut held = Vec::with_capacity(count);
+    let h2 = proto == "h2";
+    fifty_at_a_time((0..count).map(|_| one(h2, addr.to_owned(), source))).await
+}
+
+/// Runs `jobs`, at most 50 at a time; the connections they opened, or the first error.
+async fn fifty_at_a_time<F>(mut jobs: impl Iterator<Item = F>) -> Result<Vec<Held>, String>
+where
+    F: std::future::Future<Output = Result<Held, String>> + Send + 'static,
+{
+    let mut held = Vec::new();
     let mut pending = JoinSet::new();
-    let mut started = 0;
-    while held.len() < count {
-        while started < count && pending.len() < 50 {
-            pending.spawn(one(proto == "h2", addr.to_owned(), source));
-            started += 1;
+    loop {
+        while pending.len() < 50 {
+            let Some(job) = jobs.next() else { break };
+            pending.spawn(job);
         }
         match pending.join_next().await {
             Some(Ok(Ok(h))) => held.push(h),
