@@ -1405,3 +1405,90 @@ async fn a_reloaded_certificate_reaches_new_quic_connections() {
     // The connection made before goes on with its own.
     assert!(before.get("/").await.text().starts_with("hello"));
 }
+
+/// Garbage on the UDP port: 2 000 datagrams of 1 to 1 400 pseudo-random bytes from 20 source
+/// ports, half of them shaped as QUIC v1 long-header (Initial) packets. None becomes a
+/// connection (nothing decrypts), none is counted, and a real client is served after them.
+#[tokio::test]
+async fn garbage_datagrams_are_dropped_and_clients_still_served() {
+    let server = start(Options::default(), false, hello()).await;
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        // xorshift64: the same garbage every run.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let sockets: Vec<_> = (0..20)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for i in 0..2_000usize {
+        let len = 1 + (next() % 1_400) as usize;
+        let mut datagram: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if i % 2 == 0 && len > 6 {
+            // Long header, Initial, version 1, then garbage.
+            datagram[0] = 0xc0 | (datagram[0] & 0x0f);
+            datagram[1..5].copy_from_slice(&1u32.to_be_bytes());
+        }
+        let _ = sockets[i % sockets.len()].send_to(&datagram, server.udp);
+    }
+    let mut client = connect(server.udp, &server.cert).await;
+    assert_eq!(client.get("/").await.status, StatusCode::OK);
+    let stats = server.handle.stats();
+    assert_eq!(stats.accepted, 1, "{stats:?}");
+    assert_eq!(stats.tls_handshake_failures, 0, "{stats:?}");
+    assert_eq!(server.handle.clients().len(), 1);
+}
+
+/// A flood of real Initials, each connection from its own UDP port, past the connection limit:
+/// the connections inside the limit are served; every one past it is refused
+/// (CONNECTION_REFUSED) and counted; once the first ones go, a new client is served.
+#[tokio::test]
+async fn an_initial_flood_from_many_ports_is_held_to_the_connection_limit() {
+    const LIMIT: usize = 4;
+    const FLOOD: usize = 40;
+    let server = start(
+        Options::default().with_connection_limit(LIMIT),
+        false,
+        hello(),
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..LIMIT {
+        held.push(connect(server.udp, &server.cert).await);
+    }
+    let attempts = (0..FLOOD).map(|_| {
+        let udp = server.udp;
+        let cert = Cert {
+            der: server.cert.der.clone(),
+            key: server.cert.key.clone_key(),
+        };
+        tokio::spawn(async move { try_connect(udp, &cert).await })
+    });
+    let mut refused = 0;
+    for attempt in attempts.collect::<Vec<_>>() {
+        match attempt.await.unwrap() {
+            Err(quinn::ConnectionError::ConnectionClosed(close))
+                if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                refused += 1
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+    assert_eq!(refused, FLOOD);
+    let stats = server.handle.stats();
+    assert_eq!(stats.rejected_connection_limit, FLOOD as u64, "{stats:?}");
+    assert_eq!(stats.accepted, (LIMIT + FLOOD) as u64, "{stats:?}");
+    for client in &mut held {
+        assert_eq!(client.get("/").await.status, StatusCode::OK);
+    }
+    drop(held);
+    eventually("the held connections closed", || {
+        server.handle.connection_count() == 0
+    })
+    .await;
+    let mut client = connect(server.udp, &server.cert).await;
+    assert_eq!(client.get("/").await.status, StatusCode::OK);
+}
