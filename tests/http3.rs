@@ -1492,3 +1492,91 @@ async fn an_initial_flood_from_many_ports_is_held_to_the_connection_limit() {
     let mut client = connect(server.udp, &server.cert).await;
     assert_eq!(client.get("/").await.status, StatusCode::OK);
 }
+
+/// A request whose QPACK field section refers to the dynamic table, which the server never
+/// allowed (capacity 0), on a raw QUIC stream: the request never reaches the handler, its
+/// stream or connection is ended with an error, and another client is served.
+#[tokio::test]
+async fn a_malicious_qpack_block_never_reaches_the_handler() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let server = start(
+        Options::default(),
+        false,
+        tower::service_fn(move |_req: Request<RequestBody>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, Infallible>(text("hi")) }
+        }),
+    )
+    .await;
+    let (_endpoint, connection) = try_connect(server.udp, &server.cert).await.unwrap();
+    let (mut send, mut recv) = within("a stream", connection.open_bi()).await.unwrap();
+    // HEADERS (type 0x01), 3 bytes: Required Insert Count 1 (a dynamic table entry), Delta
+    // Base 0, then an indexed field line into the dynamic table.
+    let frame = [0x01, 0x03, 0x01, 0x00, 0x80];
+    send.write_all(&frame).await.unwrap();
+    let _ = send.finish();
+    let answer = within("the server's verdict", recv.read_to_end(64 * 1024)).await;
+    assert!(
+        answer.is_err(),
+        "an answer to a malformed header block: {answer:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // Others are served.
+    let mut client = connect(server.udp, &server.cert).await;
+    assert_eq!(client.get("/").await.text(), "hi");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// A peer that asks for a large answer and never reads it: the response waits on QUIC flow
+/// control (no rate clock over QUIC), other clients are served meanwhile, and a shutdown
+/// closes it at its deadline.
+#[tokio::test]
+async fn a_peer_that_never_reads_holds_only_its_own_stream() {
+    let options = Options::default().with_shutdown_timeout(Duration::from_millis(500));
+    let server = start(
+        options,
+        false,
+        tower::service_fn(|req: Request<RequestBody>| async move {
+            let body = if req.uri().path() == "/big" {
+                Bytes::from(vec![b'x'; 8 << 20])
+            } else {
+                Bytes::from_static(b"hi")
+            };
+            Ok::<_, Infallible>(Response::new(Full::new(body)))
+        }),
+    )
+    .await;
+    let mut stuck = connect(server.udp, &server.cert).await;
+    let req = stuck.request("GET", "/big").body(()).unwrap();
+    let mut stream = within("request", stuck.send.send_request(req))
+        .await
+        .unwrap();
+    within("finish", stream.finish()).await.unwrap();
+    let response = within("response head", stream.recv_response())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // Never read the body: the handler's answer is pending on flow control.
+    eventually("the answer is pending", || {
+        server
+            .handle
+            .clients()
+            .iter()
+            .any(|client| client.pending_responses() == 1)
+    })
+    .await;
+    let mut other = connect(server.udp, &server.cert).await;
+    assert_eq!(other.get("/").await.text(), "hi");
+    drop(other);
+    // A graceful shutdown ends it at its deadline: `serve` returns.
+    server
+        .handle
+        .graceful_shutdown(Some(Duration::from_millis(500)));
+    within("serve returns", server.served).await.unwrap();
+    let closed = stuck.closed().await;
+    assert!(
+        !matches!(closed, quinn::ConnectionError::TimedOut),
+        "{closed:?}"
+    );
+}
