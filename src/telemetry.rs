@@ -9,8 +9,8 @@
 //! |---|---|---|---|---|
 //! | [`ACTIVE_REQUESTS`] `http.server.active_requests` | gauge | requests | `http.request.method`, `url.scheme` | every service of the crate ([`RemoteClient`](crate::RemoteClient), [`Server`](crate::Server), [`ClientService`](crate::ClientService)) |
 //! | [`REQUEST_DURATION`] `http.server.request.duration` | histogram | s | `http.request.method`, `http.response.status_code` (or `error.type`), `network.protocol.version`, `url.scheme` | the same |
-//! | [`ACTIVE_CONNECTIONS`] | gauge | connections | | [`Server`](crate::Server) (from accept to close, TLS handshakes included) |
-//! | [`CONNECTION_DURATION`] | histogram | s | | [`Server`](crate::Server) |
+//! | [`ACTIVE_CONNECTIONS`] | gauge | connections | `network.transport`: `tcp`, `unix`, `quic` (HTTP/3) | [`Server`](crate::Server) (from accept to close, TLS handshakes included) |
+//! | [`CONNECTION_DURATION`] | histogram | s | `network.transport` | [`Server`](crate::Server) |
 //! | [`REJECTED_CONNECTIONS`] | counter | connections | `reason`: `connection_limit`, `per_ip_limit`, `proxy_protocol`, `acceptor` | [`Server`](crate::Server) |
 //! | [`UPGRADED_CONNECTIONS`] | counter | connections | | [`RemoteClient`](crate::RemoteClient) (a connection handed over after `101` / `CONNECT`) |
 //! | [`TLS_HANDSHAKE_DURATION`] | histogram | s | `tls.protocol.version`, or `error.type` (`timeout`, `error`) | [`TlsAcceptor`](crate::tls::TlsAcceptor), and QUIC handshakes (feature `http3`) |

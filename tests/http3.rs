@@ -1063,11 +1063,20 @@ async fn the_inspector_serves_http3_beside_https() {
         ),
         "{metrics}"
     );
+    // The QUIC connection among the active connections, by transport.
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line
+                == "hyper_remote_client_active_connections{network_transport=\"quic\"} 1"),
+        "{metrics}"
+    );
 }
 
 /// Another HTTP/3 stack than quinn + h3: aioquic's, with tests/aioquic/h3get.py. Runs where
 /// Python has aioquic (`H3_PYTHON` names the interpreter; default `python3`); says so and
-/// passes elsewhere.
+/// passes elsewhere, unless `H3_REQUIRE_AIOQUIC` is set (`.ci/run` sets it after installing
+/// aioquic): then a missing aioquic fails the test.
 #[tokio::test]
 async fn an_aioquic_client_gets_an_answer() {
     let python = std::env::var("H3_PYTHON").unwrap_or_else(|_| "python3".to_string());

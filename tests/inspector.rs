@@ -593,7 +593,8 @@ fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
 // ---------------------------------------------------------------------------------------------
 // GET /metrics: the Prometheus text format, scraped while real clients come and go.
 
-const ACTIVE_CONNECTIONS: &str = "hyper_remote_client_active_connections";
+const ACTIVE_CONNECTIONS: &str =
+    r#"hyper_remote_client_active_connections{network_transport="tcp"}"#;
 const REJECTED_BY_LIMIT: &str =
     r#"hyper_remote_client_rejected_connections_total{reason="connection_limit"}"#;
 const UPGRADED: &str = "hyper_remote_client_upgraded_connections_total";
@@ -872,7 +873,11 @@ fn metrics_active_connections_follow_idle_connections() {
     drop(idle);
     let text = wait_for(|| scrape(&inspector), &[(ACTIVE_CONNECTIONS, baseline)]);
     // Their durations are recorded when they close (with the scrapes' that closed before).
-    let closed = histogram_count(&text, "hyper_remote_client_connection_duration_seconds", "");
+    let closed = histogram_count(
+        &text,
+        "hyper_remote_client_connection_duration_seconds",
+        r#"network_transport="tcp""#,
+    );
     assert!(closed >= 10.0, "{closed} connection durations");
 }
 

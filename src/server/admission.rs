@@ -102,8 +102,13 @@ impl Admission {
         Ok(())
     }
 
-    /// A slot for a connection from `ip` (`None`: a unix socket), or why there is none.
-    pub(crate) fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Slot, Rejection> {
+    /// A slot for a connection from `ip` (`None`: a unix socket) over `transport`, or why there
+    /// is none.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        ip: Option<IpAddr>,
+        transport: Transport,
+    ) -> Result<Slot, Rejection> {
         let reserved = self.active.fetch_add(1, Ordering::AcqRel);
         if reserved >= self.connection_limit {
             self.release();
@@ -126,13 +131,39 @@ impl Admission {
             *count += 1;
         }
         #[cfg(feature = "metrics")]
-        metrics::gauge!(crate::telemetry::ACTIVE_CONNECTIONS).increment(1.0);
+        metrics::gauge!(crate::telemetry::ACTIVE_CONNECTIONS, "network.transport" => transport.label())
+            .increment(1.0);
+        #[cfg(not(feature = "metrics"))]
+        let _ = transport;
         Ok(Slot {
             admission: self.clone(),
             key,
             #[cfg(feature = "metrics")]
             admitted: std::time::Instant::now(),
+            #[cfg(feature = "metrics")]
+            transport,
         })
+    }
+}
+
+/// What a connection came over: the `network.transport` label of the connection metrics
+/// (OpenTelemetry's values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Tcp,
+    Unix,
+    #[cfg_attr(not(feature = "http3"), allow(dead_code))]
+    Quic,
+}
+
+impl Transport {
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Unix => "unix",
+            Transport::Quic => "quic",
+        }
     }
 }
 
@@ -143,6 +174,8 @@ pub(crate) struct Slot {
     key: Option<IpKey>,
     #[cfg(feature = "metrics")]
     admitted: std::time::Instant,
+    #[cfg(feature = "metrics")]
+    transport: Transport,
 }
 
 impl Drop for Slot {
@@ -164,8 +197,10 @@ impl Drop for Slot {
         #[cfg(feature = "metrics")]
         {
             use crate::telemetry::{ACTIVE_CONNECTIONS, CONNECTION_DURATION};
-            metrics::gauge!(ACTIVE_CONNECTIONS).decrement(1.0);
-            metrics::histogram!(CONNECTION_DURATION).record(self.admitted.elapsed().as_secs_f64());
+            let transport = self.transport.label();
+            metrics::gauge!(ACTIVE_CONNECTIONS, "network.transport" => transport).decrement(1.0);
+            metrics::histogram!(CONNECTION_DURATION, "network.transport" => transport)
+                .record(self.admitted.elapsed().as_secs_f64());
         }
     }
 }
@@ -198,31 +233,40 @@ mod tests {
     fn limits_and_slots_given_back() {
         let admission = admission(3, 2, false);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let first = admission.admit(Some(ip)).unwrap();
-        let _second = admission.admit(Some(ip)).unwrap();
+        let first = admission.admit(Some(ip), Transport::Tcp).unwrap();
+        let _second = admission.admit(Some(ip), Transport::Tcp).unwrap();
         assert_eq!(
-            admission.admit(Some(ip)).unwrap_err(),
+            admission.admit(Some(ip), Transport::Tcp).unwrap_err(),
             Rejection::PerIpLimit
         );
-        let _other = admission.admit(Some("192.0.2.2".parse().unwrap())).unwrap();
+        let _other = admission
+            .admit(Some("192.0.2.2".parse().unwrap()), Transport::Tcp)
+            .unwrap();
         assert_eq!(
-            admission.admit(None).unwrap_err(),
+            admission.admit(None, Transport::Unix).unwrap_err(),
             Rejection::ConnectionLimit
         );
         assert_eq!(admission.active(), 3);
         drop(first);
         assert_eq!(admission.active(), 2);
-        let _again = admission.admit(Some(ip)).unwrap();
+        let _again = admission.admit(Some(ip), Transport::Tcp).unwrap();
     }
 
     #[test]
     fn loopback_and_unix_are_exempt_unless_configured() {
         let exempt = admission(100, 1, false);
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        let _slots: Vec<_> = (0..5).map(|_| exempt.admit(Some(lo)).unwrap()).collect();
-        let _unix: Vec<_> = (0..5).map(|_| exempt.admit(None).unwrap()).collect();
+        let _slots: Vec<_> = (0..5)
+            .map(|_| exempt.admit(Some(lo), Transport::Tcp).unwrap())
+            .collect();
+        let _unix: Vec<_> = (0..5)
+            .map(|_| exempt.admit(None, Transport::Unix).unwrap())
+            .collect();
         let limited = admission(100, 1, true);
-        let _one = limited.admit(Some(lo)).unwrap();
-        assert_eq!(limited.admit(Some(lo)).unwrap_err(), Rejection::PerIpLimit);
+        let _one = limited.admit(Some(lo), Transport::Tcp).unwrap();
+        assert_eq!(
+            limited.admit(Some(lo), Transport::Tcp).unwrap_err(),
+            Rejection::PerIpLimit
+        );
     }
 }

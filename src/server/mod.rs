@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
-use self::admission::{Admission, Rejection, Slot};
+use self::admission::{Admission, Rejection, Slot, Transport};
 use self::listener::Kind;
 use self::registry::Registry;
 use self::stats::Counters;
@@ -714,7 +714,9 @@ impl Acceptor {
                     .as_ref()
                     .is_some_and(|p| p.reports_other_address(*ip))
             });
-            let Some(slot) = self.admit(ip) else { continue };
+            let Some(slot) = self.admit(ip, Transport::Tcp) else {
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let Ok(local) = fixed_local.map_or_else(|| stream.local_addr(), Ok) else {
                 continue;
@@ -744,7 +746,7 @@ impl Acceptor {
                     continue;
                 }
             };
-            let Some(slot) = self.admit(None) else {
+            let Some(slot) = self.admit(None, Transport::Unix) else {
                 continue;
             };
             let Ok(client) = ClientInfo::builder_for_unix(&stream) else {
@@ -849,9 +851,9 @@ impl Acceptor {
         }
     }
 
-    fn admit(&self, ip: Option<IpAddr>) -> Option<Slot> {
+    fn admit(&self, ip: Option<IpAddr>, transport: Transport) -> Option<Slot> {
         Counters::add(&self.shared.counters.accepted);
-        match self.shared.admission.admit(ip) {
+        match self.shared.admission.admit(ip, transport) {
             Ok(slot) => Some(slot),
             Err(rejection) => {
                 self.count_rejection(rejection, ip);

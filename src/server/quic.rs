@@ -52,7 +52,8 @@ impl Acceptor {
                 continue;
             }
             let remote = incoming.remote_address();
-            let Some(slot) = this.admit(Some(remote.ip())) else {
+            let Some(slot) = this.admit(Some(remote.ip()), super::admission::Transport::Quic)
+            else {
                 incoming.refuse();
                 continue;
             };

@@ -236,7 +236,19 @@ impl Acceptor {
         S: Handler<B>,
         B: HandlerBody,
     {
-        let Some(slot) = self.admit(ip) else { return };
+        // The socket says (a PROXY header may have named other addresses).
+        let unix = stream
+            .socket()
+            .and_then(|socket| socket2::SockRef::from(&socket).local_addr().ok())
+            .is_some_and(|local| local.is_unix());
+        let transport = if unix {
+            super::admission::Transport::Unix
+        } else {
+            super::admission::Transport::Tcp
+        };
+        let Some(slot) = self.admit(ip, transport) else {
+            return;
+        };
         super::Counters::add(&self.shared.counters.taken_over);
         let mut client =
             crate::RemoteClient::new(stream, builder.options(self.options.clone()).build());
