@@ -996,11 +996,9 @@ async fn alt_svc_on_tls_answers_and_the_tcp_tls_config_serves_quic() {
     assert!(response.headers().get("alt-svc").is_none());
 }
 
-/// The inspector (examples/serve.rs), built with `http3`: `--https ADDR` also serves HTTP/3 on
-/// UDP at the same address, and `GET /` tells HTTP/3.0 and the QUIC details.
-#[tokio::test]
-async fn the_inspector_serves_http3_beside_https() {
-    use rustls::pki_types::pem::PemObject;
+/// Starts the inspector (examples/serve.rs) with `--https 127.0.0.1:0`: it, the UDP address it
+/// serves HTTP/3 at (checked to be the HTTPS address), and the path of its generated CA.
+async fn inspector() -> (common::example::Example, SocketAddr, std::path::PathBuf) {
     let inspector = common::example::Example::start("serve", &["--https", "127.0.0.1:0"]).await;
     let https: SocketAddr = inspector
         .first_line
@@ -1025,6 +1023,15 @@ async fn the_inspector_serves_http3_beside_https() {
     };
     let udp = udp.expect("an `HTTP/3 on udp://` line before the CA line");
     assert_eq!(udp, https, "HTTP/3 at the HTTPS address");
+    (inspector, udp, ca)
+}
+
+/// The inspector (examples/serve.rs), built with `http3`: `--https ADDR` also serves HTTP/3 on
+/// UDP at the same address, and `GET /` tells HTTP/3.0 and the QUIC details.
+#[tokio::test]
+async fn the_inspector_serves_http3_beside_https() {
+    use rustls::pki_types::pem::PemObject;
+    let (_inspector, udp, ca) = inspector().await;
     let ca = Cert {
         der: pki_types::CertificateDer::from_pem_file(&ca).unwrap(),
         // Not used: the client only trusts the CA.
@@ -1073,12 +1080,11 @@ async fn the_inspector_serves_http3_beside_https() {
     );
 }
 
-/// Another HTTP/3 stack than quinn + h3: aioquic's, with tests/aioquic/h3get.py. Runs where
-/// Python has aioquic (`H3_PYTHON` names the interpreter; default `python3`); says so and
-/// passes elsewhere, unless `H3_REQUIRE_AIOQUIC` is set (`.ci/run` sets it after installing
-/// aioquic): then a missing aioquic fails the test.
-#[tokio::test]
-async fn an_aioquic_client_gets_an_answer() {
+/// The Python that has aioquic, for tests/aioquic/h3get.py (another HTTP/3 stack than quinn +
+/// h3): `H3_PYTHON` names the interpreter (default `python3`). None where it has no aioquic
+/// (the test says so and passes), unless `H3_REQUIRE_AIOQUIC` is set (`.ci/run` sets it after
+/// installing aioquic): then a missing aioquic fails the test.
+fn aioquic_python() -> Option<String> {
     let python = std::env::var("H3_PYTHON").unwrap_or_else(|_| "python3".to_string());
     let has_aioquic = std::process::Command::new(&python)
         .args(["-c", "import aioquic"])
@@ -1090,8 +1096,42 @@ async fn an_aioquic_client_gets_an_answer() {
             "H3_REQUIRE_AIOQUIC is set, but {python} has no aioquic"
         );
         eprintln!("skipped: no aioquic for {python} (pip install aioquic, or set H3_PYTHON)");
-        return;
+        return None;
     }
+    Some(python)
+}
+
+/// `GET path` at `addr` with aioquic: its stdout (headers, a blank line, the body).
+async fn aioquic_get(python: &str, addr: SocketAddr, path: &str) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/aioquic/h3get.py");
+    let output = within(
+        "aioquic",
+        tokio::process::Command::new(python)
+            .args([
+                script,
+                &addr.ip().to_string(),
+                &addr.port().to_string(),
+                path,
+            ])
+            .output(),
+    )
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Another HTTP/3 stack than quinn + h3: aioquic's.
+#[tokio::test]
+async fn an_aioquic_client_gets_an_answer() {
+    let Some(python) = aioquic_python() else {
+        return;
+    };
     let server = start(
         Options::default(),
         false,
@@ -1109,27 +1149,32 @@ async fn an_aioquic_client_gets_an_answer() {
         }),
     )
     .await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/aioquic/h3get.py");
-    let output = within(
-        "aioquic",
-        tokio::process::Command::new(&python)
-            .args([script, "127.0.0.1", &server.udp.port().to_string(), "/"])
-            .output(),
-    )
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = aioquic_get(&python, server.udp, "/").await;
     assert!(stdout.contains(":status: 200"), "{stdout}");
     assert!(stdout.contains("HTTP/3.0 from port Some("), "{stdout}");
     assert!(stdout.contains("alpn Some(\"h3\")"), "{stdout}");
     // The client closed with H3_NO_ERROR: the server lets go of it.
     eventually("client gone", || server.handle.clients().is_empty()).await;
     assert_eq!(server.handle.stats().closed, 1);
+}
+
+/// aioquic fetches `GET /` from the inspector: its JSON says HTTP/3.0 and the QUIC details.
+#[tokio::test]
+async fn an_aioquic_client_reads_http3_in_the_inspectors_json() {
+    let Some(python) = aioquic_python() else {
+        return;
+    };
+    let (_inspector, udp, _) = inspector().await;
+    let stdout = aioquic_get(&python, udp, "/").await;
+    assert!(stdout.starts_with(":status: 200\n"), "{stdout}");
+    let (_, body) = stdout.split_once("\n\n").expect("headers, then the body");
+    let json: serde_json::Value = serde_json::from_str(body.trim()).expect(body);
+    assert_eq!(json["http_version"], "HTTP/3.0", "{json}");
+    assert_eq!(json["crypto"]["protocol"], "TLSv1.3", "{json}");
+    assert_eq!(json["crypto"]["alpn_protocol"], "h3", "{json}");
+    assert_eq!(json["crypto"]["server_name"], "localhost", "{json}");
+    assert_eq!(json["quic"]["peer_port"], json["remote_port"], "{json}");
+    assert_eq!(json["local_port"], udp.port(), "{json}");
 }
 
 #[tokio::test]

@@ -5,7 +5,12 @@
 //! bench-server MODE PORT
 //! MODE: bare | crate | crate-spawn | bare-tls | crate-tls | axum      (bench-server)
 //! bench-actix actix PORT
+//! bench-h3 h3-bare|h3-crate|bare-tls|crate-tls PORT                  (bench-h3)
 //! ```
+//!
+//! The HTTP/3 servers (`h3-bare`, `h3-crate`, on UDP) are in `quic.rs`, built only into
+//! `bench-h3` (the `http3` feature, which turns on the crate's `http3`); `bench-h3` also serves
+//! the TCP modes, so that HTTP/3 and HTTP/2 over TLS can be compared within one build.
 //!
 //! actix-web is built only into `bench-actix` (the same file, with the `actix` feature):
 //! actix-web turns on `tracing`'s `log` feature, which would tax every server of the binary
@@ -125,13 +130,18 @@ mod counting {
     }
 }
 
+#[cfg(feature = "http3")]
+#[path = "quic.rs"]
+mod quic;
+
 #[global_allocator]
 static ALLOCATOR: counting::Counting = counting::Counting;
 
 pub fn main() {
     counting::start();
     let mut args = std::env::args().skip(1);
-    let usage = "usage: bench-server bare|crate|crate-spawn|bare-tls|crate-tls|axum|actix PORT";
+    let usage =
+        "usage: bench-server bare|crate|crate-spawn|bare-tls|crate-tls|axum|actix|h3-bare|h3-crate PORT";
     let mode = args.next().expect(usage);
     let port: u16 = args.next().expect(usage).parse().expect(usage);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -176,6 +186,11 @@ pub fn main() {
             handle.run_upkeep();
         });
         eprintln!("metrics: Prometheus recorder installed");
+    }
+    #[cfg(feature = "http3")]
+    if let Some(kind) = mode.strip_prefix("h3-") {
+        runtime.block_on(quic::serve(kind, addr));
+        return;
     }
     runtime.block_on(async move {
         let listener = if std::env::var_os("BENCH_REUSEPORT").is_some() {
