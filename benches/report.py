@@ -4,8 +4,9 @@ markdown tables of BENCHMARKS.md.  Usage: python3 benches/report.py OUT_DIR
 
 raw.tsv, one line per run, tab separated:
   load runs:  workload server round log server_ticks loadgen_ticks other_ticks wall_s exit
-  idle runs:  idle-h1[-ARRIVAL]|idle-h2 server round log rss_before_kib rss_after_kib count heap_growth_bytes|- exit
+  idle runs:  idle-h1[-ARRIVAL]|idle-h2|idle-h3 server round log rss_before_kib rss_after_kib count heap_growth_bytes|- exit
   sync-light: the light client beside the sync workload (its log: h2load's time for request)
+HTTP/3 (benches/h3.sh): workload h3 (servers h3-bare, h3-crate; bench-h3load's log) and idle-h3.
 """
 
 import os
@@ -23,6 +24,7 @@ WORKLOADS = [
     ("keepalive", "keep-alive HTTP/1.1, `wrk -t1 -c64 -d$DURATION`", "req/s", "req"),
     ("churn", "connection churn, `wrk -t1 -c64 -d$DURATION -H 'Connection: close'` (one connection per request)", "conn/s", "conn"),
     ("tls-h2", "TLS h2, `h2load -t1 -c16 -m32 -D $DURATION https://`", "req/s", "req"),
+    ("h3", "HTTP/3, `bench-h3load load 127.0.0.1:PORT 16 32 $DURATION` (quinn + h3 client: 16 connections x 32 streams)", "req/s", "req"),
     ("sync", "one h2c connection, 64 streams of a 100 µs synchronous handler, `h2load -t1 -c1 -m64 -D $DURATION /spin`, servers with 2 workers on cores 0,1 (shared with the load generators)", "req/s", "req"),
     ("tls-handshake", "TLS handshakes, `h2load -t1 -c16 -n $HS_N --h1 -H 'Connection: close' https://` (one handshake per request)", "handshakes/s", "handshake"),
 ]
@@ -38,6 +40,13 @@ def parse_h2load(text):
     ok = int(c.group(1))
     errors = int(r.group(5)) + int(r.group(6)) + int(r.group(7)) + sum(int(c.group(i)) for i in (2, 3, 4))
     return ok, secs, errors
+
+
+def parse_h3load(text):
+    m = re.search(r"bench-h3load: (\d+) requests ok, (\d+) errors in ([\d.]+) s", text)
+    if not m:
+        return None
+    return int(m.group(1)), float(m.group(3)), int(m.group(2))
 
 
 def parse_wrk(text):
@@ -99,7 +108,12 @@ def main(out):
             continue
         server_ticks, loadgen_ticks, other_ticks, wall, rc = int(row[4]), int(row[5]), int(row[6]), float(row[7]), row[8]
         text = open(logf, errors="replace").read() if os.path.exists(logf) else ""
-        parsed = parse_h2load(text) if "h2load" in text or "finished in" in text else parse_wrk(text)
+        if "bench-h3load:" in text:
+            parsed = parse_h3load(text)
+        elif "h2load" in text or "finished in" in text:
+            parsed = parse_h2load(text)
+        else:
+            parsed = parse_wrk(text)
         if parsed is None or rc != "0":
             failures.append(f"{wl} {srv} round {rnd}: no result (exit {rc}), see {logf}")
             continue
@@ -132,7 +146,7 @@ def main(out):
         for srv, _ in sorted(res, key=lambda k: k[1]):
             if srv not in servers:
                 servers.append(srv)
-        base = "bare-tls" if wl.startswith("tls") else "bare"
+        base = "bare-tls" if wl.startswith("tls") else "h3-bare" if wl == "h3" else "bare"
         rounds = sorted({r for _, r in res})
         print(f"### {title}")
         print()
@@ -163,6 +177,46 @@ def main(out):
                 if vals:
                     print(f"| {srv} | {statistics.median(vals):,.0f} [{min(vals):,.0f}–{max(vals):,.0f}] |")
             print()
+
+    if "h3" in runs and "tls-h2" in runs:
+        h3, h2 = runs["h3"], runs["tls-h2"]
+        print("### HTTP/3 against HTTP/2 over TLS, same server, same handler, same rounds")
+        print()
+        print("| HTTP/3 server | HTTP/2 server | req/s HTTP/3 ÷ HTTP/2 [min–max] | CPU µs/req HTTP/3 ÷ HTTP/2 [min–max] |")
+        print("|---|---|---:|---:|")
+        for a, b in (("h3-crate", "crate-tls"), ("h3-bare", "bare-tls")):
+            rounds = sorted(r for s, r in h3 if s == a and (b, r) in h2)
+            if not rounds:
+                continue
+            rate = [h3[(a, r)]["rate"] / h2[(b, r)]["rate"] for r in rounds]
+            cpu = [h3[(a, r)]["cpu_us"] / h2[(b, r)]["cpu_us"] for r in rounds if h2[(b, r)]["cpu_us"] > 0]
+            print(f"| {a} | {b} | {fmt_ratio(rate)} | {fmt_ratio(cpu)} |")
+        print()
+
+    if "idle-h3" in idle:
+        res, hp = idle["idle-h3"], heap.get("idle-h3", {})
+        servers = []
+        for srv, _ in sorted(res, key=lambda k: k[1]):
+            if srv not in servers:
+                servers.append(srv)
+        rounds = sorted({r for _, r in res})
+        count = next(iter(res.values()))[2]
+        print(f"### idle memory, HTTP/3: growth per idle QUIC connection ({count} connections, one GET / each), fresh server per run")
+        print()
+        print("| server | RSS before (MiB) | RSS KiB/conn [min–max] | − h3-bare (KiB) | heap B/conn [min–max] | − h3-bare (B) |")
+        print("|---|---:|---:|---:|---:|---:|")
+        rss = {s: {r: (res[(s, r)][1] - res[(s, r)][0]) / res[(s, r)][2] for r in rounds if (s, r) in res} for s in servers}
+        hb = {s: {r: hp[(s, r)] for r in rounds if (s, r) in hp} for s in servers}
+        for srv in servers:
+            befores = [res[(srv, r)][0] for r in rounds if (srv, r) in res]
+            cells = [srv, f"{statistics.median(befores) / 1024:.1f}"]
+            for d, unit in ((rss, ".1f"), (hb, ",.0f")):
+                vals = list(d[srv].values())
+                cells.append(f"{statistics.median(vals):{unit}} [{min(vals):{unit}}–{max(vals):{unit}}]" if vals else "–")
+                diffs = [d[srv][r] - d["h3-bare"][r] for r in d[srv] if r in d.get("h3-bare", {})]
+                cells.append(f"{statistics.median(diffs):+{unit}}" if diffs and srv != "h3-bare" else "–")
+            print("| " + " | ".join(cells) + " |")
+        print()
 
     if "idle-h1" in idle or "idle-h2" in idle:
         print("### idle memory: RSS growth per idle connection (KiB), fresh server per run")

@@ -11,7 +11,14 @@
 //!    process ran on its connections ([`ListenerSteps`] as bits: TLS, PROXY optional, PROXY
 //!    required, an acceptor of its own). (One byte per socket, the transport alone: an older
 //!    process, whose steps are not known.)
-//! 2. new → old `READY`: the new process accepts on them now. The old one stops accepting
+//!    With the flag `QUIC_FOLLOWS` (the header's third byte), a `QUIC` frame follows: the UDP
+//!    sockets of the old process's HTTP/3 listeners, each with one end of a fresh unix
+//!    `SOCK_SEQPACKET` pair (descriptors: socket, link, socket, link...); payload: the old
+//!    process's CID tag for each (see `crate::http3::routing`).
+//! 2. new → old `QUIC_READY` (only after a `QUIC` frame): one byte per UDP socket, 1 where the
+//!    new process reads it now (the old one then reads its link end only, and sends on the
+//!    socket as before), 0 where it does not (the old one keeps it until it exits).
+//!    new → old `READY`: the new process accepts on them now. The old one stops accepting
 //!    (it keeps its listening sockets) and drains.
 //! 3. old → new `CONNECTION`, any number: an idle HTTP/1 connection; payload: its transport
 //!    byte, then the bytes the old process had read past the last request (a pipelined start).
@@ -50,6 +57,12 @@ const READY: u8 = 2;
 const CONNECTION: u8 = 3;
 const DONE: u8 = 4;
 const HEALTHY: u8 = 5;
+const QUIC: u8 = 6;
+const QUIC_READY: u8 = 7;
+
+/// The `LISTENERS` frame's flag (third header byte, ignored by older processes): a `QUIC`
+/// frame follows.
+const QUIC_FOLLOWS: u8 = 1;
 
 const TCP: u8 = 0;
 const UNIX: u8 = 1;
@@ -309,6 +322,8 @@ pub(crate) fn peer_allowed(peer_uid: u32) -> bool {
 /// One frame on the upgrade socket.
 struct Frame {
     kind: u8,
+    /// The header's third byte (`QUIC_FOLLOWS`).
+    flags: u8,
     fds: Vec<OwnedFd>,
     payload: Vec<u8>,
 }
@@ -316,6 +331,16 @@ struct Frame {
 async fn send_frame(
     stream: &UnixStream,
     kind: u8,
+    fds: &[BorrowedFd<'_>],
+    payload: &[u8],
+) -> io::Result<()> {
+    send_flagged(stream, kind, 0, fds, payload).await
+}
+
+async fn send_flagged(
+    stream: &UnixStream,
+    kind: u8,
+    flags: u8,
     fds: &[BorrowedFd<'_>],
     payload: &[u8],
 ) -> io::Result<()> {
@@ -327,7 +352,7 @@ async fn send_frame(
         .ok()
         .filter(|n| (*n as usize) <= MAX_PAYLOAD)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "payload too long"))?;
-    let mut header = [kind, fd_count, 0, 0, 0, 0, 0, 0];
+    let mut header = [kind, fd_count, flags, 0, 0, 0, 0, 0];
     header[4..].copy_from_slice(&length.to_le_bytes());
     let mut frame = header.to_vec();
     frame.extend_from_slice(payload);
@@ -413,6 +438,7 @@ where
         })??;
     Ok(Some(Frame {
         kind: header[0],
+        flags: header[2],
         fds,
         payload,
     }))
@@ -570,10 +596,15 @@ impl Publisher {
 pub(crate) struct Published {
     pub(crate) fds: Vec<OwnedFd>,
     pub(crate) payload: Vec<u8>,
+    /// The UDP sockets of the HTTP/3 listeners, with the CID tag of this process on each.
+    quic: Vec<(OwnedFd, u8)>,
 }
 
 impl Published {
-    pub(crate) fn new(listeners: Vec<(OwnedFd, bool, ListenerSteps)>) -> Published {
+    pub(crate) fn new(
+        listeners: Vec<(OwnedFd, bool, ListenerSteps)>,
+        quic: Vec<(OwnedFd, u8)>,
+    ) -> Published {
         let mut payload = Vec::with_capacity(2 * listeners.len());
         let mut fds = Vec::with_capacity(listeners.len());
         for (fd, unix, steps) in listeners {
@@ -581,8 +612,33 @@ impl Published {
             payload.push(steps.to_bits());
             fds.push(fd);
         }
-        Published { fds, payload }
+        Published { fds, payload, quic }
     }
+}
+
+/// A socket pair for each UDP socket (see `QUIC` above): the ends kept here, and the frame's
+/// descriptors and payload.
+fn quic_frame(published: &Published) -> io::Result<(Vec<OwnedFd>, Vec<OwnedFd>, Vec<u8>)> {
+    let mut kept = Vec::with_capacity(published.quic.len());
+    let mut sent = Vec::with_capacity(published.quic.len());
+    for _ in &published.quic {
+        let (here, there) = link_pair()?;
+        kept.push(here);
+        sent.push(there);
+    }
+    let tags = published.quic.iter().map(|(_, tag)| *tag).collect();
+    Ok((kept, sent, tags))
+}
+
+/// A new `SOCK_SEQPACKET` pair (non-blocking, close-on-exec).
+fn link_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?)
 }
 
 /// One peer of the upgrade socket: if it is of this user, it gets the listeners; it is the
@@ -603,16 +659,63 @@ async fn offer(stream: UnixStream, listeners: std::sync::Arc<Published>) -> Opti
         }
     }
     let fds: Vec<BorrowedFd<'_>> = listeners.fds.iter().map(AsFd::as_fd).collect();
-    if let Err(error) = send_frame(&stream, LISTENERS, &fds, &listeners.payload).await {
+    let (links, quic_fds, tags) = match quic_frame(&listeners) {
+        Ok(frame) => frame,
+        Err(error) => {
+            warn!(%error, "upgrade socket: no socket pair for the QUIC sockets");
+            return None;
+        }
+    };
+    let flags = if links.is_empty() { 0 } else { QUIC_FOLLOWS };
+    let sent = async {
+        send_flagged(&stream, LISTENERS, flags, &fds, &listeners.payload).await?;
+        if !links.is_empty() {
+            let fds: Vec<BorrowedFd<'_>> = listeners
+                .quic
+                .iter()
+                .zip(&quic_fds)
+                .flat_map(|((udp, _), link)| [udp.as_fd(), link.as_fd()])
+                .collect();
+            send_frame(&stream, QUIC, &fds, &tags).await?;
+        }
+        io::Result::Ok(())
+    };
+    if let Err(error) = sent.await {
         warn!(%error, "upgrade socket: handing the listeners over failed");
         return None;
     }
+    drop(quic_fds);
     let mut halves = Halves::from(stream);
+    // Each UDP socket's link end, kept where the new process says it reads the socket.
+    let mut links: Vec<Option<OwnedFd>> = links.into_iter().map(Some).collect();
+    let mut served: Vec<Option<OwnedFd>> = links.iter().map(|_| None).collect();
+    let mut told = false;
     // A taker that never says it is ready must not hold the upgrade socket forever.
-    match tokio::time::timeout(READY_TIMEOUT, recv_frame(&mut halves.read)).await {
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let frame = loop {
+        let frame = tokio::time::timeout_at(deadline, recv_frame(&mut halves.read)).await;
+        match frame {
+            Ok(Ok(Some(frame))) if frame.kind == QUIC_READY && !told => {
+                told = true;
+                served = links
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(index, link)| {
+                        link.take()
+                            .filter(|_| frame.payload.get(index) == Some(&1))
+                    })
+                    .collect();
+            }
+            frame => break frame,
+        }
+    };
+    match frame {
         Ok(Ok(Some(frame))) if frame.kind == READY => {
             info!("upgrade: the new process accepts; this one drains");
-            Some(Successor { halves })
+            Some(Successor {
+                halves,
+                quic: served,
+            })
         }
         Ok(Ok(_)) => {
             warn!("upgrade socket: the taker left before it was ready");
@@ -633,6 +736,9 @@ async fn offer(stream: UnixStream, listeners: std::sync::Arc<Published>) -> Opti
 #[derive(Debug)]
 pub(crate) struct Successor {
     halves: Halves,
+    /// For each UDP socket published, the link end to the successor if it reads the socket.
+    #[cfg_attr(not(feature = "http3"), allow(dead_code))]
+    quic: Vec<Option<OwnedFd>>,
 }
 
 impl std::fmt::Debug for Halves {
@@ -642,6 +748,13 @@ impl std::fmt::Debug for Halves {
 }
 
 impl Successor {
+    /// For each UDP socket published, in order: the link end to the successor, where it reads
+    /// the socket now.
+    #[cfg_attr(not(feature = "http3"), allow(dead_code))]
+    pub(crate) fn take_quic_links(&mut self) -> Vec<Option<OwnedFd>> {
+        std::mem::take(&mut self.quic)
+    }
+
     /// Splits the successor's stream: where idle connections go, and its word on its health.
     pub(crate) fn split(self) -> (ConnectionSender, Health) {
         (
@@ -766,6 +879,24 @@ pub struct Takeover {
     /// Each listener as handed over: its socket's identity, and the steps the old process
     /// ran on it (`None`: an older process that does not say).
     handed: Vec<((u64, u64), Option<ListenerSteps>)>,
+    /// The UDP sockets of the old process's HTTP/3 listeners (`None` once taken).
+    #[cfg_attr(not(feature = "http3"), allow(dead_code))]
+    quic: Vec<Option<HandedQuic>>,
+    /// How many UDP sockets came (then the old process is told which are read here).
+    quic_count: usize,
+}
+
+/// A UDP socket of an HTTP/3 listener of the old process, as handed over.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "http3"), allow(dead_code))]
+pub(crate) struct HandedQuic {
+    pub(crate) socket: std::net::UdpSocket,
+    /// This end of the link to the old process.
+    pub(crate) link: OwnedFd,
+    /// The old process's CID tag on it.
+    pub(crate) tag: u8,
+    /// Its position among the UDP sockets handed over.
+    pub(crate) index: usize,
 }
 
 impl Takeover {
@@ -823,16 +954,89 @@ impl Takeover {
             let steps = with_steps.then(|| ListenerSteps::from_bits(frame.payload[2 * index + 1]));
             handed.push((socket_id(fd.as_fd())?, steps));
         }
+        let flags = frame.flags;
         let listeners = frame
             .fds
             .into_iter()
             .map(InheritedListener::from_fd)
             .collect::<io::Result<Vec<_>>>()?;
+        let quic = if flags & QUIC_FOLLOWS != 0 {
+            let frame = tokio::time::timeout(LISTENERS_TIMEOUT, recv_frame(&mut stream))
+                .await
+                .map_err(|_| {
+                    failed(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no QUIC sockets handed over in time",
+                    ))
+                })?
+                .map_err(failed)?;
+            match frame {
+                Some(frame)
+                    if frame.kind == QUIC && frame.fds.len() == 2 * frame.payload.len() =>
+                {
+                    Self::quic_sockets(frame)?
+                }
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "upgrade socket: expected the QUIC sockets",
+                    ))
+                }
+            }
+        } else {
+            Vec::new()
+        };
         Ok(Takeover {
             halves: Halves::from(stream),
             listeners,
             handed,
+            quic_count: quic.len(),
+            quic: quic.into_iter().map(Some).collect(),
         })
+    }
+
+    /// The UDP sockets and link ends of a `QUIC` frame.
+    fn quic_sockets(frame: Frame) -> io::Result<Vec<HandedQuic>> {
+        let mut fds = frame.fds.into_iter();
+        let mut sockets = Vec::with_capacity(frame.payload.len());
+        for (index, &tag) in frame.payload.iter().enumerate() {
+            let (Some(socket), Some(link)) = (fds.next(), fds.next()) else {
+                break;
+            };
+            use rustix::net::{sockopt, SocketType};
+            if sockopt::socket_type(&socket)? != SocketType::DGRAM
+                || sockopt::socket_type(&link)? != SocketType::SEQPACKET
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "upgrade socket: a QUIC socket is not a UDP socket",
+                ));
+            }
+            rustix::io::ioctl_fioclex(&socket)?;
+            rustix::io::ioctl_fioclex(&link)?;
+            let socket = std::net::UdpSocket::from(socket);
+            socket.set_nonblocking(true)?;
+            sockets.push(HandedQuic {
+                socket,
+                link,
+                tag,
+                index,
+            });
+        }
+        Ok(sockets)
+    }
+
+    /// The UDP sockets of the old process's HTTP/3 listeners, in its order (empty once
+    /// taken): serve each with [`QuicListener::inherit`](crate::http3::QuicListener::inherit).
+    /// Those not served here stay with the old process until it exits (HTTP/3 on them is gone
+    /// then).
+    #[cfg(feature = "http3")]
+    pub fn take_quic_sockets(&mut self) -> Vec<crate::http3::InheritedQuic> {
+        self.quic
+            .iter_mut()
+            .filter_map(Option::take)
+            .map(crate::http3::InheritedQuic::new)
+            .collect()
     }
 
     /// What the old process ran on each listener it handed over, in its order (`None` where an
@@ -875,8 +1079,18 @@ impl Takeover {
         std::mem::take(&mut self.listeners)
     }
 
-    /// Tells the old process that this one accepts: it stops accepting and drains.
-    pub(crate) async fn ready(&mut self) -> io::Result<()> {
+    /// Tells the old process that this one accepts (and reads the UDP sockets at
+    /// `quic_served`, positions among those handed over): it stops accepting and drains.
+    pub(crate) async fn ready(&mut self, quic_served: &[usize]) -> io::Result<()> {
+        if self.quic_count > 0 {
+            let mut served = vec![0u8; self.quic_count];
+            for &index in quic_served {
+                if let Some(byte) = served.get_mut(index) {
+                    *byte = 1;
+                }
+            }
+            send_frame(self.halves.write.as_ref(), QUIC_READY, &[], &served).await?;
+        }
         send_frame(self.halves.write.as_ref(), READY, &[], &[]).await
     }
 

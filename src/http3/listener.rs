@@ -53,6 +53,15 @@ pub enum QuicListenerError {
 /// ```
 pub struct QuicListener {
     pub(crate) endpoint: quinn::Endpoint,
+    /// Routes datagrams between this process and the ones it replaces or that replace it.
+    #[cfg(unix)]
+    pub(crate) router: Arc<super::routing::Router>,
+    /// A duplicate of the UDP socket, for a binary upgrade.
+    #[cfg(unix)]
+    socket: std::os::fd::OwnedFd,
+    /// Its position among the UDP sockets taken over, if it was.
+    #[cfg(unix)]
+    pub(crate) inherited: Option<usize>,
     /// The TLS configuration new connections get, made from `source`'s current one.
     tls: Mutex<QuicTls>,
     /// Where a reloaded configuration comes from, if anywhere.
@@ -139,26 +148,105 @@ impl QuicListener {
         socket: std::net::UdpSocket,
         tls: Arc<rustls::ServerConfig>,
     ) -> Result<QuicListener, QuicListenerError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(QuicListenerError::Io(std::io::Error::other(
-                "QuicListener: no tokio runtime (bind it inside one)",
-            )));
+        #[cfg(unix)]
+        return QuicListener::routed(socket, tls, super::routing::random_tag(), None);
+        #[cfg(not(unix))]
+        {
+            in_runtime()?;
+            let tls = QuicTls::new(tls)?;
+            let endpoint = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )?;
+            Ok(QuicListener {
+                endpoint,
+                tls: Mutex::new(tls),
+                source: None,
+                retry: false,
+            })
         }
+    }
+
+    /// The UDP socket of an HTTP/3 listener of the process this one takes over from
+    /// ([`Takeover::take_quic_sockets`](crate::upgrade::Takeover::take_quic_sockets)), served
+    /// with the rustls configuration `tls` (see [`bind`](Self::bind)). Once this server serves
+    /// it (and [`Server::take_over`](crate::Server::take_over) told the old process), this
+    /// process reads the socket, and the datagrams of the connections the old process still
+    /// drains are passed on to it: they stay there until they end. See the README's
+    /// "Zero-downtime restarts" for what this covers.
+    #[cfg(unix)]
+    pub fn inherit(
+        socket: InheritedQuic,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<QuicListener, QuicListenerError> {
+        let handed = socket.handed;
+        in_runtime()?;
+        let link = super::routing::Link::new(handed.link)?;
+        let mut listener = QuicListener::routed(
+            handed.socket,
+            tls,
+            handed.tag.wrapping_add(1),
+            Some(link),
+        )?;
+        listener.inherited = Some(handed.index);
+        Ok(listener)
+    }
+
+    /// [`inherit`](Self::inherit) with the configuration of a [`TlsAcceptor`], and its
+    /// reloads (as [`bind_acceptor`](Self::bind_acceptor)).
+    #[cfg(unix)]
+    pub fn inherit_acceptor(
+        socket: InheritedQuic,
+        acceptor: &TlsAcceptor,
+    ) -> Result<QuicListener, QuicListenerError> {
+        let mut listener = QuicListener::inherit(socket, acceptor.config())?;
+        listener.source = Some(acceptor.clone());
+        Ok(listener)
+    }
+
+    /// An endpoint on `socket` that issues CIDs tagged `tag` and reads through a router
+    /// (linked to the process replaced, if any).
+    #[cfg(unix)]
+    fn routed(
+        socket: std::net::UdpSocket,
+        tls: Arc<rustls::ServerConfig>,
+        tag: u8,
+        older: Option<super::routing::Link>,
+    ) -> Result<QuicListener, QuicListenerError> {
+        use quinn::Runtime;
+        in_runtime()?;
         let tls = QuicTls::new(tls)?;
+        let duplicate = std::os::fd::OwnedFd::from(socket.try_clone()?);
+        let router = super::routing::Router::new(tag, older);
+        let inner = quinn::TokioRuntime.wrap_udp_socket(socket)?;
+        let socket = super::routing::RoutedSocket::new(inner, router.clone());
+        let mut config = quinn::EndpointConfig::default();
+        config.cid_generator(move || Box::new(super::routing::TaggedCids::new(tag)));
         // No server configuration until the server serves: the options are not known yet, and
         // a handshake must not start before there is an accept loop.
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            config,
             None,
-            socket,
+            Arc::new(socket),
             Arc::new(quinn::TokioRuntime),
         )?;
         Ok(QuicListener {
             endpoint,
+            router,
+            socket: duplicate,
+            inherited: None,
             tls: Mutex::new(tls),
             source: None,
             retry: false,
         })
+    }
+
+    /// A duplicate of the UDP socket and this process's CID tag on it, for a successor.
+    #[cfg(unix)]
+    pub(crate) fn publishable(&self) -> std::io::Result<(std::os::fd::OwnedFd, u8)> {
+        Ok((self.socket.try_clone()?, self.router.tag()))
     }
 
     /// Address validation against spoofed source addresses (an Initial flood that names a
@@ -223,6 +311,38 @@ impl QuicListener {
         let mut config = quinn::ServerConfig::with_crypto(tls.crypto.clone());
         config.transport_config(Arc::new(transport));
         config
+    }
+}
+
+/// An error outside a tokio runtime (quinn's endpoint needs one).
+fn in_runtime() -> Result<(), QuicListenerError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(QuicListenerError::Io(std::io::Error::other(
+            "QuicListener: no tokio runtime (bind it inside one)",
+        )));
+    }
+    Ok(())
+}
+
+/// The UDP socket of an HTTP/3 listener of the process this one takes over from
+/// ([`Takeover::take_quic_sockets`](crate::upgrade::Takeover::take_quic_sockets)): serve it
+/// with [`QuicListener::inherit`] (or [`QuicListener::inherit_acceptor`]). Dropped, the old
+/// process keeps reading it until it exits.
+#[cfg(unix)]
+#[derive(Debug)]
+pub struct InheritedQuic {
+    handed: crate::handover::HandedQuic,
+}
+
+#[cfg(unix)]
+impl InheritedQuic {
+    pub(crate) fn new(handed: crate::handover::HandedQuic) -> InheritedQuic {
+        InheritedQuic { handed }
+    }
+
+    /// The address the UDP socket is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.handed.socket.local_addr()
     }
 }
 

@@ -88,6 +88,10 @@ pub struct Server {
     quic: Vec<crate::http3::QuicListener>,
     #[cfg(feature = "http3")]
     quic_endpoints: Vec<quinn::Endpoint>,
+    /// The routers of the HTTP/3 listeners once served, and each one's position among the UDP
+    /// sockets taken over (if it was), in the order they were published.
+    #[cfg(all(unix, feature = "http3"))]
+    quic_routes: Vec<(Arc<crate::http3::routing::Router>, Option<usize>)>,
     shared: Arc<Shared>,
     /// Where a new process may take the listeners over.
     #[cfg(unix)]
@@ -277,6 +281,8 @@ impl Server {
             quic: Vec::new(),
             #[cfg(feature = "http3")]
             quic_endpoints: Vec::new(),
+            #[cfg(all(unix, feature = "http3"))]
+            quic_routes: Vec::new(),
             #[cfg(unix)]
             upgrade: None,
             #[cfg(unix)]
@@ -497,6 +503,9 @@ impl Server {
                 addresses.push(Address::Inet(address));
             }
             self.quic_endpoints.push(listener.endpoint.clone());
+            #[cfg(unix)]
+            self.quic_routes
+                .push((listener.router.clone(), listener.inherited));
             let run: Pin<Box<dyn Future<Output = ()> + Send>> =
                 Box::pin(self.acceptor().accept_quic(listener, service.clone()));
             loops.push(run);

@@ -47,8 +47,16 @@ impl Server {
                 Ok((fd.try_clone_to_owned()?, unix, steps))
             })
             .collect::<std::io::Result<Vec<_>>>();
-        match listeners {
-            Ok(listeners) => Some(Arc::new(Published::new(listeners))),
+        #[cfg(feature = "http3")]
+        let quic = self
+            .quic
+            .iter()
+            .map(crate::http3::QuicListener::publishable)
+            .collect::<std::io::Result<Vec<_>>>();
+        #[cfg(not(feature = "http3"))]
+        let quic: std::io::Result<Vec<_>> = Ok(Vec::new());
+        match listeners.and_then(|listeners| Ok((listeners, quic?))) {
+            Ok((listeners, quic)) => Some(Arc::new(Published::new(listeners, quic))),
             Err(error) => {
                 tracing::error!(%error, "upgrade socket: the listeners cannot be published");
                 self.upgrade = None;
@@ -83,7 +91,16 @@ impl Server {
             self.publish();
             return None;
         };
-        if let Err(error) = takeover.ready().await {
+        // The UDP sockets taken over that this server reads now.
+        #[cfg(feature = "http3")]
+        let quic_served: Vec<usize> = self
+            .quic_routes
+            .iter()
+            .filter_map(|(_, inherited)| *inherited)
+            .collect();
+        #[cfg(not(feature = "http3"))]
+        let quic_served: Vec<usize> = Vec::new();
+        if let Err(error) = takeover.ready(&quic_served).await {
             tracing::error!(
                 %error,
                 "takeover: the old process could not be told to drain; both serve"
@@ -129,6 +146,20 @@ impl Server {
             .replaced
             .store(true, std::sync::atomic::Ordering::Release);
         shared.paused.send_replace(true);
+        #[cfg(feature = "http3")]
+        let mut successor = successor;
+        // The successor reads the UDP sockets it said it serves: this server gets its
+        // connections' datagrams from it.
+        #[cfg(feature = "http3")]
+        for ((router, _), link) in self.quic_routes.iter().zip(successor.take_quic_links()) {
+            let Some(link) = link else { continue };
+            match crate::http3::routing::Link::new(link) {
+                Ok(link) => router.replaced_by(link),
+                Err(error) => {
+                    tracing::error!(%error, "upgrade: the link to the new process for QUIC failed");
+                }
+            }
+        }
         let (sender, health) = successor.split();
         let (sink, connections) = tokio::sync::mpsc::unbounded_channel();
         *self.lock_handover() = Some(sink);
@@ -171,6 +202,10 @@ impl Server {
         // Rollback: the connections being drained go on ending by themselves; new ones are
         // served here again.
         warn!("upgrade: the new process went away before it said it is healthy; accepting again");
+        #[cfg(feature = "http3")]
+        for (router, _) in &self.quic_routes {
+            router.rolled_back();
+        }
         self.lock_handover().take();
         sending.abort();
         shared.registry.resume();
