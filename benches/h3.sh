@@ -21,6 +21,11 @@
 #                       heap; one warm-up connection; RSS and live heap; IDLE_CONNS connections
 #                       (50 being opened at a time) each doing one GET / then idle; 1 s; RSS and
 #                       heap again (raw.tsv workload `idle-h3`)
+#   FIRST_ROUND=1   the number of the first round (to rerun disturbed rounds into another OUT
+#                   and merge: cat both raw.tsv, without the disturbed lines, then report.py)
+#   WAIT_QUIET=0    if set, before each round wait (at most this many seconds) for 2 s in which
+#                   the whole machine is busy less than 5 % (another job, e.g. a compile, would
+#                   otherwise share the cores); the "other CPU %" of each run still tells
 #   H3_CONNS=16 H3_STREAMS=32  bench-h3load's connections and streams per connection
 #   BENCH_RUNTIME   multi: the servers run on tokio's multi-thread runtime (one worker when
 #                   pinned to one core) instead of current_thread
@@ -40,6 +45,8 @@ ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-5}
 IDLE_CONNS=${IDLE_CONNS:-500}
 IDLE_ROUNDS=${IDLE_ROUNDS:-3}
+FIRST_ROUND=${FIRST_ROUND:-1}
+WAIT_QUIET=${WAIT_QUIET:-0}
 WORKLOADS=${WORKLOADS:-h3 h3-idle}
 H3_CONNS=${H3_CONNS:-16}
 H3_STREAMS=${H3_STREAMS:-32}
@@ -224,6 +231,16 @@ idle_run() {
     sleep 0.3
 }
 
+wait_quiet() { # at most WAIT_QUIET s for 2 s of a machine busy < 5 % (of all its cores)
+    local deadline=$((SECONDS + WAIT_QUIET)) b0 b1 tck ncpu
+    tck=$(getconf CLK_TCK); ncpu=$(nproc)
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        b0=$(sys_busy); sleep 2; b1=$(sys_busy)
+        [ $(((b1 - b0) * 100)) -lt $((5 * 2 * tck * ncpu)) ] && return 0
+    done
+    log "WARNING: the machine was not quiet within $WAIT_QUIET s; running anyway"
+}
+
 workload() { # WORKLOAD ROUND
     local wl=$1 round=$2 srv
     case $wl in
@@ -281,8 +298,9 @@ esac
 for wl in $WORKLOADS; do
     rounds=$ROUNDS
     [ "$wl" = h3-idle ] && rounds=$IDLE_ROUNDS
-    for round in $(seq "$rounds"); do
-        log "$wl: round $round/$rounds"
+    for round in $(seq "$FIRST_ROUND" $((FIRST_ROUND + rounds - 1))); do
+        [ "$WAIT_QUIET" -gt 0 ] && wait_quiet
+        log "$wl: round $round"
         workload "$wl" "$round"
     done
 done

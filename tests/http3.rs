@@ -1634,3 +1634,209 @@ async fn a_peer_that_never_reads_holds_only_its_own_stream() {
         "{closed:?}"
     );
 }
+
+/// A binary upgrade with an HTTP/3 listener (two `Server`s in this process, the real upgrade
+/// socket between them): the new server reads the UDP socket from then on and serves every
+/// new connection; a request the old server was answering on a connection it had finishes
+/// there, its packets passed on by the new server; the old server drains and returns.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_upgrade_hands_the_udp_socket_over_and_old_connections_finish_there() {
+    use hyper_remote_client::upgrade::Takeover;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("upgrade.sock");
+    let options = Options::default()
+        .with_shutdown_timeout(Duration::from_secs(20))
+        .with_upgrade_probation(Duration::from_millis(300));
+    let cert = cert();
+
+    // The old server: `/echo` says it began, then answers the body it reads.
+    let (began, mut waiting) = mpsc::unbounded_channel::<()>();
+    let quic = QuicListener::bind("127.0.0.1:0".parse().unwrap(), quic_config(&cert)).unwrap();
+    let udp = quic.local_addr().unwrap();
+    let old = Server::new(options.clone())
+        .quic(quic)
+        .upgrade_socket(&path)
+        .unwrap();
+    let old_handle = old.handle();
+    let old_served = tokio::spawn(old.serve(tower::service_fn(
+        move |req: Request<RequestBody>| {
+            let began = began.clone();
+            async move {
+                if req.uri().path() == "/echo" {
+                    let _ = began.send(());
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let mut answer = b"old: ".to_vec();
+                    answer.extend_from_slice(&body);
+                    return Ok::<_, Infallible>(text(answer));
+                }
+                Ok(text("old"))
+            }
+        },
+    )));
+    within("old listening", old_handle.listening()).await;
+
+    let mut a = connect(udp, &cert).await;
+    assert_eq!(a.get("/").await.text(), "old");
+    // A request the old server is reading when the new one takes over: its body comes after.
+    let req = a.request("POST", "/echo").body(()).unwrap();
+    let mut stream = a.send.send_request(req).await.unwrap();
+    within("the old server's handler began", waiting.recv())
+        .await
+        .unwrap();
+
+    // The new server takes the UDP socket over.
+    let mut takeover = within("takeover", Takeover::connect(&path)).await.unwrap();
+    assert!(takeover.take_listeners().is_empty(), "no TCP listener");
+    let mut sockets = takeover.take_quic_sockets();
+    assert_eq!(sockets.len(), 1);
+    let socket = sockets.pop().unwrap();
+    assert_eq!(socket.local_addr().unwrap(), udp);
+    let quic = QuicListener::inherit(socket, quic_config(&cert)).unwrap();
+    let new = Server::new(options)
+        .quic(quic)
+        .take_over(takeover)
+        .expect("same steps")
+        .upgrade_socket(&path)
+        .unwrap();
+    let new_handle = new.handle();
+    let new_served = tokio::spawn(new.serve(tower::service_fn(
+        |_req: Request<RequestBody>| async { Ok::<_, Infallible>(text("new")) },
+    )));
+    within("new listening", new_handle.listening()).await;
+
+    // Once the old server was told, every new connection is the new server's (the old one
+    // no longer reads the socket: were both reading it, some would go there, and fail or
+    // answer "old").
+    let mut fresh = 0;
+    let mut answers = Vec::new();
+    for _ in 0..40 {
+        let mut client = connect(udp, &cert).await;
+        let answer = client.get("/").await.text();
+        fresh = if answer == "new" { fresh + 1 } else { 0 };
+        answers.push(answer);
+        if fresh == 8 {
+            break;
+        }
+    }
+    assert_eq!(
+        fresh, 8,
+        "8 new connections in a row to the new server: {answers:?}"
+    );
+
+    // The old server's request in flight finishes there: its client's packets (the body, its
+    // acknowledgements) come to the new server, which passes them on.
+    stream
+        .send_data(Bytes::from_static(b"passed on"))
+        .await
+        .unwrap();
+    stream.finish().await.unwrap();
+    let response = within("the old request's answer", stream.recv_response())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = Vec::new();
+    while let Some(mut chunk) = within("body", stream.recv_data()).await.unwrap() {
+        while chunk.has_remaining() {
+            let part = chunk.chunk().to_vec();
+            chunk.advance(part.len());
+            body.extend_from_slice(&part);
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&body), "old: passed on");
+    drop(stream);
+    drop(a);
+
+    // The old server drains (its client gone) and returns once the new one says it is
+    // healthy; the new one goes on serving, on the socket it now reads alone.
+    within("the old server returns", old_served).await.unwrap();
+    let mut client = connect(udp, &cert).await;
+    assert_eq!(client.get("/").await.text(), "new");
+    new_handle.graceful_shutdown(Some(Duration::from_secs(5)));
+    within("the new server returns", new_served).await.unwrap();
+}
+
+/// A new server that goes away before its probation has passed: the old one reads the UDP
+/// socket again and serves new connections.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_rollback_the_old_server_reads_the_udp_socket_again() {
+    use hyper_remote_client::upgrade::Takeover;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("upgrade.sock");
+    let options = Options::default()
+        .with_shutdown_timeout(Duration::from_secs(20))
+        .with_upgrade_probation(Duration::from_secs(60));
+    let cert = cert();
+    let quic = QuicListener::bind("127.0.0.1:0".parse().unwrap(), quic_config(&cert)).unwrap();
+    let udp = quic.local_addr().unwrap();
+    let old = Server::new(options.clone())
+        .quic(quic)
+        .upgrade_socket(&path)
+        .unwrap();
+    let old_handle = old.handle();
+    let old_served = tokio::spawn(old.serve(tower::service_fn(
+        |_req: Request<RequestBody>| async { Ok::<_, Infallible>(text("old")) },
+    )));
+    within("old listening", old_handle.listening()).await;
+
+    let mut takeover = within("takeover", Takeover::connect(&path)).await.unwrap();
+    let socket = takeover.take_quic_sockets().pop().unwrap();
+    let new = Server::new(options)
+        .quic(QuicListener::inherit(socket, quic_config(&cert)).unwrap())
+        .take_over(takeover)
+        .unwrap();
+    let new_handle = new.handle();
+    let new_served = tokio::spawn(new.serve(tower::service_fn(
+        |_req: Request<RequestBody>| async { Ok::<_, Infallible>(text("new")) },
+    )));
+    within("new listening", new_handle.listening()).await;
+
+    /// Answers of fresh connections until `want` came `times` in a row (at most 40; a
+    /// connection may fail meanwhile).
+    async fn in_a_row(udp: SocketAddr, cert: &Cert, want: &str, times: usize) -> Vec<String> {
+        let mut answers = Vec::new();
+        let mut row = 0;
+        for _ in 0..40 {
+            let answer = tokio::time::timeout(Duration::from_secs(3), async {
+                let (_endpoint, connection) = try_connect(udp, cert).await.ok()?;
+                let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(connection))
+                    .await
+                    .ok()?;
+                tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+                let req = Request::get(format!("https://localhost:{}/", udp.port()))
+                    .body(())
+                    .unwrap();
+                let mut stream = send.send_request(req).await.ok()?;
+                stream.finish().await.ok()?;
+                stream.recv_response().await.ok()?;
+                let mut body = Vec::new();
+                while let Some(mut chunk) = stream.recv_data().await.ok()? {
+                    let part = chunk.copy_to_bytes(chunk.remaining());
+                    body.extend_from_slice(&part);
+                }
+                Some(String::from_utf8_lossy(&body).into_owned())
+            })
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "failed".to_owned());
+            row = if answer == want { row + 1 } else { 0 };
+            answers.push(answer);
+            if row == times {
+                return answers;
+            }
+        }
+        panic!("never {times} times {want:?} in a row: {answers:?}");
+    }
+    in_a_row(udp, &cert, "new", 4).await;
+
+    // The new server goes away (as a process that crashes would, its sockets closed).
+    new_served.abort();
+    let _ = new_served.await;
+    drop(new_handle);
+    in_a_row(udp, &cert, "old", 6).await;
+    assert!(!old_served.is_finished(), "the old server goes on");
+    old_handle.graceful_shutdown(Some(Duration::from_secs(5)));
+    within("the old server returns", old_served).await.unwrap();
+}

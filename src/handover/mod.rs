@@ -701,8 +701,7 @@ async fn offer(stream: UnixStream, listeners: std::sync::Arc<Published>) -> Opti
                     .iter_mut()
                     .enumerate()
                     .map(|(index, link)| {
-                        link.take()
-                            .filter(|_| frame.payload.get(index) == Some(&1))
+                        link.take().filter(|_| frame.payload.get(index) == Some(&1))
                     })
                     .collect();
             }
@@ -971,9 +970,7 @@ impl Takeover {
                 })?
                 .map_err(failed)?;
             match frame {
-                Some(frame)
-                    if frame.kind == QUIC && frame.fds.len() == 2 * frame.payload.len() =>
-                {
+                Some(frame) if frame.kind == QUIC && frame.fds.len() == 2 * frame.payload.len() => {
                     Self::quic_sockets(frame)?
                 }
                 _ => {

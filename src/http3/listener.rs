@@ -184,12 +184,8 @@ impl QuicListener {
         let handed = socket.handed;
         in_runtime()?;
         let link = super::routing::Link::new(handed.link)?;
-        let mut listener = QuicListener::routed(
-            handed.socket,
-            tls,
-            handed.tag.wrapping_add(1),
-            Some(link),
-        )?;
+        let mut listener =
+            QuicListener::routed(handed.socket, tls, handed.tag.wrapping_add(1), Some(link))?;
         listener.inherited = Some(handed.index);
         Ok(listener)
     }

@@ -80,9 +80,9 @@ mod request;
 pub(crate) mod routing;
 
 pub(crate) use connection::{client_info, serve, End};
-pub(crate) use listener::QuicTls;
 #[cfg(unix)]
 pub use listener::InheritedQuic;
+pub(crate) use listener::QuicTls;
 pub use listener::{QuicListener, QuicListenerError};
 
 /// The peer's address when the request came, in every HTTP/3 request's extensions. It differs

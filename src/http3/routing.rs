@@ -164,7 +164,11 @@ fn ip_from(family: u8, bytes: &[u8]) -> Option<IpAddr> {
     }
 }
 
-fn encode(addr: SocketAddr, ecn: Option<quinn::udp::EcnCodepoint>, dst: Option<IpAddr>) -> [u8; HEADER] {
+fn encode(
+    addr: SocketAddr,
+    ecn: Option<quinn::udp::EcnCodepoint>,
+    dst: Option<IpAddr>,
+) -> [u8; HEADER] {
     let mut header = [0u8; HEADER];
     header[0] = ecn.map_or(0, |ecn| ecn as u8);
     let (family, src) = ip_bytes(addr.ip());
@@ -215,7 +219,13 @@ impl Link {
 
     /// Sends one datagram; false once the other end is gone. A full link drops it (as a full
     /// UDP socket would: QUIC resends).
-    fn send(&self, datagram: &[u8], addr: SocketAddr, ecn: Option<quinn::udp::EcnCodepoint>, dst: Option<IpAddr>) -> bool {
+    fn send(
+        &self,
+        datagram: &[u8],
+        addr: SocketAddr,
+        ecn: Option<quinn::udp::EcnCodepoint>,
+        dst: Option<IpAddr>,
+    ) -> bool {
         let header = encode(addr, ecn, dst);
         let sent = rustix::net::sendmsg(
             self.fd.get_ref(),
@@ -225,7 +235,9 @@ impl Link {
         );
         !matches!(
             sent,
-            Err(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET | rustix::io::Errno::NOTCONN)
+            Err(rustix::io::Errno::PIPE
+                | rustix::io::Errno::CONNRESET
+                | rustix::io::Errno::NOTCONN)
         )
     }
 
@@ -250,7 +262,9 @@ impl Link {
             match received {
                 Ok(Ok(message)) if message.bytes == 0 => return Poll::Ready(None),
                 Ok(Ok(message)) => {
-                    if message.bytes < HEADER || message.flags.contains(rustix::net::ReturnFlags::TRUNC) {
+                    if message.bytes < HEADER
+                        || message.flags.contains(rustix::net::ReturnFlags::TRUNC)
+                    {
                         continue;
                     }
                     if let Some(received) = decode(&header, message.bytes - HEADER) {
@@ -318,8 +332,10 @@ impl Router {
     }
 
     fn relink(&self, links: &Links) {
-        self.linked
-            .store(links.older.is_some() || links.newer.is_some(), Ordering::Release);
+        self.linked.store(
+            links.older.is_some() || links.newer.is_some(),
+            Ordering::Release,
+        );
         self.waker.wake();
     }
 
@@ -343,10 +359,18 @@ impl Router {
     /// Drops `link` (its other end is gone).
     fn unlink(&self, link: &Arc<Link>) {
         let mut links = self.links();
-        if links.older.as_ref().is_some_and(|older| Arc::ptr_eq(older, link)) {
+        if links
+            .older
+            .as_ref()
+            .is_some_and(|older| Arc::ptr_eq(older, link))
+        {
             links.older = None;
         }
-        if links.newer.as_ref().is_some_and(|newer| Arc::ptr_eq(newer, link)) {
+        if links
+            .newer
+            .as_ref()
+            .is_some_and(|newer| Arc::ptr_eq(newer, link))
+        {
             links.newer = None;
             if self.replaced.load(Ordering::Acquire) {
                 // The successor is gone: the UDP socket is read here again.
@@ -372,7 +396,11 @@ impl RoutedSocket {
     /// Forwards the datagrams of `meta` (several with GRO) that belong to another process,
     /// and keeps the others, packed at the start of `buf`.
     fn sort(&self, buf: &mut [u8], meta: &mut RecvMeta, links: &Links) {
-        let stride = if meta.stride == 0 { meta.len } else { meta.stride };
+        let stride = if meta.stride == 0 {
+            meta.len
+        } else {
+            meta.stride
+        };
         let (mut at, mut kept) = (0, 0);
         while at < meta.len {
             let end = (at + stride).min(meta.len);
@@ -548,7 +576,10 @@ mod tests {
     #[test]
     fn addresses_survive_the_link_header() {
         for (addr, dst) in [
-            ("127.0.0.1:4433".parse().unwrap(), Some("127.0.0.2".parse().unwrap())),
+            (
+                "127.0.0.1:4433".parse().unwrap(),
+                Some("127.0.0.2".parse().unwrap()),
+            ),
             ("[::1]:9".parse().unwrap(), None),
         ] {
             let header = encode(addr, Some(quinn::udp::EcnCodepoint::Ect0), dst);

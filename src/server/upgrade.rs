@@ -141,15 +141,11 @@ impl Server {
         successor: Successor,
         signal: &mut Pin<&mut F>,
     ) -> Handover {
-        let shared = &self.shared;
-        shared
-            .replaced
-            .store(true, std::sync::atomic::Ordering::Release);
-        shared.paused.send_replace(true);
         #[cfg(feature = "http3")]
         let mut successor = successor;
         // The successor reads the UDP sockets it said it serves: this server gets its
-        // connections' datagrams from it.
+        // connections' datagrams from it (before it stops accepting: no new
+        // connection is left waiting here).
         #[cfg(feature = "http3")]
         for ((router, _), link) in self.quic_routes.iter().zip(successor.take_quic_links()) {
             let Some(link) = link else { continue };
@@ -160,6 +156,11 @@ impl Server {
                 }
             }
         }
+        let shared = &self.shared;
+        shared
+            .replaced
+            .store(true, std::sync::atomic::Ordering::Release);
+        shared.paused.send_replace(true);
         let (sender, health) = successor.split();
         let (sink, connections) = tokio::sync::mpsc::unbounded_channel();
         *self.lock_handover() = Some(sink);
