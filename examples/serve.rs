@@ -448,12 +448,26 @@ async fn run(args: Args) -> Result<(), Failed> {
         Some(listener) => Some(listener.local_addr().context("--https")?),
         None => None,
     };
-    // HTTP/3 on UDP at the HTTPS address, with the same certificate (not on a takeover: the
-    // old inspector keeps its UDP socket until it exits).
+    // HTTP/3 on UDP at the HTTPS address, with the same certificate; on a takeover, on the
+    // old inspector's UDP socket (its connections finish there, their datagrams passed on).
+    #[cfg(all(unix, feature = "http3"))]
+    let inherited_quic = sockets.quic;
+    #[cfg(all(not(unix), feature = "http3"))]
+    let inherited_quic: Option<()> = None;
     #[cfg(feature = "http3")]
     // A UDP port that is taken costs HTTP/3 only, with a warning.
-    let quic = match (&acceptor, https_addr) {
-        (Some(acceptor), Some(addr)) if !taking_over(&args) => {
+    let quic = match (&acceptor, https_addr, inherited_quic) {
+        #[cfg(unix)]
+        (Some(acceptor), Some(_), Some(socket)) => {
+            match hyper_remote_client::http3::QuicListener::inherit_acceptor(socket, acceptor) {
+                Ok(quic) => Some(quic),
+                Err(error) => {
+                    eprintln!("warning: the old inspector's UDP socket: no HTTP/3: {error}");
+                    None
+                }
+            }
+        }
+        (Some(acceptor), Some(addr), _) if !taking_over(&args) => {
             // The acceptor's configuration, and its reloads (SIGHUP).
             match hyper_remote_client::http3::QuicListener::bind_acceptor(addr, acceptor) {
                 Ok(quic) => Some(quic),
@@ -628,6 +642,9 @@ struct Sockets {
     unix: Vec<(tokio::net::UnixListener, PathBuf, bool)>,
     #[cfg(unix)]
     takeover: Option<hyper_remote_client::upgrade::Takeover>,
+    /// The old inspector's HTTP/3 UDP socket, on a takeover.
+    #[cfg(all(unix, feature = "http3"))]
+    quic: Option<hyper_remote_client::http3::InheritedQuic>,
 }
 
 impl Sockets {
@@ -673,6 +690,8 @@ impl Sockets {
             unix,
             #[cfg(unix)]
             takeover: None,
+            #[cfg(all(unix, feature = "http3"))]
+            quic: None,
         })
     }
 
@@ -688,6 +707,8 @@ impl Sockets {
             .context(&what)?;
         let steps = takeover.steps();
         let listeners = takeover.take_listeners();
+        #[cfg(feature = "http3")]
+        let quic = takeover.take_quic_sockets().into_iter().next();
         let said = steps.len() == listeners.len() && steps.iter().all(Option::is_some);
         let (mut tcp_plain, mut tcp_tls) = (Vec::new(), Vec::new());
         let mut others = Vec::new();
@@ -731,6 +752,8 @@ impl Sockets {
             https,
             unix,
             takeover: Some(takeover),
+            #[cfg(feature = "http3")]
+            quic,
         })
     }
 }

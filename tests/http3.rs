@@ -999,7 +999,14 @@ async fn alt_svc_on_tls_answers_and_the_tcp_tls_config_serves_quic() {
 /// Starts the inspector (examples/serve.rs) with `--https 127.0.0.1:0`: it, the UDP address it
 /// serves HTTP/3 at (checked to be the HTTPS address), and the path of its generated CA.
 async fn inspector() -> (common::example::Example, SocketAddr, std::path::PathBuf) {
-    let inspector = common::example::Example::start("serve", &["--https", "127.0.0.1:0"]).await;
+    inspector_with(&["--https", "127.0.0.1:0"]).await
+}
+
+/// [`inspector`] with `args`.
+async fn inspector_with(
+    args: &[&str],
+) -> (common::example::Example, SocketAddr, std::path::PathBuf) {
+    let inspector = common::example::Example::start("serve", args).await;
     let https: SocketAddr = inspector
         .first_line
         .strip_prefix("listening on https://")
@@ -1839,4 +1846,50 @@ async fn after_a_rollback_the_old_server_reads_the_udp_socket_again() {
     assert!(!old_served.is_finished(), "the old server goes on");
     old_handle.graceful_shutdown(Some(Duration::from_secs(5)));
     within("the old server returns", old_served).await.unwrap();
+}
+
+/// The inspector upgraded in place (`--upgrade`): the new one serves HTTP/3 on the same UDP
+/// socket, the old one hands over and exits.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inspector_hands_its_udp_socket_over_in_an_upgrade() {
+    use rustls::pki_types::pem::PemObject;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("upgrade.sock");
+    let path = path.to_str().unwrap();
+    let ca_of = |path: &std::path::Path| Cert {
+        der: pki_types::CertificateDer::from_pem_file(path).unwrap(),
+        // Not used: the client only trusts the CA.
+        key: cert().key,
+    };
+    let (old, udp, old_ca) =
+        inspector_with(&["--https", "127.0.0.1:0", "--upgrade-socket", path]).await;
+    let mut client = connect(udp, &ca_of(&old_ca)).await;
+    let json: serde_json::Value = serde_json::from_slice(&client.get("/").await.body).unwrap();
+    assert_eq!(json["http_version"], "HTTP/3.0", "{json}");
+    client.connection.close(0u32.into(), b"done");
+
+    let (new, new_udp, new_ca) = inspector_with(&[
+        "--upgrade",
+        "--upgrade-socket",
+        path,
+        "--upgrade-probation",
+        "0.2",
+    ])
+    .await;
+    assert_eq!(new_udp, udp, "the same UDP address");
+    let (lines, exited) = within("the old inspector exits", old.exit()).await;
+    assert!(exited, "the old inspector exits with status 0: {lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|line| line == "handed over to the new process"),
+        "{lines:?}"
+    );
+    // The old inspector is gone: HTTP/3 on that socket is the new one's (its certificate).
+    let mut client = connect(udp, &ca_of(&new_ca)).await;
+    let json: serde_json::Value = serde_json::from_slice(&client.get("/").await.body).unwrap();
+    assert_eq!(json["http_version"], "HTTP/3.0", "{json}");
+    assert_eq!(json["local_port"], udp.port(), "{json}");
+    drop(new);
 }
