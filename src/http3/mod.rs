@@ -71,6 +71,13 @@
 //! closes them. A graceful shutdown sends GOAWAY on every connection, lets the requests accepted
 //! finish, and closes what is left at the deadline; then the endpoint is closed.
 //! [`ServerHandle::listening`](crate::ServerHandle::listening) includes the UDP address.
+//!
+//! In a binary upgrade ([`Server::upgrade_socket`](crate::Server::upgrade_socket), unix), the
+//! UDP socket goes to the new process with the other listeners
+//! ([`Takeover::take_quic_sockets`](crate::upgrade::Takeover::take_quic_sockets), then
+//! [`QuicListener::inherit`]): the new process reads it, and passes the datagrams of the old
+//! process's connections on to it, which finishes them. So every `QuicListener` issues
+//! connection IDs of 9 bytes whose first byte names its process.
 
 mod body;
 mod connection;

@@ -194,6 +194,20 @@ fn decode(header: &[u8; HEADER], len: usize) -> Option<Received> {
     })
 }
 
+impl Received {
+    /// Field by field: quinn-udp may add fields (it gives a `Default`).
+    #[allow(clippy::field_reassign_with_default)]
+    fn meta(&self) -> RecvMeta {
+        let mut meta = RecvMeta::default();
+        meta.addr = self.addr;
+        meta.len = self.len;
+        meta.stride = self.len;
+        meta.ecn = self.ecn;
+        meta.dst_ip = self.dst_ip;
+        meta
+    }
+}
+
 /// One end of the `SOCK_SEQPACKET` pair between two processes: datagrams of the other's
 /// connections go over it, with their addresses.
 pub(crate) struct Link {
@@ -473,13 +487,7 @@ impl AsyncUdpSocket for RoutedSocket {
                     onward.send(datagram, received.addr, received.ecn, received.dst_ip);
                     continue;
                 }
-                let mut m = RecvMeta::default();
-                m.addr = received.addr;
-                m.len = received.len;
-                m.stride = received.len;
-                m.ecn = received.ecn;
-                m.dst_ip = received.dst_ip;
-                meta[n] = m;
+                meta[n] = received.meta();
                 n += 1;
             }
         }
