@@ -101,7 +101,15 @@ if [ ${#need[@]} -gt 0 ]; then
     { $SUDO apt-get install -y "${need[@]}" || { $SUDO apt-get update && $SUDO apt-get install -y "${need[@]}"; }; } \
         >"$OUT/logs/apt.log" 2>&1 || die "apt-get install ${need[*]} failed (see $OUT/logs/apt.log)"
 fi
+tree_commit() { # the crate's commit, and whether src/ or Cargo.toml differ from it
+    local commit
+    commit=$(git -C "$HERE/.." rev-parse --short HEAD 2>/dev/null) || return 0
+    git -C "$HERE/.." diff --quiet HEAD -- src Cargo.toml 2>/dev/null || commit="$commit + uncommitted changes in src/ or Cargo.toml"
+    echo "$commit"
+}
+BUILT_FROM=
 if [ -z "${SKIP_BUILD:-}" ]; then
+    BUILT_FROM=$(tree_commit)
     log "building bench-h3 and bench-h3load (release, --features http3, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
     # Only these two binaries: --features http3 on bench-server would make it another build.
     cargo build --release --manifest-path "$HERE/Cargo.toml" --features http3 --bin bench-h3 --bin bench-h3load \
@@ -271,9 +279,11 @@ workload() { # WORKLOAD ROUND
     echo "h2load: $(h2load --version 2>&1 | head -1)"
     echo "rustc: $(rustc --version 2>/dev/null)"
     echo "runtime: ${BENCH_RUNTIME:-current_thread}; server cores: $SERVER_CPUS; load generator cores: $LOAD_CPUS"
-    if commit=$(git -C "$HERE/.." rev-parse --short HEAD 2>/dev/null); then
-        git -C "$HERE/.." diff --quiet HEAD -- src Cargo.toml 2>/dev/null || commit="$commit + uncommitted changes in src/ or Cargo.toml"
-        echo "crate: $commit"
+    # With SKIP_BUILD the binaries may be older than the tree: say when they were built.
+    if [ -n "$BUILT_FROM" ]; then
+        echo "crate: $BUILT_FROM (built by this run)"
+    else
+        echo "crate: tree at $(tree_commit) now; bench-h3 built $(date -u -r "$BIN/bench-h3" '+%Y-%m-%d %H:%M:%S UTC') (SKIP_BUILD)"
     fi
     echo "loadavg at start: $(cat /proc/loadavg)"
 } >"$OUT/meta.txt"

@@ -86,7 +86,7 @@ enum Phase {
 /// So a peer must average the rate over the time it is waited on, and credit earned by a fast
 /// start cannot buy a long stall later (a drip after a burst is cut too).
 #[derive(Debug, Default)]
-struct RateClock {
+pub(crate) struct RateClock {
     running: bool,
     waiting: bool,
     last: Option<Instant>,
@@ -98,11 +98,11 @@ struct RateClock {
 const CREDIT: u32 = 4;
 
 impl RateClock {
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         *self = RateClock::default();
     }
 
-    fn update(&mut self, rate: &MinDataRate, now: Instant, waiting: bool, bytes: u64) {
+    pub(crate) fn update(&mut self, rate: &MinDataRate, now: Instant, waiting: bool, bytes: u64) {
         if !self.running {
             if !waiting {
                 return;
@@ -124,7 +124,7 @@ impl RateClock {
     }
 
     /// When the bucket runs dry if nothing more moves, while waiting on the peer.
-    fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         if !self.running || !self.waiting {
             return None;
         }
@@ -136,7 +136,7 @@ impl RateClock {
 /// The longest clock taken literally: longer ones would overflow `Instant`.
 const LONGEST: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
-fn bounded(timeout: Duration) -> Duration {
+pub(crate) fn bounded(timeout: Duration) -> Duration {
     timeout.min(LONGEST)
 }
 

@@ -402,18 +402,21 @@ fn reason(event: Event) -> CloseReason {
     match event {
         Event::Closed => CloseReason::Closed,
         Event::Shutdown => CloseReason::Shutdown,
-        Event::TimedOut(kind) => {
-            #[cfg(feature = "metrics")]
-            crate::telemetry::timeout(match kind {
-                TimeoutKind::Idle => "idle",
-                TimeoutKind::RequestHead => "request_head",
-                TimeoutKind::RequestBody => "request_body",
-                TimeoutKind::Response => "response",
-                TimeoutKind::HalfClose => "half_close",
-            });
-            CloseReason::Timeout(kind)
-        }
+        Event::TimedOut(kind) => timed_out(kind),
     }
+}
+
+/// A close by the clock `kind`, recorded in the metrics.
+pub(crate) fn timed_out(kind: TimeoutKind) -> CloseReason {
+    #[cfg(feature = "metrics")]
+    crate::telemetry::timeout(match kind {
+        TimeoutKind::Idle => "idle",
+        TimeoutKind::RequestHead => "request_head",
+        TimeoutKind::RequestBody => "request_body",
+        TimeoutKind::Response => "response",
+        TimeoutKind::HalfClose => "half_close",
+    });
+    CloseReason::Timeout(kind)
 }
 
 /// The span a connection is served in: see [`RemoteClient::start`].

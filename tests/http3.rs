@@ -109,6 +109,11 @@ struct H3Client {
     authority: String,
 }
 
+thread_local! {
+    /// Set on a test's thread: the clients it connects then PING this often.
+    static PING_EVERY: std::cell::Cell<Option<Duration>> = const { std::cell::Cell::new(None) };
+}
+
 async fn try_connect(
     addr: SocketAddr,
     cert: &Cert,
@@ -124,9 +129,15 @@ async fn try_connect(
     .with_no_client_auth();
     tls.alpn_protocols = vec![b"h3".to_vec()];
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+    let mut config = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-    )));
+    ));
+    if let Some(every) = PING_EVERY.with(|every| every.get()) {
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(every));
+        config.transport_config(Arc::new(transport));
+    }
+    endpoint.set_default_client_config(config);
     let connecting = endpoint.connect(addr, "localhost").unwrap();
     Ok((endpoint, within("QUIC handshake", connecting).await?))
 }
@@ -1316,9 +1327,15 @@ async fn client_certificates_reach_client_info() {
     .unwrap();
     tls.alpn_protocols = vec![b"h3".to_vec()];
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+    let mut config = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-    )));
+    ));
+    if let Some(every) = PING_EVERY.with(|every| every.get()) {
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(every));
+        config.transport_config(Arc::new(transport));
+    }
+    endpoint.set_default_client_config(config);
     let connection = within("handshake", endpoint.connect(udp, "localhost").unwrap())
         .await
         .unwrap();
@@ -1590,8 +1607,8 @@ async fn a_malicious_qpack_block_never_reaches_the_handler() {
 }
 
 /// A peer that asks for a large answer and never reads it: the response waits on QUIC flow
-/// control (no rate clock over QUIC), other clients are served meanwhile, and a shutdown
-/// closes it at its deadline.
+/// control, other clients are served meanwhile, and a shutdown closes it at its deadline
+/// (before the response clock's grace has passed).
 #[tokio::test]
 async fn a_peer_that_never_reads_holds_only_its_own_stream() {
     let options = Options::default().with_shutdown_timeout(Duration::from_millis(500));
@@ -1892,4 +1909,146 @@ async fn the_inspector_hands_its_udp_socket_over_in_an_upgrade() {
     assert_eq!(json["http_version"], "HTTP/3.0", "{json}");
     assert_eq!(json["local_port"], udp.port(), "{json}");
     drop(new);
+}
+
+/// How the server closed a connection by one of its clocks: CONNECTION_CLOSE, `H3_NO_ERROR`,
+/// reason `timeout`.
+fn closed_by_a_clock(closed: &quinn::ConnectionError) -> bool {
+    matches!(closed, quinn::ConnectionError::ApplicationClosed(close)
+        if close.error_code == quinn::VarInt::from_u32(0x100) && &close.reason[..] == b"timeout")
+}
+
+/// No request for `http2_timeout`: closed, although the client PINGs all along (QUIC's own
+/// idle timeout counts every packet; HTTP/2's idle clock, like this one, counts streams).
+#[tokio::test]
+async fn a_connection_with_no_request_is_closed_at_http2_timeout_whatever_it_pings() {
+    let options = Options::default().with_http2_timeout(Duration::from_millis(400));
+    let server = start(options, false, hello()).await;
+    PING_EVERY.with(|every| every.set(Some(Duration::from_millis(50))));
+    let mut client = connect(server.udp, &server.cert).await;
+    PING_EVERY.with(|every| every.set(None));
+    assert!(client.get("/").await.text().starts_with("hello"));
+    let started = std::time::Instant::now();
+    let closed = client.closed().await;
+    assert!(closed_by_a_clock(&closed), "{closed:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    eventually("counted", || server.handle.stats().http3_timeouts == 1).await;
+    let stats = server.handle.stats();
+    assert_eq!(
+        (
+            stats.idle_timeouts,
+            stats.http1_timeouts,
+            stats.http2_timeouts
+        ),
+        (1, 0, 0)
+    );
+}
+
+/// A request stream whose head never comes: the connection is closed once `http2_timeout`
+/// has passed since the stream opened, as a request head timeout.
+#[tokio::test]
+async fn a_request_head_that_never_comes_closes_the_connection() {
+    let options = Options::default().with_http2_timeout(Duration::from_millis(400));
+    let server = start(options, false, hello()).await;
+    PING_EVERY.with(|every| every.set(Some(Duration::from_millis(50))));
+    let (_endpoint, connection) = try_connect(server.udp, &server.cert).await.unwrap();
+    PING_EVERY.with(|every| every.set(None));
+    let (mut send, _recv) = within("a stream", connection.open_bi()).await.unwrap();
+    // The start of a HEADERS frame (type 0x01, length 64), then nothing.
+    send.write_all(&[0x01, 0x40, 0x40]).await.unwrap();
+    let closed = within("closed", connection.closed()).await;
+    assert!(closed_by_a_clock(&closed), "{closed:?}");
+    eventually("counted", || {
+        server.handle.stats().request_head_timeouts == 1
+    })
+    .await;
+    assert_eq!(server.handle.stats().http3_timeouts, 1);
+}
+
+/// A request body that stalls while the handler waits for it: the handler's read fails, the
+/// connection is closed at the rate's grace, as a request body timeout.
+#[tokio::test]
+async fn a_request_body_slower_than_the_minimum_rate_closes_the_connection() {
+    let options = Options::default().with_min_request_body_rate(
+        hyper_remote_client::MinDataRate::new(1000, Duration::from_millis(300)),
+    );
+    let (failed, mut failures) = mpsc::unbounded_channel();
+    let server = start(
+        options,
+        false,
+        tower::service_fn(move |req: Request<RequestBody>| {
+            let failed = failed.clone();
+            async move {
+                if let Err(error) = req.into_body().collect().await {
+                    let _ = failed.send(error.to_string());
+                }
+                Ok::<_, Infallible>(text("read"))
+            }
+        }),
+    )
+    .await;
+    let client = connect(server.udp, &server.cert).await;
+    let req = client.request("POST", "/").body(()).unwrap();
+    let mut send = client.send.clone();
+    let mut stream = within("request", send.send_request(req)).await.unwrap();
+    stream
+        .send_data(Bytes::from_static(b"a first part"))
+        .await
+        .unwrap();
+    // Then nothing: the handler waits.
+    let error = within("the handler's read fails", failures.recv())
+        .await
+        .unwrap();
+    assert!(error.contains("minimum rate"), "{error}");
+    let closed = client.closed().await;
+    assert!(closed_by_a_clock(&closed), "{closed:?}");
+    eventually("counted", || {
+        server.handle.stats().request_body_timeouts == 1
+    })
+    .await;
+    assert_eq!(server.handle.stats().http3_timeouts, 1);
+}
+
+/// A peer that never reads a large answer: closed once the response clock runs out, as a
+/// response timeout; another client is served meanwhile.
+#[tokio::test]
+async fn a_response_the_peer_never_reads_closes_the_connection_at_the_minimum_rate() {
+    let options = Options::default().with_min_response_rate(hyper_remote_client::MinDataRate::new(
+        100_000,
+        Duration::from_millis(300),
+    ));
+    let server = start(
+        options,
+        false,
+        tower::service_fn(|req: Request<RequestBody>| async move {
+            let body = if req.uri().path() == "/big" {
+                Bytes::from(vec![b'x'; 8 << 20])
+            } else {
+                Bytes::from_static(b"hi")
+            };
+            Ok::<_, Infallible>(Response::new(Full::new(body)))
+        }),
+    )
+    .await;
+    let stuck = connect(server.udp, &server.cert).await;
+    let req = stuck.request("GET", "/big").body(()).unwrap();
+    let mut send = stuck.send.clone();
+    let mut stream = within("request", send.send_request(req)).await.unwrap();
+    within("finish", stream.finish()).await.unwrap();
+    let mut other = connect(server.udp, &server.cert).await;
+    assert_eq!(other.get("/").await.text(), "hi");
+    // Never read: the answer waits on flow control until the clock runs out.
+    let closed = stuck.closed().await;
+    assert!(closed_by_a_clock(&closed), "{closed:?}");
+    eventually("counted", || server.handle.stats().response_timeouts == 1).await;
+    assert_eq!(server.handle.stats().http3_timeouts, 1);
+    assert_eq!(
+        other.get("/").await.text(),
+        "hi",
+        "the other client goes on"
+    );
 }

@@ -111,10 +111,9 @@ async fn bare(addr: SocketAddr, tls: Arc<rustls::ServerConfig>) {
                         return;
                     };
                     black_box(remote);
-                    let Ok(response) = Spin::new(req.uri().path(), || {
-                        Ok::<_, Infallible>(Response::new(()))
-                    })
-                    .await;
+                    let Ok(response) =
+                        Spin::new(req.uri().path(), || Ok::<_, Infallible>(Response::new(())))
+                            .await;
                     drop(req);
                     if stream.send_response(response).await.is_err() {
                         return;

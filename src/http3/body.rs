@@ -22,6 +22,8 @@ pub(crate) struct QuicBody {
     done: bool,
     /// From `Content-Length`, if any: the bytes still to come.
     length: Option<u64>,
+    /// The minimum rate of the body's bytes while the handler waits for them.
+    clock: Option<super::clocks::BodyClock>,
 }
 
 impl QuicBody {
@@ -32,6 +34,7 @@ impl QuicBody {
     pub(crate) fn new(
         recv: RequestStream<h3_quinn::RecvStream, Bytes>,
         length: Option<u64>,
+        clock: Option<super::clocks::BodyClock>,
     ) -> Self {
         let mut body = QuicBody {
             recv,
@@ -39,6 +42,7 @@ impl QuicBody {
             data_done: false,
             done: false,
             length,
+            clock,
         };
         let mut cx = Context::from_waker(Waker::noop());
         if let Poll::Ready(Some(first)) = body.poll_stream(&mut cx) {
@@ -91,7 +95,27 @@ impl Body for QuicBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let frame = match self.peeked.take() {
             Some(peeked) => Some(peeked),
-            None => std::task::ready!(self.poll_stream(cx)),
+            None => {
+                let polled = self.poll_stream(cx);
+                let this = &mut *self;
+                if let Some(clock) = this.clock.as_mut() {
+                    let bytes = match &polled {
+                        Poll::Pending => None,
+                        Poll::Ready(Some(Ok(frame))) => {
+                            Some(frame.data_ref().map_or(0, |data| data.len() as u64))
+                        }
+                        Poll::Ready(_) => Some(0),
+                    };
+                    if clock.polled(cx, bytes) {
+                        this.done = true;
+                        this.clock = None;
+                        return Poll::Ready(Some(Err(
+                            "the request body came slower than the minimum rate".into(),
+                        )));
+                    }
+                }
+                std::task::ready!(polled)
+            }
         };
         if let (Some(Ok(frame)), Some(length)) = (&frame, self.length.as_mut()) {
             // What is left to come, as hyper's body tells it.

@@ -19,8 +19,10 @@ pub(crate) enum End {
     Drained,
     /// [`ClientInfo::close`] closed it.
     Closed,
-    /// The peer closed it, the idle timeout ran out, or the connection failed.
+    /// The peer closed it, QUIC's idle timeout ran out, or the connection failed.
     Gone(String),
+    /// One of its clocks ran out (see `super::clocks`).
+    TimedOut(crate::TimeoutKind),
 }
 
 /// The TLS details of an established QUIC connection. `cipher`: the suite to report, when the
@@ -101,6 +103,12 @@ where
         }
     };
 
+    let clocks = super::clocks::Clocks::new(connection.clone(), &options);
+    // No request for `http2_timeout` (control frames and PINGs are not requests): closed.
+    let idle_timeout = options.http2_timeout().map(crate::lifecycle::bounded);
+    let idle = tokio::time::sleep(idle_timeout.unwrap_or_default());
+    tokio::pin!(idle);
+    let mut idle_armed = false;
     // The requests' tasks: aborted when the connection ends, as hyper drops its streams.
     let mut requests = JoinSet::new();
     let mut shutting_down = false;
@@ -116,6 +124,15 @@ where
         })
     };
     let end = loop {
+        // The idle clock runs from the moment no request is in flight.
+        match (requests.is_empty(), idle_timeout) {
+            (true, Some(timeout)) if !idle_armed => {
+                idle.as_mut().reset(tokio::time::Instant::now() + timeout);
+                idle_armed = true;
+            }
+            (false, _) => idle_armed = false,
+            _ => {}
+        }
         tokio::select! {
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
@@ -123,13 +140,21 @@ where
                         resolver,
                         Serve::new(service.clone(), client.clone()),
                         connection.clone(),
+                        clocks.clone(),
+                        idle_timeout,
                     );
                     requests.spawn(request.in_current_span());
                 }
                 Ok(None) => break End::Drained,
                 Err(_) if state.is_closing() => break End::Closed,
+                Err(_) if clocks.fired().is_some() => {
+                    break End::TimedOut(clocks.fired().unwrap_or(crate::TimeoutKind::Idle))
+                }
                 Err(error) => break End::Gone(error.to_string()),
             },
+            () = &mut idle, if idle_armed && clocks.fired().is_none() && !shutting_down => {
+                clocks.time_out(crate::TimeoutKind::Idle);
+            }
             () = asked(), if !shutting_down => {
                 if state.is_closing() {
                     break End::Closed;

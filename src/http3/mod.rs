@@ -80,6 +80,7 @@
 //! connection IDs of 9 bytes whose first byte names its process.
 
 mod body;
+mod clocks;
 mod connection;
 mod listener;
 mod request;

@@ -10,9 +10,13 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tracing::debug;
 
+use std::sync::Arc;
+
 use super::body::QuicBody;
+use super::clocks::{Clocks, ResponseClock};
 use super::PeerAddress;
 use crate::layer::{Handler, HandlerBody, Serve};
+use crate::TimeoutKind;
 
 type SendStream = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 
@@ -37,13 +41,27 @@ pub(crate) async fn serve<S, B>(
     resolver: RequestResolver<h3_quinn::Connection, Bytes>,
     service: Serve<S>,
     connection: quinn::Connection,
+    clocks: Arc<Clocks>,
+    head_timeout: Option<std::time::Duration>,
 ) where
     S: Handler<B>,
     B: HandlerBody,
 {
+    // The head must be complete within `http2_timeout` of its stream's opening (else the
+    // connection is closed, as an HTTP/1 head that takes too long).
+    let resolved = match head_timeout {
+        Some(timeout) => match tokio::time::timeout(timeout, resolver.resolve_request()).await {
+            Ok(resolved) => resolved,
+            Err(_) => {
+                clocks.time_out(TimeoutKind::RequestHead);
+                return;
+            }
+        },
+        None => resolver.resolve_request().await,
+    };
     // A malformed head, or one over the header size limit (h3 answered 431 itself), or a
     // stream the peer reset: this request only.
-    let (req, stream) = match resolver.resolve_request().await {
+    let (req, stream) = match resolved {
         Ok(resolved) => resolved,
         Err(error) => {
             debug!(%error, "HTTP/3 request refused before the service");
@@ -61,7 +79,7 @@ pub(crate) async fn serve<S, B>(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     let head = req.method() == Method::HEAD;
-    let mut req = req.map(|()| QuicBody::new(recv, length));
+    let mut req = req.map(|()| QuicBody::new(recv, length, clocks.body_clock()));
     *req.version_mut() = Version::HTTP_3;
     req.extensions_mut()
         .insert(PeerAddress(connection.remote_address()));
@@ -72,7 +90,8 @@ pub(crate) async fn serve<S, B>(
             return;
         }
     };
-    if let Err(error) = respond(&mut sending.stream, response, head).await {
+    let clock = clocks.response_clock();
+    if let Err(error) = respond(&mut sending.stream, response, head, clock).await {
         debug!(%error, "HTTP/3: response not sent: stream reset");
         return;
     }
@@ -85,6 +104,7 @@ async fn respond<B>(
     stream: &mut SendStream,
     response: Response<B>,
     head: bool,
+    mut clock: Option<ResponseClock>,
 ) -> Result<(), crate::BoxError>
 where
     B: Body,
@@ -99,7 +119,7 @@ where
         .await?;
     if bodiless {
         drop(body);
-        stream.finish().await?;
+        paced(&mut clock, 0, stream.finish()).await??;
         return Ok(());
     }
     let mut body = std::pin::pin!(body);
@@ -111,10 +131,17 @@ where
         };
         match frame.into_data() {
             Ok(mut data) => {
-                if data.has_remaining() {
-                    stream
-                        .send_data(data.copy_to_bytes(data.remaining()))
-                        .await?;
+                let mut data = data.copy_to_bytes(data.remaining());
+                // Under the response clock, in parts it can time (see `clocks::CHUNK`).
+                let part = if clock.is_some() {
+                    super::clocks::CHUNK
+                } else {
+                    usize::MAX
+                };
+                while !data.is_empty() {
+                    let next = data.split_to(part.min(data.len()));
+                    let len = next.len() as u64;
+                    paced(&mut clock, len, stream.send_data(next)).await??;
                 }
             }
             Err(frame) => {
@@ -126,8 +153,23 @@ where
         }
     }
     // Also after trailers: `send_trailers` does not end the stream.
-    stream.finish().await?;
+    paced(&mut clock, 0, stream.finish()).await??;
     Ok(())
+}
+
+/// `write` under the response's clock, if any: an error once the peer took too long.
+async fn paced<F: std::future::Future>(
+    clock: &mut Option<ResponseClock>,
+    len: u64,
+    write: F,
+) -> Result<F::Output, crate::BoxError> {
+    match clock {
+        Some(clock) => clock
+            .run(len, write)
+            .await
+            .ok_or_else(|| "the peer took the response slower than the minimum rate".into()),
+        None => Ok(write.await),
+    }
 }
 
 /// HTTP/3 has no connection-specific fields (RFC 9114 §4.2): a response carrying one is

@@ -961,10 +961,10 @@ impl Acceptor {
                 TimeoutKind::HalfClose => &counters.half_close_timeouts,
             };
             Counters::add(by_phase);
-            let by_protocol = if info.http_version() == Some(http::Version::HTTP_2) {
-                &counters.http2_timeouts
-            } else {
-                &counters.http1_timeouts
+            let by_protocol = match info.http_version() {
+                Some(http::Version::HTTP_2) => &counters.http2_timeouts,
+                Some(http::Version::HTTP_3) => &counters.http3_timeouts,
+                _ => &counters.http1_timeouts,
             };
             Counters::add(by_protocol);
         }

@@ -159,6 +159,7 @@ impl Acceptor {
                     debug!(%error, "QUIC connection gone");
                     crate::remote::CloseReason::Finished
                 }
+                End::TimedOut(kind) => crate::remote::timed_out(kind),
             };
             self.count_end(&info, &reason);
         }

@@ -29,6 +29,9 @@ pub struct Stats {
     pub http1_timeouts: u64,
     /// HTTP/2 connections closed by a clock (any of the four below).
     pub http2_timeouts: u64,
+    /// HTTP/3 (QUIC) connections closed by a clock (idle, request head, body, response; see
+    /// the `http3` module). Feature `http3`; always 0 without it.
+    pub http3_timeouts: u64,
     /// Connections closed for sitting idle: no first byte, no request, no HTTP/2 stream.
     pub idle_timeouts: u64,
     /// HTTP/1 connections closed because a request head took too long.
@@ -66,6 +69,7 @@ pub(crate) struct Counters {
     pub(crate) acceptor_refused: AtomicU64,
     pub(crate) http1_timeouts: AtomicU64,
     pub(crate) http2_timeouts: AtomicU64,
+    pub(crate) http3_timeouts: AtomicU64,
     pub(crate) idle_timeouts: AtomicU64,
     pub(crate) request_head_timeouts: AtomicU64,
     pub(crate) request_body_timeouts: AtomicU64,
@@ -98,6 +102,7 @@ impl Counters {
             acceptor_refused: get(&self.acceptor_refused),
             http1_timeouts: get(&self.http1_timeouts),
             http2_timeouts: get(&self.http2_timeouts),
+            http3_timeouts: get(&self.http3_timeouts),
             idle_timeouts: get(&self.idle_timeouts),
             request_head_timeouts: get(&self.request_head_timeouts),
             request_body_timeouts: get(&self.request_body_timeouts),

@@ -123,11 +123,7 @@ async fn get(send: &mut Send, uri: &Uri) -> Result<(), String> {
         .await
         .map_err(|e| format!("response: {e}"))?;
     let mut body = 0;
-    while let Some(chunk) = stream
-        .recv_data()
-        .await
-        .map_err(|e| format!("body: {e}"))?
-    {
+    while let Some(chunk) = stream.recv_data().await.map_err(|e| format!("body: {e}"))? {
         body += chunk.remaining();
     }
     if !response.status().is_success() || body == 0 {
