@@ -32,7 +32,8 @@ pub enum QuicListenerError {
 ///
 /// | option | QUIC / HTTP/3 |
 /// |---|---|
-/// | [`http2_timeout`](Options::http2_timeout) | the QUIC idle timeout (any packet counts as activity, PINGs too) |
+/// | [`http2_timeout`](Options::http2_timeout) | the QUIC idle timeout (no packet at all), the longest time with no request in flight (PINGs do not count), and the longest a request head may take |
+/// | [`min_request_body_rate`](Options::min_request_body_rate), [`min_response_rate`](Options::min_response_rate) | per request stream, as over TCP (see [`http3`](crate::http3)) |
 /// | [`concurrent_stream_limit`](Options::concurrent_stream_limit) | concurrent request streams (`max_concurrent_bidi_streams`): over it, a client waits |
 /// | [`header_size_limit`](Options::header_size_limit) | `SETTINGS_MAX_FIELD_SECTION_SIZE`; over it, h3 answers 431 |
 /// | [`body_size_limit`](Options::body_size_limit) | as over TCP: 413 for a `Content-Length` over it, [`RequestBody`](crate::RequestBody) fails past it |

@@ -53,8 +53,20 @@
 //!   retransmissions included), read live from quinn.
 //! - Not over HTTP/3: [`detach`](crate::detach) (it returns
 //!   [`DetachError::Http3`](crate::DetachError::Http3): extended CONNECT and WebTransport are not
-//!   offered), the HTTP/1 and HTTP/2 clocks (the QUIC idle timeout stands
-//!   for them), the minimum data rates.
+//!   offered), the half-close clock (QUIC has no half-close).
+//!
+//! # Clocks
+//!
+//! As over TCP, where they apply: [`Options::http2_timeout`](crate::Options::http2_timeout) is
+//! QUIC's idle timeout (no packet at all), and also the time a connection may go with no
+//! request in flight (PINGs and other control frames do not count, as for HTTP/2), and the time
+//! a request stream's head may take; [`Options::min_request_body_rate`](crate::Options::min_request_body_rate)
+//! holds while a handler waits for a request body, and
+//! [`Options::min_response_rate`](crate::Options::min_response_rate) while a response waits on
+//! the peer, per request stream (a response is timed in parts of 16 KiB, each allowed its own
+//! size at the rate on top of the credit the clock holds: quinn tells progress only as a part
+//! goes). A clock that runs out closes the QUIC connection (CONNECTION_CLOSE, `H3_NO_ERROR`,
+//! reason `timeout`), counted in [`Stats`](crate::Stats) by phase and in `http3_timeouts`.
 //!
 //! # The server loop
 //!
