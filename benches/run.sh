@@ -6,6 +6,9 @@
 #   bash benches/run.sh                      # 5 rounds of 5 s per workload and server
 #   ROUNDS=2 DURATION=2 bash benches/run.sh  # a quick run
 #
+# HTTP/3 (bare h3-quinn, the crate over a QuicListener, against HTTP/2 over TLS; idle QUIC
+# connections) is in benches/h3.sh, a script of its own (UDP servers, its own build).
+#
 # Environment:
 #   ROUNDS=5        rounds; every round runs every server once per workload, in turn
 #   DURATION=5      seconds per load run (h2load -D, wrk -d)

@@ -1366,6 +1366,18 @@ fn peer_taking_listeners(socket: &str) -> std::os::unix::net::UnixStream {
         [0, 0, 0, 1],
         "transport and steps of each listener"
     );
+    // Built with `http3`, the inspector serves HTTP/3 at --https: a `QUIC` frame follows (flag
+    // 1 in the third header byte) with its UDP socket and a link end (two descriptors) and
+    // its CID tag.
+    if header[2] & 1 != 0 {
+        let mut quic = [0u8; 9];
+        peer.read_exact(&mut quic).expect("the QUIC frame");
+        assert_eq!(
+            (quic[0], quic[1], &quic[4..8]),
+            (6, 2, &[1, 0, 0, 0][..]),
+            "QUIC: one UDP socket: {quic:?}"
+        );
+    }
     peer
 }
 
