@@ -10,6 +10,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tracing::debug;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use super::body::QuicBody;
@@ -49,15 +50,23 @@ pub(crate) async fn serve<S, B>(
 {
     // The head must be complete within `http2_timeout` of its stream's opening (else the
     // connection is closed, as an HTTP/1 head that takes too long).
-    let resolved = match head_timeout {
-        Some(timeout) => match tokio::time::timeout(timeout, resolver.resolve_request()).await {
-            Ok(resolved) => resolved,
-            Err(_) => {
-                clocks.time_out(TimeoutKind::RequestHead);
-                return;
+    let mut resolving = std::pin::pin!(resolver.resolve_request());
+    // Most heads have come with their stream's first packet: no timer for them.
+    let first = resolving
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+    let resolved = match (first, head_timeout) {
+        (std::task::Poll::Ready(resolved), _) => resolved,
+        (std::task::Poll::Pending, Some(timeout)) => {
+            match tokio::time::timeout(timeout, resolving).await {
+                Ok(resolved) => resolved,
+                Err(_) => {
+                    clocks.time_out(TimeoutKind::RequestHead);
+                    return;
+                }
             }
-        },
-        None => resolver.resolve_request().await,
+        }
+        (std::task::Poll::Pending, None) => resolving.await,
     };
     // A malformed head, or one over the header size limit (h3 answered 431 itself), or a
     // stream the peer reset: this request only.
