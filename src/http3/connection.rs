@@ -143,7 +143,9 @@ where
                         clocks.clone(),
                         idle_timeout,
                     );
-                    requests.spawn(request.in_current_span());
+                    // Boxed: the task then moves a pointer, not the request's whole future
+                    // (tokio copies a task's future into its cell and its stages).
+                    requests.spawn(Box::pin(request).in_current_span());
                 }
                 Ok(None) => break End::Drained,
                 Err(_) if state.is_closing() => break End::Closed,

@@ -184,6 +184,17 @@ async fn paced<F: std::future::Future>(
 /// HTTP/3 has no connection-specific fields (RFC 9114 §4.2): a response carrying one is
 /// malformed, and strict clients reset it. hyper drops them for HTTP/2 the same way.
 fn strip_connection_headers(headers: &mut HeaderMap) {
+    // Most answers carry none: one look at each name (no hashing) tells.
+    let hop_by_hop = |name: &http::HeaderName| {
+        name == CONNECTION
+            || name == TRANSFER_ENCODING
+            || name == UPGRADE
+            || name.as_str() == "keep-alive"
+            || name.as_str() == "proxy-connection"
+    };
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
     if let Some(listed) = headers.get(CONNECTION).cloned() {
         // Fields the `Connection` header names are hop-by-hop as well.
         if let Ok(listed) = listed.to_str() {
