@@ -87,10 +87,15 @@ where
     let state = client.state();
     let options = client.options();
     let header_limit = u64::try_from(options.header_size_limit()).unwrap_or(u64::MAX);
-    let built = h3::server::builder()
-        .max_field_section_size(header_limit)
-        .build::<_, Bytes>(h3_quinn::Connection::new(connection.clone()))
-        .await;
+    // The futures of the phases that come once (set-up, GOAWAY, the last wait) are boxed: in
+    // line, each would take room in every connection's task for its whole life (an idle
+    // connection's memory).
+    let built = Box::pin(
+        h3::server::builder()
+            .max_field_section_size(header_limit)
+            .build::<_, Bytes>(h3_quinn::Connection::new(connection.clone())),
+    )
+    .await;
     let mut h3 = match built {
         Ok(h3) => h3,
         Err(error) => {
@@ -165,7 +170,7 @@ where
                 debug!("HTTP/3: GOAWAY");
                 // Streams above the last one accepted are refused (H3_REQUEST_REJECTED, which
                 // a client may retry); `accept` ends once the accepted ones are answered.
-                if let Err(error) = h3.shutdown(0).await {
+                if let Err(error) = Box::pin(h3.shutdown(0)).await {
                     break End::Gone(error.to_string());
                 }
             }
@@ -176,7 +181,11 @@ where
         // The last answers may still be on their way: closing now could discard them (a peer
         // may drop what it has not read at CONNECTION_CLOSE). A client closes once it has them;
         // one that does not is closed after the shutdown timeout.
-        let _ = tokio::time::timeout(options.shutdown_timeout(), connection.closed()).await;
+        let _ = Box::pin(tokio::time::timeout(
+            options.shutdown_timeout(),
+            connection.closed(),
+        ))
+        .await;
     }
     drop(requests);
     drop(h3);
