@@ -2,7 +2,7 @@
 # HTTP/3 benchmarks (issue 26): bare h3-quinn against this crate's Server over a QuicListener,
 # and HTTP/3 against HTTP/2 over TLS, same handler, interleaved, server on core 0 and load
 # generator on core 1; then idle memory per QUIC connection. Results in the format of run.sh
-# (raw.tsv), rendered by report.py. See benches/H3-RESULTS.md.
+# (raw.tsv), rendered by report.py. See BENCHMARKS.md (HTTP/3, run E).
 #
 #   BENCH_RUNTIME=multi bash benches/h3.sh        # 5 rounds of 5 s, 3 idle rounds of 500
 #   ROUNDS=2 DURATION=2 IDLE_ROUNDS=1 bash benches/h3.sh   # a quick run
