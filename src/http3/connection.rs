@@ -108,7 +108,7 @@ where
         }
     };
 
-    let clocks = super::clocks::Clocks::new(connection.clone(), &options);
+    let clocks = super::clocks::Clocks::new(connection.clone(), options);
     // No request for `http2_timeout` (control frames and PINGs are not requests): closed.
     let idle_timeout = options.http2_timeout().map(crate::lifecycle::bounded);
     let idle = tokio::time::sleep(idle_timeout.unwrap_or_default());
